@@ -1,0 +1,1 @@
+//! Engine: kv cache, sampler, decode loop (no tokio).

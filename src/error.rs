@@ -1,0 +1,70 @@
+//! The library's one error type. Every variant names what went wrong (file, field, limit) so a
+//! user can act on it; `anyhow` appears only at the binary's edge.
+
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model file not found: {path}")]
+    MissingFile { path: PathBuf },
+
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+
+    #[error("{path}: metadata field `{field}` {problem}")]
+    Metadata { path: PathBuf, field: String, problem: String },
+
+    #[error("{path}: unsupported architecture `{arch}` (supported: {supported})")]
+    UnsupportedArch { path: PathBuf, arch: String, supported: String },
+
+    #[error("{path}: tensor `{tensor}` has unsupported type {dtype} (supported: {supported})")]
+    UnsupportedQuant { path: PathBuf, tensor: String, dtype: String, supported: String },
+
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+
+    #[error("chat template of {model}: {reason}")]
+    Template { model: String, reason: String },
+
+    #[error(
+        "prompt of {prompt_tokens} tokens + {max_tokens} new tokens exceeds the context length of {context} tokens for {model}"
+    )]
+    ContextOverflow { model: String, prompt_tokens: usize, max_tokens: usize, context: usize },
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error("unknown model `{name}`: {hint}")]
+    UnknownModel { name: String, hint: String },
+
+    #[error("{0}")]
+    Config(String),
+
+    #[error("generation was cancelled")]
+    Cancelled,
+
+    #[error("{context}: {source}")]
+    Candle { context: String, source: candle_core::Error },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wrap a candle error with a short description of what was being done.
+    pub fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Candle { context, source }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(source: candle_core::Error) -> Self {
+        Error::Candle { context: "tensor operation".into(), source }
+    }
+}

@@ -1,0 +1,11 @@
+//! moa-local: Mixture-of-Agents run fully offline on local quantized GGUF models.
+//!
+//! Layers (dependencies point one way):
+//! `cli → moa → runtime (scheduler, devices, workers) → model (gguf, tokenizer, template,
+//! transformer) → engine (kv cache, sampler, decode loop) → candle`.
+
+pub mod engine;
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};

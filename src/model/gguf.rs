@@ -1,0 +1,238 @@
+//! Opening a GGUF file: header + metadata + tensor table, validated up front so a truncated or
+//! foreign file fails with an error naming the file before any weight is read. Typed metadata
+//! accessors report the missing or mistyped field by name.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+/// A parsed GGUF header with the path it came from.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    pub file_size: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile").field("path", &self.path).field("file_size", &self.file_size).finish()
+    }
+}
+
+impl GgufFile {
+    /// Parse the header and check that every tensor's bytes lie inside the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(Error::MissingFile { path });
+        }
+        let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let file_size = file.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        if file_size < 8 || reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+            return Err(Error::BadGguf {
+                path,
+                reason: format!("missing GGUF magic (file of {file_size} bytes does not start with \"GGUF\")"),
+            });
+        }
+        reader.rewind().map_err(|source| Error::Io { path: path.clone(), source })?;
+        let content = Content::read(&mut reader)
+            .map_err(|e| Error::BadGguf { path: path.clone(), reason: format!("header: {e}") })?;
+        let this = Self { path, content, file_size };
+        this.check_tensor_bounds()?;
+        Ok(this)
+    }
+
+    fn check_tensor_bounds(&self) -> Result<()> {
+        for (name, info) in &self.content.tensor_infos {
+            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+            let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            if end > self.file_size {
+                return Err(Error::BadGguf {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "truncated: tensor `{name}` ends at byte {end} but the file has only {} bytes",
+                        self.file_size
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn architecture(&self) -> Result<String> {
+        Ok(self.str("general.architecture")?.to_string())
+    }
+
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content.metadata.get(key).ok_or_else(|| self.field_err(key, "is missing"))
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.content.metadata.contains_key(key)
+    }
+
+    pub fn field_err(&self, key: &str, problem: &str) -> Error {
+        Error::Metadata { path: self.path.clone(), field: key.to_string(), problem: problem.to_string() }
+    }
+
+    pub fn u32(&self, key: &str) -> Result<u32> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::U8(x) => Some(*x as u64),
+            Value::U16(x) => Some(*x as u64),
+            Value::U32(x) => Some(*x as u64),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) if *x >= 0 => Some(*x as u64),
+            Value::I16(x) if *x >= 0 => Some(*x as u64),
+            Value::I32(x) if *x >= 0 => Some(*x as u64),
+            Value::I64(x) if *x >= 0 => Some(*x as u64),
+            _ => None,
+        };
+        n.and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.field_err(key, &format!("should be a non-negative integer, found {v:?}")))
+    }
+
+    pub fn u32_or(&self, key: &str, default: u32) -> Result<u32> {
+        if self.has(key) { self.u32(key) } else { Ok(default) }
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        match self.get(key)? {
+            Value::F32(x) => Ok(*x),
+            Value::F64(x) => Ok(*x as f32),
+            v => Err(self.field_err(key, &format!("should be a float, found {v:?}"))),
+        }
+    }
+
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        if self.has(key) { self.f32(key) } else { Ok(default) }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.content.metadata.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.field_err(key, &format!("should be a bool, found {v:?}"))),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<&str> {
+        match self.get(key)? {
+            Value::String(s) => Ok(s),
+            _ => Err(self.field_err(key, "should be a string")),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        match self.content.metadata.get(key) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn array(&self, key: &str) -> Result<&Vec<Value>> {
+        match self.get(key)? {
+            Value::Array(a) => Ok(a),
+            _ => Err(self.field_err(key, "should be an array")),
+        }
+    }
+
+    pub fn str_array(&self, key: &str) -> Result<Vec<&str>> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(self.field_err(key, "should be an array of strings")),
+            })
+            .collect()
+    }
+
+    pub fn f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                _ => Err(self.field_err(key, "should be an array of floats")),
+            })
+            .collect()
+    }
+
+    pub fn i32_array(&self, key: &str) -> Result<Vec<i32>> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::I32(x) => Ok(*x),
+                Value::U32(x) => Ok(*x as i32),
+                Value::I8(x) => Ok(*x as i32),
+                Value::U8(x) => Ok(*x as i32),
+                _ => Err(self.field_err(key, "should be an array of integers")),
+            })
+            .collect()
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Shape (in GGUF's reversed order: rows, cols) and type of a tensor.
+    pub fn tensor_info(&self, name: &str) -> Option<(Vec<usize>, GgmlDType)> {
+        self.content.tensor_infos.get(name).map(|i| (i.shape.dims().to_vec(), i.ggml_dtype))
+    }
+
+    /// Bytes of all tensor data, as stored.
+    pub fn tensor_data_bytes(&self) -> u64 {
+        self.content.tensor_infos.values().map(|i| tensor_bytes(i.ggml_dtype, i.shape.elem_count())).sum()
+    }
+
+    /// Open a reader for loading tensors.
+    pub fn reader(&self) -> Result<BufReader<File>> {
+        let f = File::open(&self.path).map_err(|source| Error::Io { path: self.path.clone(), source })?;
+        Ok(BufReader::new(f))
+    }
+
+    /// Read one tensor onto `device`.
+    pub fn tensor<R: Read + Seek>(&self, reader: &mut R, name: &str, device: &Device) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}` is missing") });
+        }
+        self.content.tensor(reader, name, device).map_err(|e| Error::BadGguf {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}`: {e}"),
+        })
+    }
+}
+
+/// Bytes occupied by `elems` elements of `dtype`.
+pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> u64 {
+    (elems / dtype.block_size() * dtype.type_size()) as u64
+}
+
+/// sha256 of a file, hex encoded (streamed; used for run reports).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}

@@ -1,0 +1,7 @@
+//! Everything that turns a GGUF file into a usable model: header parsing, tokenizer and chat
+//! template from the metadata, architecture config, weights and forward pass, and the catalog of
+//! model aliases.
+
+pub mod gguf;
+pub mod template;
+pub mod tokenizer;
