@@ -1,1 +1,11 @@
-//! Engine: kv cache, sampler, decode loop (no tokio).
+//! Engine: per-sequence KV cache, sampler and the decode loop. It knows tensors and token ids,
+//! nothing about files, tokenizers or async runtimes (no tokio here).
+
+pub mod attention;
+pub mod decode;
+pub mod kv_cache;
+pub mod sampler;
+
+pub use decode::{decode_loop, Control, DecodeStats, Forward};
+pub use kv_cache::KvCache;
+pub use sampler::{Sampler, SamplingParams};

@@ -5,3 +5,12 @@
 pub mod gguf;
 pub mod template;
 pub mod tokenizer;
+pub mod arch;
+pub mod transformer;
+pub mod generate;
+pub mod loaded;
+
+pub use generate::{GenerateRequest, Generation, Prompt, StopReason};
+pub use loaded::Model;
+pub use template::Message;
+pub mod catalog;

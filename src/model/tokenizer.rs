@@ -1,26 +1,1276 @@
-//! PLACEHOLDER — being written (tokenizer from GGUF metadata).
-use crate::error::Result;
+//! The tokenizer, built purely from a GGUF file's `tokenizer.ggml.*` metadata and reproducing
+//! llama.cpp's `llama-vocab.cpp` token for token.
+//!
+//! Two vocabulary types are supported, as `tokenizer.ggml.model` names them:
+//!
+//! * `gpt2` — byte-level BPE. The text is split by the pre-tokenizer regexes that llama.cpp picks
+//!   for `tokenizer.ggml.pre` (see [`SUPPORTED_PRE`]), then byte-level encoded and merged by the
+//!   ranks of `tokenizer.ggml.merges`. This runs on a `tokenizers::Tokenizer` (a `Sequence` of
+//!   `Split(regex, Isolated)` pre-tokenizers, then `ByteLevel` without regex or prefix space, and a
+//!   BPE model; `ignore_merges` for the llama3 family, as llama.cpp does).
+//! * `llama` — SentencePiece (Llama 2, Mistral, Gemma). llama.cpp does not run SentencePiece's own
+//!   algorithm but its "SPM" tokenizer: spaces become `▁` (with a leading `▁` when
+//!   `tokenizer.ggml.add_space_prefix`, default true, asks and the fragment follows a special token
+//!   or starts the text), the text is split into UTF-8 characters, and adjacent symbols whose
+//!   concatenation is a vocabulary token are merged, highest `tokenizer.ggml.scores` first (ties:
+//!   leftmost). Symbols that are not tokens fall back to `<0xXX>` byte tokens. This is implemented
+//!   here directly (a priority queue over a linked list of symbols, exactly like llama.cpp);
+//!   emulating it with a `tokenizers` BPE model whose merges are derived from the vocabulary cannot
+//!   reproduce its tie-breaking (equal scores pick the leftmost pair, BPE ranks cannot be equal)
+//!   nor merges of characters that are not themselves tokens, and it costs seconds of load time on
+//!   a 262k vocabulary.
+//!
+//! Special tokens: tokens of type CONTROL, USER_DEFINED and UNKNOWN are cut out of the text before
+//! the model sees it, exactly like llama.cpp's `tokenizer_st_partition` with `parse_special`: the
+//! special tokens are tried longest text first (equal lengths: lower id first), each splitting every
+//! remaining raw fragment at its leftmost non-overlapping occurrences. A byte trie finds which
+//! special tokens occur at all, so only those few are searched for.
+//!
+//! End of generation ([`GgufTokenizer::eog_ids`]) follows llama.cpp too: EOS, `eot`/`eom` ids from
+//! the metadata, the FIM pad/repo/file-separator tokens, and every token whose text is one of
+//! llama.cpp's end-of-turn texts (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`, `<|endoftext|>`…).
+//! Such tokens are also treated as CONTROL (so they render as nothing), as llama.cpp does.
+//!
+//! Known deliberate differences from llama.cpp: when the metadata has no BOS/EOS ids a `gpt2`
+//! vocabulary gets none (llama.cpp defaults both to id 11, which is only right for Falcon); merges
+//! whose parts or result are not in the vocabulary are dropped (llama.cpp would keep merging into a
+//! non-token and then drop its bytes); a duplicated token text keeps its last id.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 
-pub struct GgufTokenizer {}
+/// String → id map with a fast hasher (the `tokenizers` BPE vocabulary type, an `AHashMap`).
+type TokenMap = tokenizers::models::bpe::Vocab;
+
+// Token attributes (llama.cpp's `llama_token_attr`, as bit flags).
+const ATTR_UNKNOWN: u16 = 1 << 0;
+const ATTR_UNUSED: u16 = 1 << 1;
+const ATTR_NORMAL: u16 = 1 << 2;
+const ATTR_CONTROL: u16 = 1 << 3;
+const ATTR_USER_DEFINED: u16 = 1 << 4;
+const ATTR_BYTE: u16 = 1 << 5;
+const ATTR_LSTRIP: u16 = 1 << 7;
+const ATTR_RSTRIP: u16 = 1 << 8;
+
+/// `tokenizer.ggml.token_type` value → attribute (GGUF: 0 undefined, 1 normal, 2 unknown,
+/// 3 control, 4 user defined, 5 unused, 6 byte).
+fn attr_from_type(t: i32) -> u16 {
+    match t {
+        1 => ATTR_NORMAL,
+        2 => ATTR_UNKNOWN,
+        3 => ATTR_CONTROL,
+        4 => ATTR_USER_DEFINED,
+        5 => ATTR_UNUSED,
+        6 => ATTR_BYTE,
+        _ => 0,
+    }
+}
+
+/// Token texts that end generation (llama.cpp's list in `llama_vocab::impl::load`).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+/// Texts llama.cpp recognises as the end-of-turn token when `eot_token_id` is absent.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+
+// ---------------------------------------------------------------------------------------------
+// Pre-tokenizer regexes (llama.cpp's `llm_tokenizer_bpe` constructor), by `tokenizer.ggml.pre`.
+// ---------------------------------------------------------------------------------------------
+
+const RE_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const RE_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_MINICPM5: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_SEED_CODER: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_BAILINGMOE: &str = r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+const RE_GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const RE_DEEPSEEK3_CJK: &str = "[一-龥぀-ゟ゠-ヿ]+";
+const RE_DEEPSEEK3: &str = "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
+const RE_BLOOM: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
+
+/// The `tokenizer.ggml.pre` values this crate understands (llama.cpp's names).
+pub const SUPPORTED_PRE: &[&str] = &[
+    "default",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "dbrx",
+    "smaug-bpe",
+    "chatglm-bpe",
+    "glm4",
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "exaone4",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    "starcoder",
+    "refact",
+    "command-r",
+    "smollm",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "megrez",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+    "grok-2",
+    "qwen35",
+    "minicpm5",
+    "falcon",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
+    "minimax-m2",
+    "tekken",
+    "deepseek-v3",
+    "hunyuan-dense",
+    "joyai-llm",
+    "hy_v4",
+    "seed-coder",
+    "bailingmoe",
+    "bailingmoe2",
+    "llada-moe",
+    "bloom",
+    "poro-chat",
+    "gpt3-finnish",
+];
+
+/// How a `gpt2` vocabulary pre-tokenizes, per llama.cpp.
+struct PreSpec {
+    regexes: Vec<&'static str>,
+    ignore_merges: bool,
+    /// llama.cpp's `add_bos` default for this pre-tokenizer (metadata can override it).
+    add_bos_default: bool,
+}
+
+fn pre_spec(pre: &str) -> Option<PreSpec> {
+    let spec = |regexes: Vec<&'static str>| PreSpec { regexes, ignore_merges: false, add_bos_default: false };
+    Some(match pre {
+        "" | "default" => spec(vec![r"[\p{P}\$\+<=>\^~\|]+", RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+        | "jina-v5-nano" => PreSpec { regexes: vec![RE_LLAMA3], ignore_merges: true, add_bos_default: true },
+        "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => spec(vec![RE_LLAMA3]),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
+        | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt"
+        | "olmo" | "jais" | "trillion" | "granite-docling" => spec(vec![RE_GPT2]),
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
+            spec(vec![r"\p{N}", RE_GPT2])
+        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
+        | "solar-open" | "grok-2" => spec(vec![RE_QWEN2]),
+        "qwen35" => spec(vec![RE_QWEN35]),
+        "minicpm5" => PreSpec { regexes: vec![r"\p{N}{1,3}", RE_MINICPM5], ignore_merges: true, add_bos_default: false },
+        "falcon" => spec(vec![r"[\p{P}\$\+<=>\^~\|`]+", RE_GPT2, "[0-9][0-9][0-9]"]),
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => spec(vec![RE_GPT4O]),
+        "tekken" => PreSpec { regexes: vec![RE_TEKKEN], ignore_merges: true, add_bos_default: true },
+        "deepseek-v3" | "hunyuan-dense" | "joyai-llm" | "hy_v4" => {
+            spec(vec![r"\p{N}{1,3}", RE_DEEPSEEK3_CJK, RE_DEEPSEEK3])
+        }
+        "seed-coder" => spec(vec![RE_SEED_CODER]),
+        "bailingmoe" | "bailingmoe2" | "llada-moe" => spec(vec![RE_BAILINGMOE]),
+        "bloom" | "poro-chat" | "gpt3-finnish" => spec(vec![RE_BLOOM]),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2 byte <-> unicode mapping
+// ---------------------------------------------------------------------------------------------
+
+/// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the rest to U+0100 upwards.
+fn byte_to_unicode_table() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut assigned = [false; 256];
+    for b in (0x21u32..=0x7E).chain(0xA1..=0xAC).chain(0xAE..=0xFF) {
+        table[b as usize] = char::from_u32(b).unwrap_or('\0');
+        assigned[b as usize] = true;
+    }
+    let mut n = 0u32;
+    for b in 0..256usize {
+        if !assigned[b] {
+            table[b] = char::from_u32(256 + n).unwrap_or('\0');
+            n += 1;
+        }
+    }
+    table
+}
+
+/// Inverse of [`byte_to_unicode_table`], indexed by code point (all mapped chars are < U+0144).
+fn unicode_to_byte_table() -> Vec<Option<u8>> {
+    let mut inv = vec![None; 0x200];
+    for (b, c) in byte_to_unicode_table().iter().enumerate() {
+        inv[*c as usize] = Some(b as u8);
+    }
+    inv
+}
+
+/// Bytes a byte-level BPE token text stands for. Characters outside the mapping (not produced by
+/// a proper conversion) are kept as their own UTF-8.
+fn byte_level_decode(text: &str, inv: &[Option<u8>], out: &mut Vec<u8>) {
+    for c in text.chars() {
+        match inv.get(c as usize).copied().flatten() {
+            Some(b) => out.push(b),
+            None => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+/// The byte of an SPM `<0xXX>` token.
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Special-token partition
+// ---------------------------------------------------------------------------------------------
+
+/// The special tokens (CONTROL / USER_DEFINED / UNKNOWN) in llama.cpp's matching order, with a
+/// byte trie over their texts to find which of them occur in a given text.
+struct Specials {
+    /// Token ids, longest text first (ties: lower id first).
+    order: Vec<u32>,
+    /// Trie edges: (node, byte) → node. Node 0 is the root.
+    edges: HashMap<(u32, u8), u32>,
+    /// Per trie node: the ranks (index into `order`) of the specials ending there.
+    terminal: Vec<Vec<u32>>,
+    first_byte: [bool; 256],
+}
+
+impl Specials {
+    fn build(texts: &[String], attrs: &[u16]) -> Self {
+        let mut order: Vec<u32> = (0..texts.len() as u32)
+            .filter(|&id| attrs[id as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0)
+            .collect();
+        // Stable sort: equal lengths keep id order.
+        order.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()));
+        let mut edges = HashMap::new();
+        let mut terminal: Vec<Vec<u32>> = vec![Vec::new()];
+        let mut first_byte = [false; 256];
+        for (rank, &id) in order.iter().enumerate() {
+            let bytes = texts[id as usize].as_bytes();
+            let Some(&b0) = bytes.first() else { continue };
+            first_byte[b0 as usize] = true;
+            let mut node = 0u32;
+            for &b in bytes {
+                node = match edges.get(&(node, b)) {
+                    Some(&n) => n,
+                    None => {
+                        let n = terminal.len() as u32;
+                        terminal.push(Vec::new());
+                        edges.insert((node, b), n);
+                        n
+                    }
+                };
+            }
+            terminal[node as usize].push(rank as u32);
+        }
+        Self { order, edges, terminal, first_byte }
+    }
+
+    /// Ranks of the special tokens that occur somewhere in `text`, in matching order.
+    fn present(&self, text: &[u8]) -> Vec<u32> {
+        let mut seen = vec![false; self.order.len()];
+        let mut any = false;
+        for start in 0..text.len() {
+            if !self.first_byte[text[start] as usize] {
+                continue;
+            }
+            let mut node = 0u32;
+            for &b in &text[start..] {
+                match self.edges.get(&(node, b)) {
+                    Some(&n) => node = n,
+                    None => break,
+                }
+                for &rank in &self.terminal[node as usize] {
+                    seen[rank as usize] = true;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return Vec::new();
+        }
+        (0..self.order.len() as u32).filter(|&r| seen[r as usize]).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    /// Byte range of raw text.
+    Raw(usize, usize),
+    /// A special token cut out of the text.
+    Token(u32),
+}
+
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPM (llama.cpp's SentencePiece-compatible merge loop)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct SpmSymbol {
+    start: usize,
+    len: usize,
+    prev: isize,
+    next: isize,
+}
+
+struct SpmBigram {
+    score: f32,
+    left: usize,
+    right: usize,
+    size: usize,
+}
+
+impl PartialEq for SpmBigram {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for SpmBigram {}
+impl PartialOrd for SpmBigram {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SpmBigram {
+    /// Max-heap order: higher score first, then the leftmost pair.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tokenizer
+// ---------------------------------------------------------------------------------------------
+
+/// Which algorithm a vocabulary uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// `tokenizer.ggml.model = gpt2`: byte-level BPE.
+    BytePairEncoding,
+    /// `tokenizer.ggml.model = llama`: SentencePiece-style (llama.cpp SPM).
+    SentencePiece,
+}
+
+enum Algo {
+    Bpe(Box<tokenizers::Tokenizer>),
+    Spm { scores: Vec<f32>, byte_tokens: Vec<Option<u32>> },
+}
+
+/// Everything a tokenizer is built from, as read from the metadata (separate from the GGUF file
+/// so that unit tests can build small vocabularies).
+struct VocabSpec {
+    kind: VocabKind,
+    pre: String,
+    tokens: Vec<String>,
+    types: Option<Vec<i32>>,
+    scores: Option<Vec<f32>>,
+    merges: Vec<String>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    fim_pad: Option<u32>,
+    fim_rep: Option<u32>,
+    fim_sep: Option<u32>,
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
+    add_space_prefix: Option<bool>,
+    model_name: String,
+}
+
+/// A tokenizer with llama.cpp parity, built from GGUF metadata.
+pub struct GgufTokenizer {
+    path: PathBuf,
+    kind: VocabKind,
+    pre: String,
+    algo: Algo,
+    texts: Vec<String>,
+    attrs: Vec<u16>,
+    token_to_id: TokenMap,
+    /// Concatenated rendered bytes of all tokens; token `i` is `pieces[offsets[i]..offsets[i+1]]`.
+    pieces: Vec<u8>,
+    piece_offsets: Vec<usize>,
+    specials: Specials,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+    eog: Vec<u32>,
+}
+
+impl std::fmt::Debug for GgufTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufTokenizer")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("pre", &self.pre)
+            .field("vocab_size", &self.texts.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("eog", &self.eog)
+            .finish()
+    }
+}
+
+/// Turn a metadata error into a tokenizer error that still names the field.
+fn as_tok_err(e: Error) -> Error {
+    match e {
+        Error::Metadata { path, field, problem } => {
+            Error::Tokenizer { path, reason: format!("metadata field `{field}` {problem}") }
+        }
+        other => other,
+    }
+}
 
 impl GgufTokenizer {
-    pub fn from_gguf(_g: &GgufFile) -> Result<Self> {
-        todo!()
+    /// Build the tokenizer from `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let spec = read_spec(g).map_err(as_tok_err)?;
+        Self::from_spec(spec, g.path.clone())
     }
-    pub fn encode(&self, _text: &str, _add_bos: bool) -> Result<Vec<u32>> {
-        todo!()
+
+    fn from_spec(spec: VocabSpec, path: PathBuf) -> Result<Self> {
+        let err = |reason: String| Error::Tokenizer { path: path.clone(), reason };
+        let n = spec.tokens.len();
+        if n == 0 {
+            return Err(err("metadata field `tokenizer.ggml.tokens` is empty".into()));
+        }
+        if n > u32::MAX as usize / 2 {
+            return Err(err(format!("vocabulary of {n} tokens is too large")));
+        }
+        if let Some(t) = &spec.types {
+            if t.len() < n {
+                return Err(err(format!(
+                    "metadata field `tokenizer.ggml.token_type` has {} entries for {n} tokens",
+                    t.len()
+                )));
+            }
+        }
+        if let Some(s) = &spec.scores {
+            if s.len() < n {
+                return Err(err(format!(
+                    "metadata field `tokenizer.ggml.scores` has {} entries for {n} tokens",
+                    s.len()
+                )));
+            }
+        }
+
+        // Texts (llama.cpp renames empty tokens) and the text → id map (last id wins).
+        let texts: Vec<String> = spec
+            .tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t })
+            .collect();
+        let mut token_to_id = TokenMap::with_capacity(n);
+        for (i, t) in texts.iter().enumerate() {
+            token_to_id.insert(t.clone(), i as u32);
+        }
+        let mut attrs: Vec<u16> = match &spec.types {
+            Some(t) => t[..n].iter().map(|&x| attr_from_type(x)).collect(),
+            None => vec![ATTR_NORMAL; n],
+        };
+
+        // Special ids: metadata, else llama.cpp's SPM defaults (gpt2: none, see module docs).
+        let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
+        let (default_bos, default_eos, default_unk) = match spec.kind {
+            VocabKind::SentencePiece => (Some(1), Some(2), Some(0)),
+            VocabKind::BytePairEncoding => (None, None, None),
+        };
+        let bos = in_range(spec.bos).or(in_range(default_bos));
+        let eos = in_range(spec.eos).or(in_range(default_eos));
+        let unk = in_range(spec.unk).or(in_range(default_unk));
+
+        let pre = match spec.kind {
+            VocabKind::BytePairEncoding => Some(pre_spec(&spec.pre).ok_or_else(|| {
+                err(format!(
+                    "unsupported pre-tokenizer `tokenizer.ggml.pre = {}` (supported: {})",
+                    spec.pre,
+                    SUPPORTED_PRE.join(", ")
+                ))
+            })?),
+            VocabKind::SentencePiece => None,
+        };
+        let add_bos_default = match (&pre, spec.kind) {
+            (Some(p), _) => p.add_bos_default,
+            (None, VocabKind::SentencePiece) => true,
+            (None, VocabKind::BytePairEncoding) => false,
+        };
+        let add_bos = spec.add_bos.unwrap_or(add_bos_default);
+        let add_eos = spec.add_eos.unwrap_or(false);
+        let add_space_prefix = match spec.kind {
+            VocabKind::SentencePiece => spec.add_space_prefix.unwrap_or(true),
+            VocabKind::BytePairEncoding => false,
+        };
+        if add_bos && bos.is_none() {
+            return Err(err(
+                "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is not set".into(),
+            ));
+        }
+        if add_eos && eos.is_none() {
+            return Err(err(
+                "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is not set".into(),
+            ));
+        }
+
+        // End of generation, as llama.cpp determines it (forcing those tokens to CONTROL).
+        let find_first = |list: &[&str]| -> Option<u32> { list.iter().filter_map(|t| token_to_id.get(*t).copied()).min() };
+        // Ids from the metadata win; otherwise found by text, and then forced to CONTROL.
+        let mut detect = |meta: Option<u32>, list: &[&str]| -> Option<u32> {
+            if let Some(id) = in_range(meta) {
+                return Some(id);
+            }
+            let id = find_first(list)?;
+            attrs[id as usize] |= ATTR_CONTROL;
+            Some(id)
+        };
+        let eot = detect(spec.eot, EOT_TEXTS);
+        let eom = detect(spec.eom, &["<|eom_id|>"]);
+        let fim_pad = detect(spec.fim_pad, FIM_PAD_TEXTS);
+        let fim_rep = detect(spec.fim_rep, FIM_REP_TEXTS);
+        let fim_sep = detect(spec.fim_sep, FIM_SEP_TEXTS);
+        let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
+        for t in EOG_TEXTS {
+            if let Some(&id) = token_to_id.get(*t) {
+                eog.push(id);
+                attrs[id as usize] |= ATTR_CONTROL;
+            }
+        }
+        // gpt-oss: these structural tokens are always rendered.
+        for t in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+            if let Some(&id) = token_to_id.get(t) {
+                attrs[id as usize] = ATTR_USER_DEFINED;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        eog.sort_unstable();
+        eog.dedup();
+        // o200k_harmony / solar-open: `<|end|>` is not end of generation there.
+        let has = |eog: &[u32], t: &str| eog.iter().any(|&id| texts[id as usize] == t);
+        if (has(&eog, "<|return|>") && has(&eog, "<|call|>") || has(&eog, "<|calls|>") && has(&eog, "<|flush|>"))
+            && has(&eog, "<|end|>")
+        {
+            if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "<|end|>") {
+                attrs[eog[pos] as usize] = ATTR_USER_DEFINED;
+                eog.remove(pos);
+            }
+        }
+        // gemma4 / paddleocr: `</s>` is not end of generation when `<|tool_response>` is.
+        if has(&eog, "<|tool_response>") {
+            if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "</s>") {
+                attrs[eog[pos] as usize] = ATTR_NORMAL;
+                eog.remove(pos);
+            }
+        }
+        // Phi-3: special tokens swallow the whitespace after them (llama.cpp's RSTRIP).
+        let lname = spec.model_name.to_lowercase();
+        if lname.contains("phi-3") || lname.contains("phi3") {
+            for a in attrs.iter_mut() {
+                if *a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0 {
+                    *a |= ATTR_RSTRIP;
+                }
+            }
+            if let Some(&id) = token_to_id.get("</s>") {
+                attrs[id as usize] |= ATTR_RSTRIP;
+            }
+            for t in ["<unk>", "<s>", "<|endoftext|>"] {
+                if let Some(&id) = token_to_id.get(t) {
+                    attrs[id as usize] &= !ATTR_RSTRIP;
+                }
+            }
+        }
+
+        // Rendered bytes of every token (llama.cpp's token_to_piece with special = false).
+        let inv = unicode_to_byte_table();
+        let mut pieces = Vec::with_capacity(texts.iter().map(String::len).sum());
+        let mut piece_offsets = Vec::with_capacity(n + 1);
+        piece_offsets.push(0);
+        for (t, &a) in texts.iter().zip(&attrs) {
+            if a & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
+                // renders as nothing
+            } else if a & ATTR_USER_DEFINED != 0 {
+                pieces.extend_from_slice(t.as_bytes());
+            } else if a & ATTR_NORMAL != 0 {
+                match spec.kind {
+                    VocabKind::SentencePiece => pieces.extend_from_slice(t.replace('▁', " ").as_bytes()),
+                    VocabKind::BytePairEncoding => byte_level_decode(t, &inv, &mut pieces),
+                }
+            } else if a & ATTR_BYTE != 0 {
+                if let Some(b) = parse_byte_token(t) {
+                    pieces.push(b);
+                }
+            }
+            piece_offsets.push(pieces.len());
+        }
+
+        let specials = Specials::build(&texts, &attrs);
+
+        let algo = match spec.kind {
+            VocabKind::SentencePiece => {
+                let scores = spec.scores.map(|mut s| {
+                    s.truncate(n);
+                    s
+                });
+                let scores = scores.unwrap_or_else(|| vec![0.0; n]);
+                let byte_tokens = (0..=255u8)
+                    .map(|b| {
+                        token_to_id
+                            .get(&format!("<0x{b:02X}>"))
+                            .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| token_to_id.get(s)))
+                            .copied()
+                            .or(unk)
+                    })
+                    .collect();
+                Algo::Spm { scores, byte_tokens }
+            }
+            VocabKind::BytePairEncoding => {
+                let pre = pre.expect("gpt2 vocabularies always have a pre-tokenizer spec");
+                Algo::Bpe(Box::new(build_bpe(&token_to_id, &spec.merges, &pre).map_err(&err)?))
+            }
+        };
+
+        Ok(Self {
+            path,
+            kind: spec.kind,
+            pre: spec.pre,
+            algo,
+            texts,
+            attrs,
+            token_to_id,
+            pieces,
+            piece_offsets,
+            specials,
+            bos,
+            eos,
+            unk,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+            eog,
+        })
     }
-    pub fn token_bytes(&self, _id: u32) -> &[u8] {
-        todo!()
+
+    /// Token ids of `text`, special tokens parsed out of it. With `add_bos`, BOS (and EOS) are
+    /// added as the metadata asks (`tokenizer.ggml.add_bos_token` / `add_eos_token`); without it,
+    /// never.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let frags = self.partition(text);
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos && self.add_bos {
+            if let Some(b) = self.bos {
+                out.push(b);
+            }
+        }
+        match &self.algo {
+            Algo::Spm { scores, byte_tokens } => {
+                let mut prev_special = true;
+                let mut buf = String::new();
+                for f in frags {
+                    match f {
+                        Frag::Raw(a, b) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push('▁');
+                            }
+                            for c in text[a..b].chars() {
+                                buf.push(if c == ' ' { '▁' } else { c });
+                            }
+                            self.spm_tokenize(&buf, scores, byte_tokens, &mut out);
+                            prev_special = false;
+                        }
+                        Frag::Token(t) => {
+                            out.push(t);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+            Algo::Bpe(tk) => {
+                for f in frags {
+                    match f {
+                        Frag::Raw(a, b) => {
+                            let enc = tk.encode_fast(&text[a..b], false).map_err(|e| Error::Tokenizer {
+                                path: self.path.clone(),
+                                reason: format!("encoding failed: {e}"),
+                            })?;
+                            out.extend_from_slice(enc.get_ids());
+                        }
+                        Frag::Token(t) => out.push(t),
+                    }
+                }
+            }
+        }
+        if add_bos && self.add_eos {
+            if let Some(e) = self.eos {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
-    pub fn is_eog(&self, _id: u32) -> bool {
-        todo!()
+
+    /// Split `text` into raw fragments and special tokens (llama.cpp's `tokenizer_st_partition`).
+    fn partition(&self, text: &str) -> Vec<Frag> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let bytes = text.as_bytes();
+        let mut frags = vec![Frag::Raw(0, text.len())];
+        for rank in self.specials.present(bytes) {
+            let id = self.specials.order[rank as usize];
+            let needle = self.texts[id as usize].as_str();
+            let attr = self.attrs[id as usize];
+            let mut next = Vec::with_capacity(frags.len() + 2);
+            for f in frags {
+                let Frag::Raw(mut a, b) = f else {
+                    next.push(f);
+                    continue;
+                };
+                while a < b {
+                    let Some(m) = text[a..b].find(needle).map(|p| a + p) else { break };
+                    let mut left_end = m;
+                    if attr & ATTR_LSTRIP != 0 {
+                        while left_end > a && is_c_space(bytes[left_end - 1]) {
+                            left_end -= 1;
+                        }
+                    }
+                    if left_end > a {
+                        next.push(Frag::Raw(a, left_end));
+                    }
+                    next.push(Frag::Token(id));
+                    a = m + needle.len();
+                    if attr & ATTR_RSTRIP != 0 {
+                        while a < b && is_c_space(bytes[a]) {
+                            a += 1;
+                        }
+                    }
+                }
+                if a < b {
+                    next.push(Frag::Raw(a, b));
+                }
+            }
+            frags = next;
+        }
+        frags
     }
-    pub fn decode(&self, _ids: &[u32]) -> String {
-        todo!()
+
+    /// llama.cpp's `llm_tokenizer_spm_session::tokenize` on one (already escaped) fragment.
+    fn spm_tokenize(&self, text: &str, scores: &[f32], byte_tokens: &[Option<u32>], out: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let mut syms: Vec<SpmSymbol> = Vec::with_capacity(text.len());
+        let count = text.chars().count();
+        for (i, (start, c)) in text.char_indices().enumerate() {
+            syms.push(SpmSymbol {
+                start,
+                len: c.len_utf8(),
+                prev: i as isize - 1,
+                next: if i + 1 == count { -1 } else { i as isize + 1 },
+            });
+        }
+        let mut heap = std::collections::BinaryHeap::with_capacity(syms.len());
+        let try_add = |syms: &[SpmSymbol], heap: &mut std::collections::BinaryHeap<SpmBigram>, l: isize, r: isize| {
+            if l < 0 || r < 0 {
+                return;
+            }
+            let (l, r) = (l as usize, r as usize);
+            let start = syms[l].start;
+            let size = syms[l].len + syms[r].len;
+            if let Some(&id) = self.token_to_id.get(&text[start..start + size]) {
+                heap.push(SpmBigram { score: scores[id as usize], left: l, right: r, size });
+            }
+        };
+        for i in 1..syms.len() {
+            try_add(&syms, &mut heap, i as isize - 1, i as isize);
+        }
+        while let Some(bg) = heap.pop() {
+            let (l, r) = (bg.left, bg.right);
+            if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != bg.size {
+                continue;
+            }
+            syms[l].len += syms[r].len;
+            syms[r].len = 0;
+            syms[l].next = syms[r].next;
+            if syms[r].next >= 0 {
+                let nx = syms[r].next as usize;
+                syms[nx].prev = l as isize;
+            }
+            let (prev, next) = (syms[l].prev, syms[l].next);
+            try_add(&syms, &mut heap, prev, l as isize);
+            try_add(&syms, &mut heap, l as isize, next);
+        }
+        let mut i: isize = 0;
+        while i >= 0 {
+            let s = syms[i as usize];
+            let piece = &text[s.start..s.start + s.len];
+            match self.token_to_id.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for &b in piece.as_bytes() {
+                        if let Some(id) = byte_tokens[b as usize] {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+            i = s.next;
+        }
     }
+
+    /// The raw bytes token `id` renders to in generated text (control tokens: nothing). Unknown
+    /// ids render as nothing.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        if i + 1 >= self.piece_offsets.len() {
+            return &[];
+        }
+        &self.pieces[self.piece_offsets[i]..self.piece_offsets[i + 1]]
+    }
+
+    /// Text of `ids` (their [`token_bytes`](Self::token_bytes) concatenated, lossy UTF-8).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend_from_slice(self.token_bytes(id));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    /// All end-of-generation ids, sorted.
     pub fn eog_ids(&self) -> &[u32] {
-        todo!()
+        &self.eog
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk
+    }
+
+    /// Whether [`encode`](Self::encode) with `add_bos = true` prepends BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether [`encode`](Self::encode) with `add_bos = true` appends EOS.
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
+    }
+
+    /// Id of the token whose text is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.token_to_id.get(text).copied()
+    }
+
+    /// Stored text of token `id` (as in the vocabulary: `Ġ`/`▁` markers, `<0x0A>`…).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize).map(String::as_str)
+    }
+
+    /// Whether `id` is a control token (renders as nothing, e.g. `<|im_start|>`).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.attrs.get(id as usize).is_some_and(|a| a & ATTR_CONTROL != 0)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn kind(&self) -> VocabKind {
+        self.kind
+    }
+
+    /// `tokenizer.ggml.pre` (empty when absent).
+    pub fn pre(&self) -> &str {
+        &self.pre
+    }
+}
+
+/// A `tokenizers` pipeline for a byte-level BPE vocabulary: the pre-tokenizer regexes, byte-level
+/// encoding, and the merges. Special tokens are not registered (they are cut out beforehand).
+fn build_bpe(
+    token_to_id: &TokenMap,
+    merges: &[String],
+    pre: &PreSpec,
+) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(merges.len());
+    let mut seen: HashSet<(u32, u32)> = HashSet::with_capacity(merges.len());
+    let mut joined = String::new();
+    for m in merges {
+        // llama.cpp splits at the first space after the first byte.
+        let Some(pos) = m.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
+            continue;
+        };
+        let (a, b) = (&m[..pos], &m[pos + 1..]);
+        let (Some(&ia), Some(&ib)) = (token_to_id.get(a), token_to_id.get(b)) else { continue };
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        if !token_to_id.contains_key(&joined) || !seen.insert((ia, ib)) {
+            continue;
+        }
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    let vocab = token_to_id.clone();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, pairs)
+        .ignore_merges(pre.ignore_merges)
+        .build()
+        .map_err(|e| format!("cannot build the BPE model: {e}"))?;
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
+    for re in &pre.regexes {
+        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| format!("bad pre-tokenizer regex {re:?}: {e}"))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(Sequence::new(steps)));
+    Ok(tk)
+}
+
+/// Read the tokenizer metadata of `g`.
+fn read_spec(g: &GgufFile) -> Result<VocabSpec> {
+    let model = g.str("tokenizer.ggml.model")?;
+    let kind = match model {
+        "gpt2" => VocabKind::BytePairEncoding,
+        "llama" => VocabKind::SentencePiece,
+        other => {
+            return Err(Error::Tokenizer {
+                path: g.path.clone(),
+                reason: format!(
+                    "unsupported tokenizer model `tokenizer.ggml.model = {other}` (supported: gpt2, llama)"
+                ),
+            })
+        }
+    };
+    let tokens: Vec<String> = g.str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_string).collect();
+    let types = if g.has("tokenizer.ggml.token_type") { Some(g.i32_array("tokenizer.ggml.token_type")?) } else { None };
+    let scores = if g.has("tokenizer.ggml.scores") {
+        match g.f32_array("tokenizer.ggml.scores") {
+            Ok(s) => Some(s),
+            Err(e) => match g.i32_array("tokenizer.ggml.scores") {
+                Ok(s) => Some(s.into_iter().map(|x| x as f32).collect()),
+                Err(_) => return Err(e),
+            },
+        }
+    } else {
+        None
+    };
+    let merges: Vec<String> = match kind {
+        VocabKind::BytePairEncoding => {
+            g.str_array("tokenizer.ggml.merges")?.into_iter().map(str::to_string).collect()
+        }
+        VocabKind::SentencePiece => Vec::new(),
+    };
+    let opt_id = |key: &str| -> Result<Option<u32>> { if g.has(key) { g.u32(key).map(Some) } else { Ok(None) } };
+    let opt_bool = |key: &str| -> Result<Option<bool>> { if g.has(key) { g.bool_or(key, false).map(Some) } else { Ok(None) } };
+    Ok(VocabSpec {
+        kind,
+        pre: g.opt_str("tokenizer.ggml.pre").unwrap_or("").to_string(),
+        tokens,
+        types,
+        scores,
+        merges,
+        bos: opt_id("tokenizer.ggml.bos_token_id")?,
+        eos: opt_id("tokenizer.ggml.eos_token_id")?,
+        unk: opt_id("tokenizer.ggml.unknown_token_id")?,
+        eot: opt_id("tokenizer.ggml.eot_token_id")?,
+        eom: opt_id("tokenizer.ggml.eom_token_id")?,
+        fim_pad: opt_id("tokenizer.ggml.fim_pad_token_id")?,
+        fim_rep: opt_id("tokenizer.ggml.fim_rep_token_id")?,
+        fim_sep: opt_id("tokenizer.ggml.fim_sep_token_id")?,
+        add_bos: opt_bool("tokenizer.ggml.add_bos_token")?,
+        add_eos: opt_bool("tokenizer.ggml.add_eos_token")?,
+        add_space_prefix: opt_bool("tokenizer.ggml.add_space_prefix")?,
+        model_name: g.opt_str("general.name").unwrap_or("").to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming UTF-8
+// ---------------------------------------------------------------------------------------------
+
+/// Turns a stream of token bytes into text, emitting only complete UTF-8 characters: an
+/// incomplete trailing sequence is held until the next push; bytes that can never form a
+/// character become U+FFFD (as `String::from_utf8_lossy` would).
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append `bytes`; return the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // The prefix up to `valid` was just validated.
+                    out.push_str(std::str::from_utf8(&rest[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            rest = &rest[valid + bad..];
+                        }
+                        None => {
+                            rest = &rest[valid..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.len();
+        let drop = self.pending.len() - keep;
+        self.pending.drain(..drop);
+        out
+    }
+
+    /// Whether bytes of an incomplete character are being held.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The held bytes of an unfinished character, as U+FFFD (empty when none).
+    pub fn finish(self) -> String {
+        String::from_utf8_lossy(&self.pending).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: VocabKind, tokens: &[&str], types: &[i32], scores: Option<Vec<f32>>) -> VocabSpec {
+        VocabSpec {
+            kind,
+            pre: "gpt-2".into(),
+            tokens: tokens.iter().map(|s| s.to_string()).collect(),
+            types: Some(types.to_vec()),
+            scores,
+            merges: Vec::new(),
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+            eot: None,
+            eom: None,
+            fim_pad: None,
+            fim_rep: None,
+            fim_sep: None,
+            add_bos: Some(false),
+            add_eos: Some(false),
+            add_space_prefix: Some(false),
+            model_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<GgufTokenizer>();
+    }
+
+    #[test]
+    fn utf8_stream_emoji_split_in_three() {
+        let crab = "🦀".as_bytes(); // 4 bytes
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.push(&crab[..1]), "");
+        assert_eq!(s.push(&crab[1..3]), "");
+        assert!(s.has_pending());
+        assert_eq!(s.push(&[crab[3], b'!']), "🦀!");
+        assert_eq!(s.finish(), "");
+    }
+
+    #[test]
+    fn utf8_stream_invalid_bytes() {
+        let mut s = Utf8Stream::new();
+        // 0xFF can never start a character; "é" then a lone continuation byte.
+        assert_eq!(s.push(&[b'a', 0xFF, b'b']), "a\u{FFFD}b");
+        assert_eq!(s.push(&[0xC3, 0xA9, 0x80]), "é\u{FFFD}");
+        // A started 3-byte sequence interrupted by ASCII.
+        assert_eq!(s.push(&[0xE2, 0x82]), "");
+        assert_eq!(s.push(b"x"), "\u{FFFD}x");
+        // Left unfinished at the end.
+        assert_eq!(s.push(&[0xF0, 0x9F]), "");
+        assert_eq!(s.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn byte_level_mapping_round_trips() {
+        let fwd = byte_to_unicode_table();
+        let inv = unicode_to_byte_table();
+        assert_eq!(fwd[b' ' as usize], 'Ġ');
+        assert_eq!(fwd[b'\n' as usize], 'Ċ');
+        assert_eq!(fwd[b'A' as usize], 'A');
+        for b in 0..=255u8 {
+            assert_eq!(inv[fwd[b as usize] as usize], Some(b));
+        }
+    }
+
+    #[test]
+    fn partition_tries_longest_special_first() {
+        // specials "AB" (3) and "BCD" (4): llama.cpp cuts BCD first → "A" + BCD.
+        let toks = ["<unk>", "<s>", "</s>", "AB", "BCD", "A", "B", "C", "D"];
+        let types = [2, 3, 3, 3, 3, 1, 1, 1, 1];
+        let t = GgufTokenizer::from_spec(spec(VocabKind::SentencePiece, &toks, &types, None), "t".into()).unwrap();
+        assert_eq!(t.partition("ABCD"), vec![Frag::Raw(0, 1), Frag::Token(4)]);
+        assert_eq!(t.encode("ABCD", false).unwrap(), vec![5, 4]);
+        assert_eq!(t.encode("xABy", false).unwrap_or_default().len(), 3);
+        assert_eq!(t.partition("ABAB"), vec![Frag::Token(3), Frag::Token(3)]);
+        assert_eq!(t.partition(""), vec![]);
+    }
+
+    #[test]
+    fn spm_merges_by_score_with_byte_fallback() {
+        // "▁ab" wins over "ab" by score; 'é' is not in the vocabulary → its two bytes.
+        let toks = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "▁ab", "<0xC3>", "<0xA9>"];
+        let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6];
+        let scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0, 0.0, 0.0];
+        let mut s = spec(VocabKind::SentencePiece, &toks, &types, Some(scores));
+        s.add_space_prefix = Some(true);
+        s.add_bos = Some(true);
+        let t = GgufTokenizer::from_spec(s, "t".into()).unwrap();
+        // "▁ab": first merge is "ab" (-4, beats "▁a" -5), then "▁" + "ab" = "▁ab".
+        assert_eq!(t.encode("ab", true).unwrap(), vec![1, 8]);
+        assert_eq!(t.encode("é", false).unwrap(), vec![3, 9, 10]);
+        assert_eq!(t.decode(&[1, 8, 9, 10]), " abé");
+        assert!(t.is_eog(2));
+    }
+
+    #[test]
+    fn eog_detection_by_text() {
+        let toks = ["<unk>", "<s>", "</s>", "<|im_end|>", "<end_of_turn>", "<|fim_pad|>", "x"];
+        let types = [2, 3, 3, 1, 3, 3, 1];
+        let t = GgufTokenizer::from_spec(spec(VocabKind::SentencePiece, &toks, &types, None), "t".into()).unwrap();
+        assert_eq!(t.eog_ids(), &[2, 3, 4, 5]);
+        // <|im_end|> was NORMAL: forced to CONTROL, renders as nothing and is parsed as special.
+        assert!(t.is_control(3));
+        assert_eq!(t.token_bytes(3), b"");
+        assert_eq!(t.encode("x<|im_end|>", false).unwrap(), vec![6, 3]);
+    }
+
+    #[test]
+    fn unknown_pre_is_an_error_listing_supported() {
+        let toks = ["a", "b"];
+        let mut s = spec(VocabKind::BytePairEncoding, &toks, &[1, 1], None);
+        s.pre = "no-such-pre".into();
+        s.bos = None;
+        s.eos = None;
+        let e = GgufTokenizer::from_spec(s, "t".into()).unwrap_err().to_string();
+        assert!(e.contains("no-such-pre") && e.contains("qwen2") && e.contains("smollm"), "{e}");
     }
 }

@@ -1,0 +1,100 @@
+//! The decode loop: prefill the prompt in chunks, then sample one token at a time until the
+//! caller's callback says stop or `max_tokens` is reached. Timing is measured here, where the
+//! work happens, so every caller reports the same numbers.
+
+use std::time::Instant;
+
+use crate::engine::kv_cache::KvCache;
+use crate::engine::sampler::Sampler;
+use crate::error::{Error, Result};
+
+/// A model that can be run one step: feed `tokens` at position `cache.len()`, return the logits
+/// of the last position.
+pub trait Forward {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DecodeStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens actually computed (a forked cache may already hold a prefix).
+    pub prefilled_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+    /// From the start of the call to the first sampled token.
+    pub ttft_secs: f64,
+}
+
+impl DecodeStats {
+    pub fn prefill_tps(&self) -> f64 {
+        if self.prefill_secs > 0.0 { self.prefilled_tokens as f64 / self.prefill_secs } else { 0.0 }
+    }
+
+    /// Tokens per second after the first one (the first comes out of the prefill).
+    pub fn decode_tps(&self) -> f64 {
+        let n = self.generated_tokens.saturating_sub(1);
+        if self.decode_secs > 0.0 && n > 0 { n as f64 / self.decode_secs } else { 0.0 }
+    }
+}
+
+pub struct DecodeOptions {
+    pub max_tokens: usize,
+    /// Prompt tokens per forward during prefill (bounds the attention scratch memory).
+    pub prefill_chunk: usize,
+}
+
+/// Run generation. `cache` may already hold a prefix of `prompt` (a forked prefill).
+/// `on_token` sees every sampled token in order and may stop the loop; the token it stops on is
+/// counted as generated and returned.
+pub fn decode_loop(
+    model: &dyn Forward,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    sampler: &mut Sampler,
+    opts: &DecodeOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<Control>,
+) -> Result<(Vec<u32>, DecodeStats)> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidRequest("the prompt is empty (no tokens to start from)".into()));
+    }
+    let start = Instant::now();
+    // Always recompute at least the last prompt token: its logits start the generation.
+    if cache.len() >= prompt.len() {
+        cache.truncate(prompt.len() - 1);
+    }
+    let mut stats = DecodeStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let chunk = opts.prefill_chunk.max(1);
+    let mut logits = Vec::new();
+    let first = cache.len();
+    for piece in prompt[first..].chunks(chunk) {
+        logits = model.forward(piece, cache)?;
+        stats.prefilled_tokens += piece.len();
+    }
+    stats.prefill_secs = start.elapsed().as_secs_f64();
+
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    let decode_start = Instant::now();
+    while out.len() < opts.max_tokens {
+        let tok = sampler.sample(&mut logits, &history);
+        if out.is_empty() {
+            stats.ttft_secs = start.elapsed().as_secs_f64();
+        }
+        out.push(tok);
+        history.push(tok);
+        if on_token(tok)? == Control::Stop || out.len() >= opts.max_tokens {
+            break;
+        }
+        logits = model.forward(&[tok], cache)?;
+    }
+    stats.generated_tokens = out.len();
+    stats.decode_secs = decode_start.elapsed().as_secs_f64() - (stats.ttft_secs - stats.prefill_secs).max(0.0);
+    Ok((out, stats))
+}

@@ -1,0 +1,176 @@
+//! Per-sequence KV cache in f16 (as llama.cpp keeps it), preallocated to the capacity the
+//! generation needs (prompt + max tokens) and written in place. On CPU it is plain memory read by
+//! [`crate::engine::attention`]; on other devices it is a pair of device tensors per layer.
+//! Weights are shared between sequences, caches never are; a cache can be forked so that several
+//! samples reuse one prefill.
+
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+
+use crate::error::{Error, Result};
+
+enum Store {
+    /// Per layer (k, v), each `[n_kv_head, capacity, head_dim]`.
+    Cpu(Vec<(Vec<f16>, Vec<f16>)>),
+    /// Per layer (k, v), each `[1, n_kv_head, capacity, head_dim]` f16 tensors.
+    Device(Vec<(Tensor, Tensor)>),
+}
+
+pub struct KvCache {
+    store: Store,
+    n_kv_head: usize,
+    head_dim: usize,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
+        let per = n_kv_head * capacity * head_dim;
+        let store = if device.is_cpu() {
+            Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per], vec![f16::ZERO; per])).collect())
+        } else {
+            let shape = (1, n_kv_head, capacity, head_dim);
+            let layers = (0..n_layers)
+                .map(|_| Ok((Tensor::zeros(shape, DType::F16, device)?, Tensor::zeros(shape, DType::F16, device)?)))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(Error::candle("allocating the KV cache"))?;
+            Store::Device(layers)
+        };
+        Ok(Self { store, n_kv_head, head_dim, len: 0, capacity })
+    }
+
+    /// Bytes a cache of this geometry takes.
+    pub fn bytes_for(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize) -> u64 {
+        (2 * n_layers * n_kv_head * head_dim * capacity * 2) as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn check_room(&self, seq: usize) -> Result<()> {
+        if self.len + seq > self.capacity {
+            return Err(Error::Other(format!(
+                "KV cache full: {} + {seq} positions exceed its capacity of {}",
+                self.len, self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// CPU: write `k`, `v` (`[n_kv_head, seq, head_dim]`, f32) for `layer` at the current
+    /// position and return the whole layer's (k, v) memory. The position moves on
+    /// [`KvCache::advance`], once every layer has been written.
+    pub fn append_cpu(&mut self, layer: usize, k: &[f32], v: &[f32], seq: usize) -> Result<(&[f16], &[f16])> {
+        self.check_room(seq)?;
+        let (d, cap, len) = (self.head_dim, self.capacity, self.len);
+        let Store::Cpu(layers) = &mut self.store else {
+            return Err(Error::Other("append_cpu on a device cache".into()));
+        };
+        let (kc, vc) = &mut layers[layer];
+        for h in 0..self.n_kv_head {
+            for i in 0..seq {
+                let src = (h * seq + i) * d;
+                let dst = (h * cap + len + i) * d;
+                for j in 0..d {
+                    kc[dst + j] = f16::from_f32(k[src + j]);
+                    vc[dst + j] = f16::from_f32(v[src + j]);
+                }
+            }
+        }
+        Ok((kc.as_slice(), vc.as_slice()))
+    }
+
+    /// Device: write `k`, `v` (`[1, n_kv_head, seq, head_dim]`) for `layer` and return every
+    /// position so far as f32 tensors.
+    pub fn append_device(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let seq = k.dim(2)?;
+        self.check_room(seq)?;
+        let Store::Device(layers) = &self.store else {
+            return Err(Error::Other("append_device on a CPU cache".into()));
+        };
+        let (kc, vc) = &layers[layer];
+        kc.slice_set(&k.to_dtype(DType::F16)?.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.to_dtype(DType::F16)?.contiguous()?, 2, self.len)?;
+        let end = self.len + seq;
+        Ok((kc.narrow(2, 0, end)?.to_dtype(DType::F32)?, vc.narrow(2, 0, end)?.to_dtype(DType::F32)?))
+    }
+
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Forget everything after position `len` (e.g. to reuse a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// A deep copy holding the same positions, with at least `capacity` room.
+    pub fn fork(&self, capacity: usize) -> Result<Self> {
+        let capacity = capacity.max(self.len);
+        let (h, d, len) = (self.n_kv_head, self.head_dim, self.len);
+        let store = match &self.store {
+            Store::Cpu(layers) => Store::Cpu(
+                layers
+                    .iter()
+                    .map(|(k, v)| {
+                        let copy = |src: &Vec<f16>| {
+                            let mut dst = vec![f16::ZERO; h * capacity * d];
+                            for hh in 0..h {
+                                let s = hh * self.capacity * d;
+                                dst[hh * capacity * d..][..len * d].copy_from_slice(&src[s..s + len * d]);
+                            }
+                            dst
+                        };
+                        (copy(k), copy(v))
+                    })
+                    .collect(),
+            ),
+            Store::Device(layers) => {
+                let mut out = Vec::with_capacity(layers.len());
+                for (k, v) in layers {
+                    let nk = Tensor::zeros((1, h, capacity, d), DType::F16, k.device())?;
+                    let nv = Tensor::zeros((1, h, capacity, d), DType::F16, v.device())?;
+                    if len > 0 {
+                        nk.slice_set(&k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                        nv.slice_set(&v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                    }
+                    out.push((nk, nv));
+                }
+                Store::Device(out)
+            }
+        };
+        Ok(Self { store, n_kv_head: h, head_dim: d, len, capacity })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_fork_and_overflow() -> Result<()> {
+        let mut c = KvCache::new(1, 2, 4, 8, &Device::Cpu)?;
+        let k: Vec<f32> = (0..2 * 3 * 4).map(|x| x as f32).collect();
+        let (kc, _) = c.append_cpu(0, &k, &k, 3)?;
+        // head 1, position 2, dim 3 lands at (1 * 8 + 2) * 4 + 3.
+        assert_eq!(kc[(8 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        c.advance(3);
+        let f = c.fork(16)?;
+        assert_eq!((f.len(), f.capacity()), (3, 16));
+        let Store::Cpu(l) = &f.store else { unreachable!() };
+        assert_eq!(l[0].0[(16 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        let big = vec![0f32; 2 * 6 * 4];
+        assert!(c.append_cpu(0, &big, &big, 6).is_err(), "overflow must be an error");
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! A loaded model: transformer weights + tokenizer + chat template of one GGUF file on one
+//! device. Loading goes through a process-wide registry so that opening the same file twice on
+//! the same device shares the weights (each sequence still gets its own KV cache).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::error::Result;
+use crate::model::arch::Config;
+use crate::model::gguf::{sha256_file, GgufFile};
+use crate::model::template::ChatTemplate;
+use crate::model::tokenizer::GgufTokenizer;
+use crate::model::transformer::Transformer;
+
+pub struct Model {
+    /// Display name (file stem unless the caller gave an alias).
+    pub name: String,
+    pub path: PathBuf,
+    pub transformer: Transformer,
+    pub tokenizer: GgufTokenizer,
+    pub template: ChatTemplate,
+    pub file_size: u64,
+    pub load_secs: f64,
+    sha256: OnceLock<String>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.name).field("path", &self.path).finish()
+    }
+}
+
+type Key = (PathBuf, String);
+
+fn registry() -> &'static Mutex<HashMap<Key, Weak<Model>>> {
+    static R: OnceLock<Mutex<HashMap<Key, Weak<Model>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn device_key(d: &Device) -> String {
+    format!("{:?}", d.location())
+}
+
+impl Model {
+    /// Load `path` onto `device`, or return the copy already loaded in this process.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Arc<Model>> {
+        let path = path.as_ref();
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let key = (canon, device_key(device));
+        // Holding the lock while loading makes a concurrent second open wait and then share.
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = reg.get(&key).and_then(Weak::upgrade) {
+            return Ok(m);
+        }
+        let m = Arc::new(Self::load_uncached(path, device)?);
+        reg.retain(|_, w| w.strong_count() > 0);
+        reg.insert(key, Arc::downgrade(&m));
+        Ok(m)
+    }
+
+    /// Load without consulting the registry (always reads the file).
+    pub fn load_uncached(path: &Path, device: &Device) -> Result<Model> {
+        let start = Instant::now();
+        let g = GgufFile::open(path)?;
+        let cfg = Config::from_gguf(&g)?;
+        let tokenizer = GgufTokenizer::from_gguf(&g)?;
+        let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let transformer = Transformer::load(&g, cfg, device)?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Model {
+            name,
+            path: path.to_path_buf(),
+            transformer,
+            tokenizer,
+            template,
+            file_size: g.file_size,
+            load_secs: start.elapsed().as_secs_f64(),
+            sha256: OnceLock::new(),
+        })
+    }
+
+    /// Number of distinct models currently loaded in this process.
+    pub fn loaded_count() -> usize {
+        registry().lock().map(|r| r.values().filter(|w| w.strong_count() > 0).count()).unwrap_or(0)
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.transformer.cfg
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.cfg().context_length
+    }
+
+    /// sha256 of the GGUF file (computed once, on first use).
+    pub fn sha256(&self) -> Result<String> {
+        if let Some(s) = self.sha256.get() {
+            return Ok(s.clone());
+        }
+        let s = sha256_file(&self.path)?;
+        Ok(self.sha256.get_or_init(|| s).clone())
+    }
+}

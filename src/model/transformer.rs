@@ -1,0 +1,340 @@
+//! The decoder-only transformer shared by every supported architecture: weights read from the
+//! GGUF (kept quantized, the embedding table too) and one `forward(tokens, cache)` that feeds
+//! tokens at the cache's position. Weights are immutable and shared; state lives in the cache.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::engine::attention::{self, AttnShape};
+use crate::engine::{Forward, KvCache};
+use crate::error::{Error, Result};
+use crate::model::arch::{Activation, Config, RopeStyle};
+use crate::model::gguf::GgufFile;
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    bias: Option<(Tensor, Tensor, Tensor)>,
+    qk_norm: Option<(Tensor, Tensor)>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    post_ffn_norm: Option<Tensor>,
+    window: Option<usize>,
+    rope_base: f32,
+}
+
+pub struct Transformer {
+    pub cfg: Config,
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    device: Device,
+}
+
+impl Transformer {
+    pub fn load(g: &GgufFile, cfg: Config, device: &Device) -> Result<Self> {
+        let mut r = g.reader()?;
+        let mut q = |name: &str| g.tensor(&mut r, name, device);
+        let embed = Arc::new(q("token_embd.weight")?);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        let mut r2 = g.reader()?;
+        let mut opt = |name: &str| -> Result<Option<QTensor>> {
+            if g.has_tensor(name) { g.tensor(&mut r2, name, device).map(Some) } else { Ok(None) }
+        };
+        let mut all = Vec::new();
+        for i in 0..cfg.n_layer {
+            let p = format!("blk.{i}");
+            let names = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+            let mut t = Vec::with_capacity(names.len());
+            for n in names {
+                t.push(opt(&format!("{p}.{n}.weight"))?.ok_or_else(|| Error::BadGguf {
+                    path: g.path.clone(),
+                    reason: format!("tensor `{p}.{n}.weight` is missing for architecture {:?}", cfg.arch),
+                })?);
+            }
+            let bq = opt(&format!("{p}.attn_q.bias"))?;
+            let bk = opt(&format!("{p}.attn_k.bias"))?;
+            let bv = opt(&format!("{p}.attn_v.bias"))?;
+            let qn = opt(&format!("{p}.attn_q_norm.weight"))?;
+            let kn = opt(&format!("{p}.attn_k_norm.weight"))?;
+            let pan = opt(&format!("{p}.post_attention_norm.weight"))?;
+            let pfn = opt(&format!("{p}.post_ffw_norm.weight"))?;
+            all.push((i, t, bq, bk, bv, qn, kn, pan, pfn));
+        }
+        let deq = |t: QTensor| t.dequantize(device).map_err(Error::candle("dequantizing a norm/bias"));
+        let mm = |t: QTensor| QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"));
+        for (i, t, bq, bk, bv, qn, kn, pan, pfn) in all {
+            let mut it = t.into_iter();
+            let mut next = || it.next().expect("nine tensors per layer");
+            let attn_norm = deq(next())?;
+            let (wq, wk, wv, wo) = (mm(next())?, mm(next())?, mm(next())?, mm(next())?);
+            let ffn_norm = deq(next())?;
+            let (gate, up, down) = (mm(next())?, mm(next())?, mm(next())?);
+            let bias = match (bq, bk, bv) {
+                (Some(a), Some(b), Some(c)) => Some((deq(a)?, deq(b)?, deq(c)?)),
+                _ => None,
+            };
+            let qk_norm = match (qn, kn) {
+                (Some(a), Some(b)) if cfg.qk_norm => Some((deq(a)?, deq(b)?)),
+                _ => None,
+            };
+            let window = cfg.window_of(i);
+            layers.push(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                bias,
+                qk_norm,
+                post_attn_norm: pan.map(deq).transpose()?,
+                ffn_norm,
+                gate,
+                up,
+                down,
+                post_ffn_norm: pfn.map(deq).transpose()?,
+                window,
+                rope_base: if window.is_some() { cfg.rope_base_local } else { cfg.rope_base },
+            });
+        }
+        let norm = deq(q("output_norm.weight")?)?;
+        let output = if g.has_tensor("output.weight") {
+            mm(q("output.weight")?)?
+        } else {
+            QMatMul::from_arc(embed.clone()).map_err(Error::candle("tying the output to the embedding"))?
+        };
+        Ok(Self { cfg, embed, layers, norm, output, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A KV cache for one sequence of up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        KvCache::new(c.n_layer, c.n_kv_head, c.head_dim, capacity, &self.device)
+    }
+
+    /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
+    fn rope_tables(&self, base: f32, pos: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.cfg.head_dim / 2;
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in pos..pos + seq {
+            for i in 0..half {
+                let freq = (base as f64).powf(-2.0 * i as f64 / self.cfg.head_dim as f64);
+                let (s, c) = (p as f64 * freq).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        Ok((Tensor::from_vec(cos, (seq, half), &self.device)?, Tensor::from_vec(sin, (seq, half), &self.device)?))
+    }
+
+    /// Additive mask `[n_rep * seq, kv_len]` for queries at `pos..pos+seq` over keys `0..kv_len`.
+    fn mask(&self, pos: usize, seq: usize, kv_start: usize, kv_len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
+        let mut m = Vec::with_capacity(n_rep * seq * kv_len);
+        for _ in 0..n_rep {
+            for i in 0..seq {
+                let qp = pos + i;
+                for j in 0..kv_len {
+                    let kp = kv_start + j;
+                    let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
+                    m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Tensor::from_vec(m, (n_rep * seq, kv_len), &self.device)
+    }
+
+    fn attention(&self, l: &Layer, li: usize, x: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (b, seq, _) = x.dims3()?;
+        let (mut q, mut k, mut v) = (mm(&l.wq, x)?, mm(&l.wk, x)?, mm(&l.wv, x)?);
+        if let Some((bq, bk, bv)) = &l.bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let q = q.reshape((b, seq, c.n_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, seq, c.n_kv_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, seq, c.n_kv_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match &l.qk_norm {
+            Some((qn, kn)) => (
+                candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?,
+                candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?,
+            ),
+            None => (q, k),
+        };
+        let (cos, sin) = self.rope_tables(l.rope_base, pos, seq)?;
+        let (q, k) = match c.rope_style {
+            RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
+            RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
+        };
+        let out = if self.device.is_cpu() {
+            self.attention_cpu(l, li, &q, &k, &v, pos, cache)?
+        } else {
+            self.attention_device(l, li, &q, &k, &v, pos, cache)?
+        };
+        mm(&l.wo, &out)
+    }
+
+    /// CPU: llama.cpp-style attention straight over the f16 cache (see engine::attention).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cpu(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (b, _, seq, _) = q.dims4()?;
+        let to_vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (qv, kv, vv) = (to_vec(q)?, to_vec(k)?, to_vec(v)?);
+        let shape = AttnShape {
+            n_head: c.n_head,
+            n_kv_head: c.n_kv_head,
+            head_dim: c.head_dim,
+            capacity: cache.capacity(),
+            seq,
+            pos,
+            window: l.window,
+            scale: c.attn_scale,
+        };
+        let (kc, vc) = cache.append_cpu(li, &kv, &vv, seq).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut out = vec![0f32; qv.len()];
+        attention::attention(&shape, &qv, kc, vc, &mut out);
+        Tensor::from_vec(out, (b, seq, c.n_head * c.head_dim), &self.device)
+    }
+
+    /// Other devices: the same attention with candle's tensor ops (mask + softmax).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_device(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (b, _, seq, _) = q.dims4()?;
+        let (mut ka, mut va) = cache.append_device(li, k, v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let total = pos + seq;
+        let mut kv_start = 0;
+        if let Some(w) = l.window {
+            let first_needed = (pos + 1).saturating_sub(w);
+            if first_needed > 0 {
+                ka = ka.narrow(2, first_needed, total - first_needed)?;
+                va = va.narrow(2, first_needed, total - first_needed)?;
+                kv_start = first_needed;
+            }
+        }
+        let kv_len = total - kv_start;
+        let n_rep = c.n_head / c.n_kv_head;
+        // Group query heads by their KV head: [b, n_kv, n_rep * seq, d], no KV copies.
+        let qg = q.reshape((b, c.n_kv_head, n_rep * seq, c.head_dim))?;
+        let att = (qg.matmul(&ka.contiguous()?.t()?)? * c.attn_scale as f64)?;
+        let att = if seq > 1 || l.window.is_some_and(|w| kv_len > w) {
+            att.broadcast_add(&self.mask(pos, seq, kv_start, kv_len, l.window)?)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let out = att.matmul(&va.contiguous()?)?;
+        out.reshape((b, c.n_head, seq, c.head_dim))?.transpose(1, 2)?.reshape((b, seq, c.n_head * c.head_dim))
+    }
+
+    fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = mm(&l.gate, x)?;
+        let gate = match self.cfg.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh if self.device.is_cpu() => gelu_f16_table(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        mm(&l.down, &(gate * mm(&l.up, x)?)?)
+    }
+
+    fn forward_inner(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let pos = cache.len();
+        let seq = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        if let Some(s) = c.embed_scale {
+            x = (x * s as f64)?;
+        }
+        let eps = c.rms_eps as f32;
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
+            let mut h = self.attention(l, li, &h, pos, cache)?;
+            if let Some(n) = &l.post_attn_norm {
+                h = candle_nn::ops::rms_norm(&h, n, eps)?;
+            }
+            x = (x + h)?;
+            let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+            let mut h = self.mlp(l, &h)?;
+            if let Some(n) = &l.post_ffn_norm {
+                h = candle_nn::ops::rms_norm(&h, n, eps)?;
+            }
+            x = (x + h)?;
+        }
+        cache.advance(seq);
+        let last = x.narrow(1, seq - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        mm(&self.output, &last)?.flatten_all()?.to_dtype(DType::F32)
+    }
+}
+
+impl Forward for Transformer {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest("forward called with no tokens".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+        }
+        let before = cache.len();
+        let logits = self.forward_inner(tokens, cache).map_err(|e| {
+            cache.truncate(before);
+            Error::Candle { context: "forward pass".into(), source: e }
+        })?;
+        logits.to_vec1::<f32>().map_err(Error::candle("reading logits"))
+    }
+}
+
+/// GELU (tanh form) the way llama.cpp's CPU backend computes it: the input rounded to f16 and
+/// looked up in a table of f16 results (ggml's `GGML_GELU_FP16`), saturating outside ±10.
+fn gelu_f16_table(x: &Tensor) -> candle_core::Result<Tensor> {
+    use half::f16;
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let v = f16::from_bits(bits).to_f32();
+                let g = 0.5 * v * (1.0 + (0.797_884_6 * v * (1.0 + 0.044_715 * v * v)).tanh());
+                f16::from_f32(g)
+            })
+            .collect()
+    });
+    let vals: Vec<f32> = x
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| {
+            if v <= -10.0 {
+                0.0
+            } else if v >= 10.0 {
+                v
+            } else {
+                table[f16::from_f32(v).to_bits() as usize].to_f32()
+            }
+        })
+        .collect();
+    Tensor::from_vec(vals, x.shape(), x.device())
+}
+
+/// A quantized matmul (one place to swap kernels).
+fn mm(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    w.forward(x)
+}
