@@ -5,7 +5,10 @@
 //! transformer) → engine (kv cache, sampler, decode loop) → candle`.
 
 pub mod engine;
+pub mod kernels;
 pub mod error;
 pub mod model;
+pub mod moa;
+pub mod runtime;
 
 pub use error::{Error, Result};

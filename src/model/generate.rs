@@ -143,8 +143,9 @@ impl Model {
         };
         let (ids, stats) = decode_loop(&self.transformer, &mut cache, &prompt_ids, &mut sampler, &opts, &mut on_token)?;
         if matches!(reason, StopReason::MaxTokens | StopReason::EndOfGeneration) {
-            // Flush what was held back (an unfinished stop-string prefix, a dangling byte).
-            held.push_str(&utf8.finish());
+            // Flush what was held back for a possible stop string. Bytes of a character that
+            // the last token left unfinished are dropped: they can never complete.
+            drop(utf8);
             if !held.is_empty() {
                 text.push_str(&held);
                 on_text(&held);

@@ -14,3 +14,4 @@ pub use generate::{GenerateRequest, Generation, Prompt, StopReason};
 pub use loaded::Model;
 pub use template::Message;
 pub mod catalog;
+pub mod synthetic;

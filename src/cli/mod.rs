@@ -1,0 +1,86 @@
+//! Command-line interface (clap types stop here): `moa-local [OPTIONS] [PROMPT]` runs MoA;
+//! subcommands run one model, tokenize, plan, bench and serve.
+
+mod generate;
+mod moa_cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "moa-local",
+    version,
+    about = "Mixture-of-Agents on local GGUF models, fully offline",
+    args_conflicts_with_subcommands = true,
+    after_help = "With no --models, the bundled test models (qwen-coder, smollm2) are used; fetch them with `bash models/fetch.sh`.\nWith no PROMPT on a terminal, starts an interactive multi-turn chat; otherwise reads the prompt from stdin."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub moa: MoaArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate with one model alone.
+    Generate(generate::GenerateArgs),
+    /// Print the token ids of TEXT as a JSON array (like llama-tokenize).
+    Tokenize(generate::TokenizeArgs),
+}
+
+/// Options of a MoA run (also used by `plan`, `bench` and `serve`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct MoaArgs {
+    /// The user prompt (read from stdin when absent and stdin is not a terminal).
+    pub prompt: Option<String>,
+    /// Proposer models, comma separated: catalog names or .gguf paths; a name may repeat
+    /// (`qwen,qwen,qwen` = three samples of one model with different seeds).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// The final aggregator model (default: the first proposer).
+    #[arg(long)]
+    pub aggregator: Option<String>,
+    /// Total layers: proposer layers + the aggregator (default 2).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Sampling temperature for every agent (0 = greedy; default 0.7).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Maximum new tokens per agent (default 512).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Base seed; agent i of layer l uses seed + (l << 20 | i). Random when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A system prompt for the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Replace the aggregate-and-synthesize instruction.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Device: cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print each proposer's answer, labelled, before the aggregate.
+    #[arg(long)]
+    pub show_proposals: bool,
+    /// Print one JSON document with every layer's answers, token counts, timings and models.
+    #[arg(long)]
+    pub json: bool,
+    /// A TOML recipe (layers, aggregator, per-model settings); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Generate(a)) => generate::generate(a),
+        Some(Command::Tokenize(a)) => generate::tokenize(a),
+        None => moa_cmd::run(cli.moa),
+    }
+}

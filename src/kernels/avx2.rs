@@ -1,0 +1,217 @@
+//! AVX2+FMA(+F16C) dot products for the 32-element types (Q4_0, Q5_0, Q8_0 with q8_0
+//! activations; Q4_1, Q5_1 with q8_1) and the register-tile driver shared with `avx2_k`.
+//!
+//! Each output is computed exactly like llama.cpp's AVX2 `ggml_vec_dot_*`: per block an exact
+//! i32x8 of pair sums (`maddubs` + `madd`), converted to f32 and `fma`-accumulated with the
+//! product of the two block scales into one 8-lane accumulator, then `hsum_float_8`; the min term
+//! of the `_1` types is a scalar sum. A micro-kernel computes a `C x R` tile (weight rows x
+//! activation rows), unpacking each weight block once per tile; every element of the tile gets
+//! the same operations in the same order as a lone dot product, so the tile shape never changes
+//! results.
+
+#![allow(clippy::missing_safety_doc)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::quantize::Acts;
+
+/// A micro-kernel: `C` weight rows (block pointers to the start of each row) times `R`
+/// activation rows `r0..r0+R`, over `a.nb` blocks.
+pub(crate) trait Kern {
+    unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C];
+}
+
+/// Drive `K` over `nw` weight rows x `nr` activation rows: tiles of 4 activation rows (1 weight
+/// row each), or 2 weight rows at a time for single activation rows (decode).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn drive<K: Kern>(w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+    #[inline(always)]
+    unsafe fn store<const C: usize, const R: usize>(v: [[f32; R]; C], out: *mut f32, ldo: usize, j: usize) {
+        for (c, col) in v.iter().enumerate() {
+            for (r, x) in col.iter().enumerate() {
+                *out.add(r * ldo + j + c) = *x;
+            }
+        }
+    }
+    let row = |j: usize| w.add(j * row_bytes);
+    let mut r = 0;
+    while r < nr {
+        let left = nr - r;
+        let o = out.add(r * ldo);
+        match left {
+            1 => {
+                let mut j = 0;
+                while j + 2 <= nw {
+                    store(K::run::<2, 1>([row(j), row(j + 1)], a, r0 + r), o, ldo, j);
+                    j += 2;
+                }
+                if j < nw {
+                    store(K::run::<1, 1>([row(j)], a, r0 + r), o, ldo, j);
+                }
+                r += 1;
+            }
+            2 => {
+                (0..nw).for_each(|j| store(K::run::<1, 2>([row(j)], a, r0 + r), o, ldo, j));
+                r += 2;
+            }
+            3 => {
+                (0..nw).for_each(|j| store(K::run::<1, 3>([row(j)], a, r0 + r), o, ldo, j));
+                r += 3;
+            }
+            _ => {
+                (0..nw).for_each(|j| store(K::run::<1, 4>([row(j)], a, r0 + r), o, ldo, j));
+                r += 4;
+            }
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_to_f32(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// llama.cpp's `hsum_float_8`: (hi + lo) halves, then pairs, then the last two.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn hsum8(x: __m256) -> f32 {
+    let mut r = _mm256_extractf128_ps::<1>(x);
+    r = _mm_add_ps(r, _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// 16 bytes of nibbles to 32 bytes: low nibbles first, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let b = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(t), _mm_srli_epi16::<4>(t));
+    _mm256_and_si256(b, _mm256_set1_epi8(0xF))
+}
+
+/// 32 bits to 32 bytes of 0x00 / 0xFF.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bits32(p: *const u8) -> __m256i {
+    let x = (p as *const u32).read_unaligned() as i32;
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let b = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
+    let b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
+}
+
+/// A 32-element weight type: how to unpack one block's quants into bytes.
+pub(crate) trait Small {
+    const BYTES: usize;
+    /// Signed quants (no min, q8_0 activations) vs unsigned quants plus a min (q8_1).
+    const SIGNED: bool;
+    unsafe fn unpack(p: *const u8) -> __m256i;
+}
+
+pub(crate) struct Q4_0;
+pub(crate) struct Q4_1;
+pub(crate) struct Q5_0;
+pub(crate) struct Q5_1;
+pub(crate) struct Q8_0;
+
+impl Small for Q4_0 {
+    const BYTES: usize = 18;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(p: *const u8) -> __m256i {
+        _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))
+    }
+}
+
+impl Small for Q4_1 {
+    const BYTES: usize = 20;
+    const SIGNED: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(p: *const u8) -> __m256i {
+        nibbles(p.add(4))
+    }
+}
+
+impl Small for Q5_0 {
+    const BYTES: usize = 22;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(p: *const u8) -> __m256i {
+        // q | 0xF0 where the 5th bit is clear == q - 16 as a signed byte.
+        let hi = _mm256_andnot_si256(bits32(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(p.add(6)), hi)
+    }
+}
+
+impl Small for Q5_1 {
+    const BYTES: usize = 24;
+    const SIGNED: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(p: *const u8) -> __m256i {
+        let hi = _mm256_and_si256(bits32(p.add(4)), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(p.add(8)), hi)
+    }
+}
+
+impl Small for Q8_0 {
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p.add(2) as *const __m256i)
+    }
+}
+
+/// The micro-kernel of every 32-element type.
+pub(crate) struct SmallKern<W>(std::marker::PhantomData<W>);
+
+impl<W: Small> Kern for SmallKern<W> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
+        let nb = a.nb;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let mut summs = [[0f32; R]; C];
+        let qs: [*const i8; R] = std::array::from_fn(|r| a.qs.as_ptr().add((r0 + r) * nb * 32));
+        let ds: [*const f32; R] = std::array::from_fn(|r| a.d.as_ptr().add((r0 + r) * nb));
+        let ss: [*const f32; R] =
+            std::array::from_fn(|r| if W::SIGNED { std::ptr::null() } else { a.s.as_ptr().add((r0 + r) * nb) });
+        for b in 0..nb {
+            for c in 0..C {
+                let p = w[c].add(b * W::BYTES);
+                let dx = f16_to_f32(p);
+                let x = W::unpack(p);
+                let ax = if W::SIGNED { _mm256_sign_epi8(x, x) } else { x };
+                for r in 0..R {
+                    let y = _mm256_loadu_si256(qs[r].add(b * 32) as *const __m256i);
+                    let sy = if W::SIGNED { _mm256_sign_epi8(y, x) } else { y };
+                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * *ds[r].add(b)), q, acc[c][r]);
+                    if !W::SIGNED {
+                        // m * s: both f16 values, so the product is exact and fusing is moot.
+                        summs[c][r] += f16_to_f32(p.add(2)) * *ss[r].add(b);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = hsum8(acc[c][r]) + summs[c][r];
+            }
+        }
+        out
+    }
+}

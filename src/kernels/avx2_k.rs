@@ -1,0 +1,230 @@
+//! AVX2 micro-kernels for the K-quants (Q4_K, Q5_K, Q6_K) against q8_K activations, driven by
+//! `avx2::drive`. Per 256-block the sub-block scales are applied in integers (`madd` with the
+//! 16-bit scale), one i32x8 per block is converted and `fma`-accumulated with `d_w * d_a`; the
+//! min terms use the activation `bsums`. Lane structure, accumulation order and the final
+//! reductions follow llama.cpp's AVX2 `ggml_vec_dot_q{4,5,6}_K_q8_K`, so each output equals what
+//! that function returns for the same activations.
+
+#![allow(clippy::missing_safety_doc)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::avx2::{f16_to_f32, hsum8, Kern};
+use super::quantize::Acts;
+
+/// `shuffle_epi8` patterns broadcasting 16-bit scale `i` (bytes 2i, 2i+1) to all 16 lanes.
+static SHUF_K4: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut i = 0;
+    while i < 8 {
+        let mut l = 0;
+        while l < 16 {
+            t[i][2 * l] = 2 * i as u8;
+            t[i][2 * l + 1] = 2 * i as u8 + 1;
+            l += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// `shuffle_epi8` patterns for Q6_K: byte 2i to the low 8 bytes, byte 2i+1 to the high 8.
+static SHUF_Q6: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut i = 0;
+    while i < 8 {
+        let mut l = 0;
+        while l < 8 {
+            t[i][l] = 2 * i as u8;
+            t[i][l + 8] = 2 * i as u8 + 1;
+            l += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Scales (low 128 bits) and mins (high 128) of a Q4_K/Q5_K block as 16-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mins_and_scales(p: *const u8) -> __m256i {
+    const KM1: u32 = 0x3f3f3f3f;
+    const KM2: u32 = 0x0f0f0f0f;
+    const KM3: u32 = 0x03030303;
+    let s = p as *const u32;
+    let (u0, u1, u2) = (s.read_unaligned(), s.add(1).read_unaligned(), s.add(2).read_unaligned());
+    let t3 = ((u2 >> 4) & KM2) | (((u1 >> 6) & KM3) << 4);
+    let t2 = u1 & KM1;
+    let t1 = (u2 & KM2) | (((u0 >> 6) & KM3) << 4);
+    let t0 = u0 & KM1;
+    _mm256_cvtepu8_epi16(_mm_set_epi32(t3 as i32, t2 as i32, t1 as i32, t0 as i32))
+}
+
+/// Pairwise sums of the 16 bsums of a q8_K block (one per 32-element sub-block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bsums32(p: *const i16) -> __m128i {
+    let v = _mm256_loadu_si256(p as *const __m256i);
+    _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+}
+
+struct RowPtrs<const R: usize> {
+    qs: [*const i8; R],
+    d: [*const f32; R],
+    bs: [*const i16; R],
+}
+
+#[inline(always)]
+unsafe fn rows<const R: usize>(a: &Acts, r0: usize) -> RowPtrs<R> {
+    let nb = a.nb;
+    RowPtrs {
+        qs: std::array::from_fn(|r| a.qs.as_ptr().add((r0 + r) * nb * 256)),
+        d: std::array::from_fn(|r| a.d.as_ptr().add((r0 + r) * nb)),
+        bs: std::array::from_fn(|r| a.bsums.as_ptr().add((r0 + r) * nb * 16)),
+    }
+}
+
+/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`).
+pub(crate) struct Q45K<const HIGH: bool>;
+
+impl<const HIGH: bool> Kern for Q45K<HIGH> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
+        let bytes = if HIGH { 176 } else { 144 };
+        let ya = rows::<R>(a, r0);
+        let m4 = _mm256_set1_epi8(0xF);
+        let m1 = _mm256_set1_epi8(1);
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let mut acc_m = [[_mm_setzero_ps(); R]; C];
+        let mut summs = [[0f32; R]; C];
+        for i in 0..a.nb {
+            for c in 0..C {
+                let p = w[c].add(i * bytes);
+                let (dx, dminx) = (f16_to_f32(p), f16_to_f32(p.add(2)));
+                let ms = mins_and_scales(p.add(4));
+                let mins = _mm256_extracti128_si256::<1>(ms);
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                let mut dr = [0f32; R];
+                for r in 0..R {
+                    let yd = *ya.d[r].add(i);
+                    dr[r] = yd * dx;
+                    let dmin = -yd * dminx;
+                    let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
+                    if HIGH {
+                        let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+                        summs[c][r] = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, summs[c][r]);
+                    } else {
+                        acc_m[c][r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[c][r]);
+                    }
+                }
+                let (q, mut hb) = if HIGH {
+                    (p.add(48), _mm256_loadu_si256(p.add(16) as *const __m256i))
+                } else {
+                    (p.add(16), _mm256_setzero_si256())
+                };
+                let mut sumi = [_mm256_setzero_si256(); R];
+                for j in 0..4 {
+                    let sl = _mm256_shuffle_epi8(scales, _mm256_loadu_si256(SHUF_K4[2 * j].as_ptr() as *const __m256i));
+                    let sh = _mm256_shuffle_epi8(scales, _mm256_loadu_si256(SHUF_K4[2 * j + 1].as_ptr() as *const __m256i));
+                    let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                    let mut ql = _mm256_and_si256(bits, m4);
+                    let mut qh = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    if HIGH {
+                        ql = _mm256_or_si256(ql, _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m1)));
+                        qh = _mm256_or_si256(qh, _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(hb), m1)));
+                        hb = _mm256_srli_epi16::<2>(hb);
+                    }
+                    for r in 0..R {
+                        let y = ya.qs[r].add(256 * i + 64 * j);
+                        let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, _mm256_loadu_si256(y as *const __m256i)));
+                        let ph =
+                            _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, _mm256_loadu_si256(y.add(32) as *const __m256i)));
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+                    }
+                }
+                for r in 0..R {
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                }
+            }
+        }
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = if HIGH {
+                    hsum8(acc[c][r]) + summs[c][r]
+                } else {
+                    let mut m = acc_m[c][r];
+                    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                    hsum8(acc[c][r]) + _mm_cvtss_f32(m)
+                };
+            }
+        }
+        out
+    }
+}
+
+pub(crate) struct Q6K;
+
+impl Kern for Q6K {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
+        let ya = rows::<R>(a, r0);
+        let m4 = _mm256_set1_epi8(0xF);
+        let m3 = _mm256_set1_epi8(3);
+        let m32s = _mm256_set1_epi8(32);
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        for i in 0..a.nb {
+            for c in 0..C {
+                let p = w[c].add(i * 210);
+                let dx = f16_to_f32(p.add(208));
+                let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
+                let mut sumi = [_mm256_setzero_si256(); R];
+                for j in 0..2 {
+                    let ql = p.add(64 * j);
+                    let b1 = _mm256_loadu_si256(ql as *const __m256i);
+                    let b2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let bh = _mm256_loadu_si256(p.add(128 + 32 * j) as *const __m256i);
+                    let h = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m3));
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(b1, m4), h(bh)),
+                        _mm256_or_si256(_mm256_and_si256(b2, m4), h(_mm256_srli_epi16::<2>(bh))),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m4), h(_mm256_srli_epi16::<4>(bh))),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m4), h(_mm256_srli_epi16::<6>(bh))),
+                    ];
+                    let sc: [__m256i; 4] = std::array::from_fn(|k| {
+                        let s = _mm_shuffle_epi8(scales, _mm_loadu_si128(SHUF_Q6[4 * j + k].as_ptr() as *const __m128i));
+                        _mm256_cvtepi8_epi16(s)
+                    });
+                    for r in 0..R {
+                        let y = ya.qs[r].add(256 * i + 128 * j);
+                        let mut p16 = [_mm256_setzero_si256(); 4];
+                        for k in 0..4 {
+                            let yv = _mm256_loadu_si256(y.add(32 * k) as *const __m256i);
+                            let q8s = _mm256_maddubs_epi16(m32s, yv);
+                            let pk = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), q8s);
+                            p16[k] = _mm256_madd_epi16(sc[k], pk);
+                        }
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[0], p16[1]));
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[2], p16[3]));
+                    }
+                }
+                for r in 0..R {
+                    let d = *ya.d[r].add(i) * dx;
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                }
+            }
+        }
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = hsum8(acc[c][r]);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,186 @@
+//! `qmatmul`: `out[m, n] = x[m, k] · W[n, k]ᵀ` for a quantized weight held as raw GGUF blocks.
+//!
+//! Activations are quantized once per call into a thread-local buffer (no allocation once it
+//! has grown). Decode (`m == 1`) splits the output rows across the pool in contiguous chunks
+//! (each thread streams its own part of the weight). Prefill (`m > 1`) splits by chunks of
+//! weight rows small enough to stay in L1/L2 while every group of 4 activation rows passes over
+//! them, so each weight block row is read from memory once per call and unpacked once per group.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use super::blocks::QType;
+use super::pool::pool;
+use super::quantize::Acts;
+use super::scalar;
+
+/// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct QWeight<'a> {
+    pub ty: QType,
+    pub n: usize,
+    pub k: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QWeight<'a> {
+    /// Checks that `data` holds exactly `n` rows of `k` elements of `ty`.
+    pub fn new(ty: QType, n: usize, k: usize, data: &'a [u8]) -> Result<Self, String> {
+        if k == 0 || k % ty.block_elems() != 0 {
+            return Err(format!("{ty:?}: k = {k} is not a positive multiple of {}", ty.block_elems()));
+        }
+        let want = n * (k / ty.block_elems()) * ty.block_bytes();
+        if data.len() != want {
+            return Err(format!("{ty:?} [{n}, {k}]: {} bytes, expected {want}", data.len()));
+        }
+        Ok(Self { ty, n, k, data })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.k / self.ty.block_elems() * self.ty.block_bytes()
+    }
+}
+
+/// An instruction set the kernels have a path for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+}
+
+impl Isa {
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
+        }
+    }
+
+    /// Every path this machine can run, best last.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.supported()).collect()
+    }
+
+    /// The best path here (`MOA_KERNEL_ISA=scalar` forces the fallback).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if std::env::var("MOA_KERNEL_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
+                return Isa::Scalar;
+            }
+            *Isa::available().last().unwrap()
+        })
+    }
+}
+
+/// `out[r * ldo + j]` for weight rows `j < nw` (from `w`, `row_bytes` apart) and activation rows
+/// `r0..r0 + nr`.
+type TileFn = unsafe fn(QType, *const u8, usize, usize, &Acts, usize, usize, *mut f32, usize);
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_tile<K: super::avx2::Kern>(
+    _: QType,
+    w: *const u8,
+    row_bytes: usize,
+    nw: usize,
+    a: &Acts,
+    r0: usize,
+    nr: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    super::avx2::drive::<K>(w, row_bytes, nw, a, r0, nr, out, ldo)
+}
+
+fn tile_fn(t: QType, isa: Isa) -> TileFn {
+    match isa {
+        Isa::Scalar => scalar::tile,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+            use super::avx2_k::{Q45K, Q6K};
+            match t {
+                QType::Q4_0 => avx2_tile::<SmallKern<Q4_0>>,
+                QType::Q4_1 => avx2_tile::<SmallKern<Q4_1>>,
+                QType::Q5_0 => avx2_tile::<SmallKern<Q5_0>>,
+                QType::Q5_1 => avx2_tile::<SmallKern<Q5_1>>,
+                QType::Q8_0 => avx2_tile::<SmallKern<Q8_0>>,
+                QType::Q4K => avx2_tile::<Q45K<false>>,
+                QType::Q5K => avx2_tile::<Q45K<true>>,
+                QType::Q6K => avx2_tile::<Q6K>,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => unreachable!("AVX2 on a non-x86 target"),
+    }
+}
+
+thread_local! {
+    static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns of the output.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
+
+/// `out[m, n] = x[m, k] · Wᵀ` with the best kernels for this machine.
+pub fn qmatmul(w: &QWeight, x: &[f32], out: &mut [f32]) {
+    qmatmul_with(Isa::best(), w, x, out)
+}
+
+/// [`qmatmul`] on a chosen instruction set (which must be supported).
+pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
+    assert!(isa.supported(), "{isa:?} is not supported on this CPU");
+    assert!(x.len() % w.k == 0, "x has {} values, not a multiple of k = {}", x.len(), w.k);
+    let m = x.len() / w.k;
+    assert_eq!(out.len(), m * w.n, "out must be [m = {m}, n = {}]", w.n);
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    ACTS.with(|acts| {
+        let mut acts = acts.borrow_mut();
+        acts.quantize(w.ty.act(), x, w.k);
+        run(isa, w, &acts, m, out);
+    });
+}
+
+/// Multiply already-quantized activations (`acts` must hold `m` rows of `w.ty.act()`).
+pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
+    assert!(acts.kind == w.ty.act() && acts.m >= m && acts.nb * acts.kind.block_elems() == w.k);
+    assert_eq!(out.len(), m * w.n);
+    let f = tile_fn(w.ty, isa);
+    let (n, rb) = (w.n, w.row_bytes());
+    let pool = pool();
+    let threads = pool.threads();
+    // Rows per task: decode splits into a few contiguous chunks per thread; prefill keeps a chunk
+    // of weight rows within ~16 KiB so it stays cached across the activation row groups.
+    let work = m * n * w.k;
+    let rows = if threads == 1 || work < 1 << 16 {
+        n
+    } else if m == 1 {
+        n.div_ceil(threads * 4).next_multiple_of(2)
+    } else {
+        (16384 / rb).clamp(1, n.div_ceil(threads * 4).max(1))
+    };
+    let tasks = n.div_ceil(rows);
+    let o = OutPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let o = o;
+        let j0 = t * rows;
+        let nw = rows.min(n - j0);
+        // SAFETY: `w.data` holds n rows; task t writes columns j0..j0+nw of every output row.
+        unsafe { f(w.ty, w.data.as_ptr().add(j0 * rb), rb, nw, acts, 0, m, o.0.add(j0), n) }
+    };
+    if tasks == 1 {
+        task(0);
+    } else {
+        pool.run(tasks, &task);
+    }
+}

@@ -1,0 +1,172 @@
+//! The kernels' persistent thread pool: `threads - 1` helper threads plus the calling thread run
+//! the tasks `0..n` of one job, claimed one at a time from a shared counter. Helpers spin briefly
+//! after a job (the next matmul of a forward pass usually follows within microseconds) and then
+//! sleep on a condvar. One job at a time: a caller that finds the pool busy (another model's
+//! forward on another thread) runs its tasks itself, so concurrent callers never wait on each
+//! other. The thread count is `MOA_THREADS`, else `RAYON_NUM_THREADS`, else the machine's.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins before sleeping.
+const SPIN: Duration = Duration::from_micros(200);
+
+type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// `epoch << 32 | next task`; bumping the epoch publishes a job.
+    state: AtomicU64,
+    /// Tasks of the current job.
+    n: AtomicUsize,
+    /// Tasks finished in the current job.
+    done: AtomicUsize,
+    /// The current job's closure, valid while `done < n` (the caller waits for that).
+    job: Mutex<Option<Task<'static>>>,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub struct Pool {
+    shared: &'static Shared,
+    submit: Mutex<()>,
+    threads: usize,
+}
+
+/// The process-wide pool.
+pub fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+        let threads = env("MOA_THREADS")
+            .or_else(|| env("RAYON_NUM_THREADS"))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Pool::new(threads)
+    })
+}
+
+impl Pool {
+    fn new(threads: usize) -> Self {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            state: AtomicU64::new(0),
+            n: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }));
+        for i in 1..threads {
+            std::thread::Builder::new()
+                .name(format!("moa-kernel-{i}"))
+                .spawn(move || helper(shared))
+                .expect("spawning a kernel thread");
+        }
+        Self { shared, submit: Mutex::new(()), threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Run `f(0..n)` across the pool; returns when every task has finished.
+    pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n == 0 {
+            return;
+        }
+        let guard = if self.threads > 1 && n > 1 { self.submit.try_lock().ok() } else { None };
+        let Some(_guard) = guard else {
+            (0..n).for_each(f);
+            return;
+        };
+        let s = self.shared;
+        // SAFETY: the closure outlives its use: helpers only call it for a claimed task of this
+        // job, and we return only after all `n` tasks are done.
+        let f_static: Task<'static> = unsafe { std::mem::transmute::<Task<'_>, Task<'static>>(f) };
+        *s.job.lock().unwrap() = Some(f_static);
+        s.n.store(n, SeqCst);
+        s.done.store(0, SeqCst);
+        let epoch = (s.state.load(SeqCst) >> 32) + 1;
+        s.state.store(epoch << 32, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _l = s.lock.lock().unwrap();
+            s.wake.notify_all();
+        }
+        let mine = work(s, epoch, f);
+        s.done.fetch_add(mine, SeqCst);
+        while s.done.load(Acquire) < n {
+            std::hint::spin_loop();
+        }
+        *s.job.lock().unwrap() = None;
+    }
+}
+
+/// Claim and run tasks of job `epoch` until none are left; returns how many ran.
+fn work(s: &Shared, epoch: u64, f: Task<'_>) -> usize {
+    let n = s.n.load(SeqCst) as u64;
+    let mut ran = 0;
+    let mut cur = s.state.load(SeqCst);
+    loop {
+        if cur >> 32 != epoch || (cur & 0xFFFF_FFFF) >= n {
+            return ran;
+        }
+        match s.state.compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst) {
+            Ok(_) => {
+                f((cur & 0xFFFF_FFFF) as usize);
+                ran += 1;
+                cur += 1;
+            }
+            Err(now) => cur = now,
+        }
+    }
+}
+
+fn helper(s: &'static Shared) {
+    let mut seen = 0u64;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        let epoch = loop {
+            let e = s.state.load(Acquire) >> 32;
+            if e != seen {
+                break e;
+            }
+            spins += 1;
+            if spins % 64 == 0 && start.elapsed() > SPIN {
+                let mut l = s.lock.lock().unwrap();
+                s.sleepers.fetch_add(1, SeqCst);
+                while s.state.load(SeqCst) >> 32 == seen {
+                    l = s.wake.wait(l).unwrap();
+                }
+                s.sleepers.fetch_sub(1, SeqCst);
+                drop(l);
+                continue;
+            }
+            std::hint::spin_loop();
+        };
+        seen = epoch;
+        // Claim through the counter first: a claimed task guarantees the job is still live.
+        let n = s.n.load(SeqCst) as u64;
+        let mut ran = 0;
+        let mut cur = s.state.load(SeqCst);
+        let mut f: Option<Task<'static>> = None;
+        loop {
+            if cur >> 32 != epoch || (cur & 0xFFFF_FFFF) >= n {
+                break;
+            }
+            match s.state.compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst) {
+                Ok(_) => {
+                    let g = *f.get_or_insert_with(|| s.job.lock().unwrap().expect("a live job"));
+                    g((cur & 0xFFFF_FFFF) as usize);
+                    ran += 1;
+                    cur += 1;
+                }
+                Err(now) => cur = now,
+            }
+        }
+        if ran > 0 {
+            s.done.fetch_add(ran, SeqCst);
+        }
+    }
+}

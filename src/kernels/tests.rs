@@ -1,0 +1,226 @@
+//! Numerical tests of the kernels: activation quantization against llama.cpp's rounding rules,
+//! and every weight type x every instruction set this machine has against a scalar f64
+//! reference of the quantized dot product, over odd block counts and odd tile remainders.
+
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::blocks::{decode_small, decode_super, ActType, QType, QK, QK_K};
+use super::matmul::{qmatmul_with, Isa, QWeight};
+use super::quantize::Acts;
+
+/// Random well-formed blocks of `t`: random quant bytes, small finite scales.
+pub(super) fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
+    let bb = t.block_bytes();
+    let mut v = vec![0u8; n * k / t.block_elems() * bb];
+    rng.fill(&mut v[..]);
+    for b in v.chunks_exact_mut(bb) {
+        let (x, y): (f32, f32) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+        let mut put = |off: usize, val: f32| b[off..off + 2].copy_from_slice(&f16::from_f32(val).to_le_bytes());
+        match t {
+            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => put(0, 0.05 * x),
+            QType::Q4_1 | QType::Q5_1 => {
+                put(0, 0.05 * x.abs());
+                put(2, y);
+            }
+            QType::Q4K | QType::Q5K => {
+                put(0, 0.005 * x.abs());
+                put(2, 0.005 * y.abs());
+            }
+            QType::Q6K => put(208, 0.005 * x),
+        }
+    }
+    v
+}
+
+/// Activations with some structure: gaussian-ish values, an outlier per row, a zero row, ties.
+pub(super) fn random_acts(m: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..m * k).map(|_| (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum()).collect();
+    for r in 0..m {
+        let j = rng.random_range(0..k);
+        x[r * k + j] *= 20.0;
+        if r == 1 {
+            x[r * k..(r + 1) * k].fill(0.0);
+        }
+    }
+    x
+}
+
+/// f64 reference of the quantized dot product (what the block formats define), with the sum
+/// of absolute terms for the tolerance.
+fn reference(t: QType, w: &[u8], n: usize, k: usize, a: &Acts, m: usize) -> Vec<(f64, f64)> {
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    let nb = k / be;
+    let mut out = Vec::with_capacity(m * n);
+    for r in 0..m {
+        let (qs, d) = (a.row_qs(r), a.row_d(r));
+        for j in 0..n {
+            let (mut sum, mut abs) = (0f64, 0f64);
+            for b in 0..nb {
+                let blk = &w[(j * nb + b) * bb..][..bb];
+                let y = &qs[b * be..(b + 1) * be];
+                let da = d[b] as f64;
+                if be == QK {
+                    let x = decode_small(t, blk);
+                    for (&q, &yq) in x.q.iter().zip(y) {
+                        let v = x.d as f64 * q as f64 * da * yq as f64;
+                        sum += v;
+                        abs += v.abs();
+                    }
+                    if t.act() == ActType::Q8_1 {
+                        let v = x.m as f64 * a.row_s(r)[b] as f64;
+                        sum += v;
+                        abs += v.abs();
+                    }
+                } else {
+                    let x = decode_super(t, blk);
+                    for (i, (&q, &yq)) in x.q.iter().zip(y).enumerate() {
+                        let wv = x.d as f64 * x.sc[i / x.sub] as f64 * q as f64 - x.dmin as f64 * x.mn[i / x.sub] as f64;
+                        let v = wv * da * yq as f64;
+                        sum += v;
+                        abs += v.abs();
+                    }
+                }
+            }
+            out.push((sum, abs));
+        }
+    }
+    out
+}
+
+#[test]
+fn q8_0_rounds_like_llama_cpp() {
+    let mut x = [0f32; 32];
+    x[..8].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -126.5, 3.4999]);
+    let mut a = Acts::default();
+    a.quantize(ActType::Q8_1, &x, 32);
+    assert_eq!(&a.qs[..8], &[127, 0, 2, 2, 0, -2, -126, 3]);
+    assert_eq!(a.d[0], 1.0);
+    assert_eq!(a.s[0], (127 + 2 + 2 - 2 - 126 + 3) as f32);
+    // d is amax/127 rounded to f16; the quants use 127/amax, not 1/d.
+    let y: Vec<f32> = (0..32).map(|i| (i as f32 - 15.3) * 0.0123).collect();
+    a.quantize(ActType::Q8_0, &y, 32);
+    let amax = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_eq!(a.d[0], f16::from_f32(amax / 127.0).to_f32());
+    for (q, v) in a.qs[..32].iter().zip(&y) {
+        assert_eq!(*q as f32, (v * (127.0 / amax)).round_ties_even());
+    }
+    a.quantize(ActType::Q8_0, &[0f32; 64], 32);
+    assert!(a.qs[..64].iter().all(|&q| q == 0) && a.d[..2] == [0.0, 0.0]);
+}
+
+#[test]
+fn q8_k_uses_signed_max_and_bsums() {
+    let mut x = [0f32; 256];
+    x[..6].copy_from_slice(&[0.5, 1.5, 2.5, -127.0, 127.0, -0.5]);
+    x[100] = 10.0;
+    let mut a = Acts::default();
+    a.quantize(ActType::Q8K, &x, 256);
+    // max = -127 (first of largest magnitude) -> iscale = 1, d = 1.
+    assert_eq!(&a.qs[..6], &[0, 2, 2, -127, 127, 0]);
+    assert_eq!(a.d[0], 1.0);
+    assert_eq!(a.bsums[0], 4);
+    assert_eq!(a.bsums[6], 10);
+    // A positive max flips the sign: iscale = -127/max, d = 1/iscale.
+    x[3] = 5.0;
+    x[4] = -5.0;
+    x[100] = 4.0;
+    a.quantize(ActType::Q8K, &x, 256);
+    let iscale = -127.0f32 / 5.0;
+    assert_eq!(a.d[0], 1.0 / iscale);
+    assert_eq!(a.qs[3], -127);
+    assert_eq!(a.qs[4], 127);
+    assert_eq!(a.qs[100] as f32, (iscale * 4.0).round_ties_even());
+    let s: i16 = a.qs[..16].iter().map(|&q| q as i16).sum();
+    assert_eq!(a.bsums[0], s);
+}
+
+#[test]
+fn quantization_error_is_within_half_a_step() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = random_acts(3, 512, &mut rng);
+    for kind in [ActType::Q8_0, ActType::Q8_1, ActType::Q8K] {
+        let mut a = Acts::default();
+        a.quantize(kind, &x, 512);
+        let be = kind.block_elems();
+        for (i, (&q, &v)) in a.qs.iter().zip(&x).enumerate() {
+            let d = a.d[i / be];
+            // f16 rounding of d adds up to 2^-11 relative on top of half a step.
+            let err = (q as f32 * d - v).abs();
+            assert!(err <= d.abs() * (0.5 + 127.0 / 2048.0) + 1e-6, "{kind:?} elem {i}: {v} -> {q} * {d}");
+        }
+    }
+}
+
+fn check_type(t: QType, isa: Isa, rng: &mut StdRng) {
+    let be = t.block_elems();
+    let blocks: &[usize] = if be == QK { &[1, 3, 7, 28] } else { &[1, 3, 19] };
+    for &nb in blocks {
+        let k = nb * be;
+        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (5, 9), (9, 3)] {
+            let w = random_weight(t, n, k, rng);
+            let x = random_acts(m, k, rng);
+            let qw = QWeight::new(t, n, k, &w).unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            qmatmul_with(isa, &qw, &x, &mut out);
+            let mut a = Acts::default();
+            a.quantize(t.act(), &x, k);
+            for (i, (&got, &(want, abs))) in out.iter().zip(&reference(t, &w, n, k, &a, m)).enumerate() {
+                let tol = 1e-5 * abs + 1e-6;
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{t:?} {isa:?} k={k} m={m} n={n} out[{i}]: got {got}, want {want} (tol {tol})"
+                );
+            }
+            // A row's result does not depend on the tile it was computed in.
+            for r in 0..m {
+                let mut one = vec![0f32; n];
+                qmatmul_with(isa, &qw, &x[r * k..(r + 1) * k], &mut one);
+                assert_eq!(one, out[r * n..(r + 1) * n], "{t:?} {isa:?} row {r} of {m} differs from m=1");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_type_and_isa_matches_f64_reference() {
+    let isas = Isa::available();
+    assert!(isas.contains(&Isa::Scalar));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        assert!(isas.contains(&Isa::Avx2), "AVX2 machine without the AVX2 path");
+    }
+    for isa in isas {
+        for t in QType::ALL {
+            check_type(t, isa, &mut StdRng::seed_from_u64(t as u64 * 31 + 1));
+        }
+    }
+}
+
+#[test]
+fn large_shapes_use_threads_and_agree_across_isas() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for t in [QType::Q5_0, QType::Q4K, QType::Q6K, QType::Q8_0, QType::Q4_1] {
+        let (n, k) = (301, 2 * QK_K);
+        let w = random_weight(t, n, k, &mut rng);
+        let qw = QWeight::new(t, n, k, &w).unwrap();
+        for m in [1, 7] {
+            let x = random_acts(m, k, &mut rng);
+            let mut fast = vec![0f32; m * n];
+            qmatmul_with(Isa::best(), &qw, &x, &mut fast);
+            let mut slow = vec![0f32; m * n];
+            qmatmul_with(Isa::Scalar, &qw, &x, &mut slow);
+            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{t:?} m={m} out[{i}]: {a} vs scalar {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rejects_mismatched_weights() {
+    assert!(QWeight::new(QType::Q4K, 2, 128, &[0u8; 144]).is_err());
+    assert!(QWeight::new(QType::Q8_0, 2, 32, &[0u8; 67]).is_err());
+    assert!(QWeight::new(QType::Q8_0, 2, 32, &[0u8; 68]).is_ok());
+}

@@ -1,0 +1,85 @@
+//! What a MoA run tells its caller: live events while it runs (for progress displays and
+//! streaming) and the final report (the `--json` document).
+
+use std::sync::Arc;
+
+use crate::model::StopReason;
+use crate::runtime::LoadedInfo;
+
+/// Layer numbers count from 1; the aggregator's layer is `proposer layers + 1`.
+#[derive(Debug, Clone)]
+pub enum MoaEvent {
+    Loading { model: String },
+    Loaded { model: String, secs: f64 },
+    LoadFailed { model: String, error: String },
+    AgentStarted { layer: usize, index: usize, model: String },
+    AgentProgress { layer: usize, index: usize, pieces: usize, secs: f64 },
+    AgentFinished { layer: usize, index: usize, model: String, text: String, outcome: Result<AgentStats, String> },
+    LayerFinished { layer: usize, wall_secs: f64, tokens: usize },
+    Notice(String),
+    /// A piece of the aggregator's answer, in order.
+    AggregateText(String),
+}
+
+pub type EventSink = Arc<dyn Fn(MoaEvent) + Send + Sync>;
+
+pub fn no_events() -> EventSink {
+    Arc::new(|_| {})
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AgentStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub ttft_secs: f64,
+    pub prefill_tps: f64,
+    pub decode_tps: f64,
+    /// Seconds since the start of the run when this generation started and ended.
+    pub start_secs: f64,
+    pub end_secs: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentAnswer {
+    pub layer: usize,
+    pub index: usize,
+    pub model: String,
+    pub seed: u64,
+    pub temperature: f32,
+    pub max_tokens: usize,
+    /// The answer; empty when the agent failed.
+    pub text: String,
+    pub stop_reason: Option<StopReason>,
+    pub stats: AgentStats,
+    /// The rendered prompt the model saw (shows the injected references).
+    pub prompt: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub wall_secs: f64,
+    pub generated_tokens: usize,
+    pub tokens_per_sec: f64,
+    pub answers: Vec<AgentAnswer>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport {
+    #[serde(flatten)]
+    pub info: LoadedInfo,
+    pub alias: String,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MoaReport {
+    pub seed: u64,
+    pub layers: Vec<LayerReport>,
+    pub aggregate: AgentAnswer,
+    pub aggregate_wall_secs: f64,
+    pub models: Vec<ModelReport>,
+    pub notices: Vec<String>,
+    pub total_secs: f64,
+}

@@ -1,0 +1,406 @@
+//! Synthetic GGUF files: real architectures and shapes (Qwen2, Llama/Mistral/SmolLM2, Gemma 3)
+//! with random weights, so speed, memory and the whole load → generate path can be exercised at
+//! full size without downloading a model.
+//!
+//! A spec is `arch:size:quant`, e.g. `qwen2:7b:q4_k_m` or `llama:135m:q8_0` (see [`KNOWN`] and
+//! [`SyntheticQuant`]). Weights are N(0, 0.02²) (norms 1.0) so activations stay finite; the
+//! output is gibberish. Quantization follows llama.cpp's type choice: `q4_k_m` is Q4_K with Q6_K
+//! for `output` and for `attn_v`/`ffn_down` on llama.cpp's "more bits" layers; rows whose length is
+//! not a multiple of 256 fall back to Q5_0 (for Q4_K) / Q8_0 (for Q6_K); `output` (or the tied
+//! embedding) is Q6_K in `q4_0` files too. The tokenizer is a byte-level `gpt2` vocabulary: the
+//! 256 GPT-2 byte tokens, filler tokens `tok<id>`, and the control tokens `<|endoftext|>`,
+//! `<|im_start|>`, `<|im_end|>` (end of generation) last, no merges, and a ChatML template.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Quantization scheme of a synthetic file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyntheticQuant {
+    Q4KM,
+    Q4_0,
+    Q8_0,
+}
+
+const QUANTS: &[(&str, SyntheticQuant)] =
+    &[("q4_k_m", SyntheticQuant::Q4KM), ("q4_0", SyntheticQuant::Q4_0), ("q8_0", SyntheticQuant::Q8_0)];
+
+/// Hyper-parameters of one known model shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub arch: &'static str,
+    pub size: &'static str,
+    /// The real model these shapes are taken from.
+    pub like: &'static str,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    pub qkv_bias: bool,
+    pub tied_output: bool,
+}
+
+const fn shape(arch: &'static str, size: &'static str, like: &'static str, dims: [usize; 8], rope_base: f32, rms_eps: f32, qkv_bias: bool, tied_output: bool) -> Shape {
+    let [n_layer, n_embd, n_head, n_kv_head, head_dim, n_ff, vocab, context] = dims;
+    Shape { arch, size, like, n_layer, n_embd, n_head, n_kv_head, head_dim, n_ff, vocab, context, rope_base, rms_eps, qkv_bias, tied_output }
+}
+
+/// The known `arch:size` combinations. dims: layers, embd, heads, kv heads, head dim, ff, vocab, ctx.
+pub const KNOWN: &[Shape] = &[
+    shape("qwen2", "7b", "Qwen2.5-7B", [28, 3584, 28, 4, 128, 18944, 152064, 32768], 1e6, 1e-6, true, false),
+    shape("qwen2", "0.5b", "Qwen2.5-0.5B", [24, 896, 14, 2, 64, 4864, 151936, 32768], 1e6, 1e-6, true, true),
+    shape("llama", "7b", "Mistral-7B-v0.3", [32, 4096, 32, 8, 128, 14336, 32768, 32768], 1e6, 1e-5, false, false),
+    shape("llama", "8b", "Llama-3.1-8B", [32, 4096, 32, 8, 128, 14336, 128256, 131072], 5e5, 1e-5, false, false),
+    shape("llama", "135m", "SmolLM2-135M", [30, 576, 9, 3, 64, 1536, 49152, 8192], 1e5, 1e-5, false, true),
+    shape("gemma3", "270m", "gemma-3-270m", [18, 640, 4, 1, 256, 2048, 262144, 32768], 1e6, 1e-6, false, true),
+];
+
+const GEMMA3_SLIDING_WINDOW: u32 = 512;
+const CONTROL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+const WEIGHT_STD: f32 = 0.02;
+
+/// A synthetic model: architecture, size and quantization (`qwen2:7b:q4_k_m`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticSpec {
+    pub arch: String,
+    pub size: String,
+    pub quant: SyntheticQuant,
+}
+
+impl SyntheticSpec {
+    /// Parse `arch:size:quant`, e.g. `qwen2:0.5b:q4_k_m` (case-insensitive).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: String| {
+            let combos: Vec<String> = KNOWN.iter().map(|k| format!("{}:{}", k.arch, k.size)).collect();
+            let quants: Vec<&str> = QUANTS.iter().map(|q| q.0).collect();
+            Error::InvalidRequest(format!(
+                "synthetic model `{s}`: {why}; expected arch:size:quant with arch:size one of {} and quant one of {}",
+                combos.join(", "),
+                quants.join(", ")
+            ))
+        };
+        let lower = s.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split(':').collect();
+        let [arch, size, quant] = parts[..] else {
+            return Err(bad(format!("has {} `:`-separated parts, not 3", parts.len())));
+        };
+        if !KNOWN.iter().any(|k| k.arch == arch && k.size == size) {
+            return Err(bad(format!("unknown arch:size `{arch}:{size}`")));
+        }
+        let quant = QUANTS.iter().find(|q| q.0 == quant).ok_or_else(|| bad(format!("unknown quant `{quant}`")))?.1;
+        Ok(Self { arch: arch.to_string(), size: size.to_string(), quant })
+    }
+
+    /// The shapes of this spec's model.
+    pub fn shape(&self) -> Result<&'static Shape> {
+        KNOWN
+            .iter()
+            .find(|k| k.arch == self.arch && k.size == self.size)
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown synthetic model {}:{}", self.arch, self.size)))
+    }
+
+    fn quant_name(&self) -> &'static str {
+        QUANTS.iter().find(|q| q.1 == self.quant).map(|q| q.0).unwrap_or("?")
+    }
+
+    /// llama.cpp's tensor type for a weight matrix `kind` of layer `layer` with rows of `cols`.
+    fn weight_type(&self, sh: &Shape, kind: &str, layer: usize, cols: usize) -> GgmlDType {
+        let is_output = kind == "output" || (kind == "token_embd" && sh.tied_output);
+        let more_bits = layer < sh.n_layer / 8 || layer >= 7 * sh.n_layer / 8 || (layer - sh.n_layer / 8) % 3 == 2;
+        let t = match self.quant {
+            SyntheticQuant::Q8_0 => GgmlDType::Q8_0,
+            _ if is_output => GgmlDType::Q6K,
+            SyntheticQuant::Q4_0 => GgmlDType::Q4_0,
+            SyntheticQuant::Q4KM if (kind == "attn_v" || kind == "ffn_down") && more_bits => GgmlDType::Q6K,
+            SyntheticQuant::Q4KM => GgmlDType::Q4K,
+        };
+        match t {
+            GgmlDType::Q4K if cols % 256 != 0 => GgmlDType::Q5_0,
+            GgmlDType::Q6K if cols % 256 != 0 => GgmlDType::Q8_0,
+            t => t,
+        }
+    }
+}
+
+impl fmt::Display for SyntheticSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.arch, self.size, self.quant_name())
+    }
+}
+
+impl std::str::FromStr for SyntheticSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+/// GPT-2's byte → printable character map (`bytes_to_unicode`).
+fn byte_to_unicode(b: u8) -> char {
+    let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    if printable {
+        return char::from(b);
+    }
+    let n = (0..b).filter(|&x| !((b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || x >= 0xAE)).count();
+    char::from_u32(256 + n as u32).expect("valid code point")
+}
+
+/// Tokenizer, template and architecture metadata.
+fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
+    let a = sh.arch;
+    let u = |x: usize| Value::U32(x as u32);
+    let n = sh.vocab;
+    let n_normal = n - CONTROL_TOKENS.len();
+    let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_to_unicode(b).to_string())).collect();
+    tokens.extend((256..n_normal).map(|i| Value::String(format!("tok{i}"))));
+    tokens.extend(CONTROL_TOKENS.iter().map(|t| Value::String(t.to_string())));
+    let types: Vec<Value> = (0..n).map(|i| Value::I32(if i < n_normal { 1 } else { 3 })).collect();
+    let file_type = match spec.quant {
+        SyntheticQuant::Q4_0 => 2,
+        SyntheticQuant::Q8_0 => 7,
+        SyntheticQuant::Q4KM => 15,
+    };
+    let mut m = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        ("general.name".into(), Value::String(format!("synthetic {} ({spec})", sh.like))),
+        ("general.file_type".into(), Value::U32(file_type)),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (format!("{a}.block_count"), u(sh.n_layer)),
+        (format!("{a}.context_length"), u(sh.context)),
+        (format!("{a}.embedding_length"), u(sh.n_embd)),
+        (format!("{a}.feed_forward_length"), u(sh.n_ff)),
+        (format!("{a}.attention.head_count"), u(sh.n_head)),
+        (format!("{a}.attention.head_count_kv"), u(sh.n_kv_head)),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(sh.rms_eps)),
+        (format!("{a}.rope.freq_base"), Value::F32(sh.rope_base)),
+        (format!("{a}.rope.dimension_count"), u(sh.head_dim)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(if a == "qwen2" { "qwen2" } else { "default" }.into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(Vec::new())),
+        ("tokenizer.ggml.bos_token_id".into(), u(n - 3)),
+        ("tokenizer.ggml.eos_token_id".into(), u(n - 1)),
+        ("tokenizer.ggml.padding_token_id".into(), u(n - 3)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(CHATML.into())),
+    ];
+    if a == "gemma3" {
+        m.push((format!("{a}.attention.key_length"), u(sh.head_dim)));
+        m.push((format!("{a}.attention.value_length"), u(sh.head_dim)));
+        m.push((format!("{a}.attention.sliding_window"), Value::U32(GEMMA3_SLIDING_WINDOW)));
+    }
+    m
+}
+
+/// `n` values from N(0, std²) (Box-Muller), deterministic in `seed`.
+fn normals(seed: u64, n: usize, std: f32) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut v = vec![0f32; n];
+    for pair in v.chunks_mut(2) {
+        let u1: f32 = 1.0 - rng.random::<f32>(); // in (0, 1]
+        let (s, c) = (std::f32::consts::TAU * rng.random::<f32>()).sin_cos();
+        let m = std * (-2.0 * u1.ln()).sqrt();
+        pair[0] = m * c;
+        if let Some(x) = pair.get_mut(1) {
+            *x = m * s;
+        }
+    }
+    v
+}
+
+/// Seed of chunk `chunk` of tensor `name` (FNV-1a of the name, mixed with the chunk index).
+fn chunk_seed(seed: u64, name: &str, chunk: usize) -> u64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    seed ^ h ^ (chunk as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A `rows × cols` matrix of N(0, 0.02²) values quantized to `dtype`, generated and quantized in
+/// parallel chunks of whole rows (each chunk seeded from `seed`, `name` and its index, so the
+/// result does not depend on the thread count). No f32 copy of the whole matrix is ever held.
+fn random_matrix(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> Result<QTensor> {
+    let ctx = || format!("quantizing synthetic tensor `{name}` ({rows}x{cols}) to {dtype:?}");
+    let rows_per_chunk = ((1 << 20) / cols).max(1);
+    let n_chunks = rows.div_ceil(rows_per_chunk);
+    let chunks: Vec<Vec<u8>> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| -> candle_core::Result<Vec<u8>> {
+            let r = rows_per_chunk.min(rows - c * rows_per_chunk);
+            let v = normals(chunk_seed(seed, name, c), r * cols, WEIGHT_STD);
+            let t = Tensor::from_vec(v, (r, cols), &Device::Cpu)?;
+            Ok(QTensor::quantize(&t, dtype)?.data()?.into_owned())
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(Error::candle(ctx()))?;
+    let bytes = chunks.concat();
+    drop(chunks);
+    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype).map_err(Error::candle(ctx()))?;
+    QTensor::new(storage, (rows, cols)).map_err(Error::candle(ctx()))
+}
+
+/// A 1-D f32 tensor: all `fill` (norms), or N(0, 0.02²) values when `fill` is `None` (biases).
+fn vector(name: &str, len: usize, fill: Option<f32>, seed: u64) -> Result<QTensor> {
+    let v = match fill {
+        Some(x) => vec![x; len],
+        None => normals(chunk_seed(seed, name, 0), len, WEIGHT_STD),
+    };
+    Tensor::from_vec(v, len, &Device::Cpu)
+        .and_then(|t| QTensor::quantize(&t, GgmlDType::F32))
+        .map_err(Error::candle(format!("synthetic tensor `{name}`")))
+}
+
+/// Write a synthetic GGUF for `spec` to `path` (through `path.partial`, renamed when complete).
+/// Quantized tensors are kept in memory until written (≈ the file size); f32 data only per chunk.
+pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) -> Result<()> {
+    let path = path.as_ref();
+    let sh = spec.shape()?;
+    let (e, hd) = (sh.n_embd, sh.head_dim);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut matrix = |name: String, kind: &str, layer: usize, rows: usize, cols: usize| -> Result<()> {
+        let t = random_matrix(&name, rows, cols, spec.weight_type(sh, kind, layer, cols), seed)?;
+        tensors.push((name, t));
+        Ok(())
+    };
+    matrix("token_embd.weight".into(), "token_embd", 0, sh.vocab, e)?;
+    for i in 0..sh.n_layer {
+        let p = format!("blk.{i}");
+        matrix(format!("{p}.attn_q.weight"), "attn_q", i, sh.n_head * hd, e)?;
+        matrix(format!("{p}.attn_k.weight"), "attn_k", i, sh.n_kv_head * hd, e)?;
+        matrix(format!("{p}.attn_v.weight"), "attn_v", i, sh.n_kv_head * hd, e)?;
+        matrix(format!("{p}.attn_output.weight"), "attn_output", i, e, sh.n_head * hd)?;
+        matrix(format!("{p}.ffn_gate.weight"), "ffn_gate", i, sh.n_ff, e)?;
+        matrix(format!("{p}.ffn_up.weight"), "ffn_up", i, sh.n_ff, e)?;
+        matrix(format!("{p}.ffn_down.weight"), "ffn_down", i, e, sh.n_ff)?;
+    }
+    if !sh.tied_output {
+        matrix("output.weight".into(), "output", 0, sh.vocab, e)?;
+    }
+    let mut vec = |name: String, len: usize, fill: Option<f32>| -> Result<()> {
+        let t = vector(&name, len, fill, seed)?;
+        tensors.push((name, t));
+        Ok(())
+    };
+    vec("output_norm.weight".into(), e, Some(1.0))?;
+    for i in 0..sh.n_layer {
+        let p = format!("blk.{i}");
+        vec(format!("{p}.attn_norm.weight"), e, Some(1.0))?;
+        vec(format!("{p}.ffn_norm.weight"), e, Some(1.0))?;
+        if sh.qkv_bias {
+            vec(format!("{p}.attn_q.bias"), sh.n_head * hd, None)?;
+            vec(format!("{p}.attn_k.bias"), sh.n_kv_head * hd, None)?;
+            vec(format!("{p}.attn_v.bias"), sh.n_kv_head * hd, None)?;
+        }
+        if sh.arch == "gemma3" {
+            vec(format!("{p}.attn_q_norm.weight"), hd, Some(1.0))?;
+            vec(format!("{p}.attn_k_norm.weight"), hd, Some(1.0))?;
+            vec(format!("{p}.post_attention_norm.weight"), e, Some(1.0))?;
+            vec(format!("{p}.post_ffw_norm.weight"), e, Some(1.0))?;
+        }
+    }
+
+    let meta = metadata(spec, sh);
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let partial = path.with_extension("gguf.partial");
+    let io_err = |source| Error::Io { path: partial.clone(), source };
+    let file = std::fs::File::create(&partial).map_err(io_err)?;
+    let mut w = BufWriter::with_capacity(1 << 22, file);
+    gguf_file::write(&mut w, &meta_refs, &tensor_refs).map_err(Error::candle(format!("writing {}", partial.display())))?;
+    w.flush().map_err(io_err)?;
+    drop(w);
+    std::fs::rename(&partial, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Control, SamplingParams};
+    use crate::model::{GenerateRequest, Message, Model, Prompt, StopReason};
+
+    #[test]
+    fn parse_specs() {
+        let s = SyntheticSpec::parse("Qwen2:7B:Q4_K_M").unwrap();
+        assert_eq!((s.arch.as_str(), s.size.as_str(), s.quant), ("qwen2", "7b", SyntheticQuant::Q4KM));
+        assert_eq!(s.to_string(), "qwen2:7b:q4_k_m");
+        for bad in ["qwen2:7b", "qwen2:13b:q4_0", "llama:7b:q5_k", "foo:1b:q8_0"] {
+            let e = SyntheticSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("gemma3:270m") && e.contains("q4_k_m"), "{e}");
+        }
+        assert_eq!(byte_to_unicode(b' '), 'Ġ');
+        assert_eq!(byte_to_unicode(b'\n'), 'Ċ');
+        assert_eq!(byte_to_unicode(b'a'), 'a');
+    }
+
+    #[test]
+    fn q4_k_m_mix_follows_llama_cpp() {
+        let s = SyntheticSpec::parse("qwen2:7b:q4_k_m").unwrap();
+        let sh = s.shape().unwrap();
+        assert_eq!(s.weight_type(sh, "output", 0, 3584), GgmlDType::Q6K);
+        assert_eq!(s.weight_type(sh, "ffn_down", 0, 18944), GgmlDType::Q6K);
+        assert_eq!(s.weight_type(sh, "ffn_down", 4, 18944), GgmlDType::Q4K);
+        assert_eq!(s.weight_type(sh, "attn_q", 0, 3584), GgmlDType::Q4K);
+        // Rows of 896 are not a multiple of 256: llama.cpp's fallbacks.
+        let s = SyntheticSpec::parse("qwen2:0.5b:q4_k_m").unwrap();
+        let sh = s.shape().unwrap();
+        assert_eq!(s.weight_type(sh, "attn_q", 5, 896), GgmlDType::Q5_0);
+        assert_eq!(s.weight_type(sh, "token_embd", 0, 896), GgmlDType::Q8_0);
+    }
+
+    fn write_and_generate(spec: &str) {
+        let spec = SyntheticSpec::parse(spec).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{}.gguf", spec.to_string().replace(':', "-")));
+        write_synthetic(&spec, &path, 7).unwrap();
+        let model = Model::load_uncached(&path, &Device::Cpu).unwrap();
+        let sh = spec.shape().unwrap();
+        assert_eq!((model.cfg().n_layer, model.cfg().vocab_size), (sh.n_layer, sh.vocab));
+        let prompt = Prompt::Chat(vec![Message { role: "user".into(), content: "Hello there".into() }]);
+        let req = GenerateRequest::new(prompt, 4, SamplingParams::greedy());
+        let g = model.generate(&req, &mut |_| Control::Continue).unwrap();
+        assert!(g.prompt_text.starts_with("<|im_start|>user\nHello there<|im_end|>"), "{}", g.prompt_text);
+        assert_eq!(g.prompt_ids[0], sh.vocab as u32 - 2, "<|im_start|> is one control token");
+        match g.stop_reason {
+            StopReason::MaxTokens => assert_eq!(g.ids.len(), 4),
+            StopReason::EndOfGeneration => assert!(g.ids.len() <= 4),
+            other => panic!("unexpected stop reason {other:?}"),
+        }
+        // Logits of the prompt are finite (the sampler would have produced garbage otherwise).
+        let mut cache = model.transformer.new_cache(g.prompt_ids.len()).unwrap();
+        let logits = crate::engine::Forward::forward(&model.transformer, &g.prompt_ids, &mut cache).unwrap();
+        assert_eq!(logits.len(), sh.vocab);
+        assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
+    }
+
+    #[test]
+    fn llama_135m_q8_0_generates() {
+        write_and_generate("llama:135m:q8_0");
+    }
+
+    #[test]
+    fn qwen2_0_5b_q4_0_generates() {
+        write_and_generate("qwen2:0.5b:q4_0");
+    }
+
+    #[test]
+    fn gemma3_270m_q4_k_m_generates() {
+        write_and_generate("gemma3:270m:q4_k_m");
+    }
+}

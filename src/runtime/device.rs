@@ -1,0 +1,152 @@
+//! Devices: parsing `cpu`, `cuda:N`, `metal`, opening them through candle, and reading how much
+//! memory each has free (CUDA: the driver's free/total; CPU: MemAvailable; Metal: the recommended
+//! working set). Builds without the matching cargo feature say so instead of failing obscurely.
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Metal => write!(f, "metal"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "metal" | "mps" => Ok(DeviceSpec::Metal),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => match t.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(DeviceSpec::Cuda).map_err(|_| bad_device(s)),
+                None => Err(bad_device(s)),
+            },
+        }
+    }
+}
+
+fn bad_device(s: &str) -> Error {
+    Error::InvalidRequest(format!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"))
+}
+
+impl DeviceSpec {
+    /// Open the device through candle.
+    pub fn open(&self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(i) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(Error::InvalidRequest(format!(
+                        "device {self} requested but this build has no CUDA support (rebuild with `cargo build --release --features cuda`)"
+                    )));
+                }
+                Device::new_cuda(*i).map_err(Error::candle(format!("opening {self}")))
+            }
+            DeviceSpec::Metal => {
+                if !cfg!(feature = "metal") {
+                    return Err(Error::InvalidRequest(format!(
+                        "device {self} requested but this build has no Metal support (rebuild with `cargo build --release --features metal`)"
+                    )));
+                }
+                Device::new_metal(0).map_err(Error::candle(format!("opening {self}")))
+            }
+        }
+    }
+
+    /// Bytes free on the device now, as the device reports it.
+    pub fn free_memory(&self) -> Result<u64> {
+        match self {
+            DeviceSpec::Cpu => cpu_available_memory(),
+            DeviceSpec::Cuda(_) => cuda_free_memory(self),
+            DeviceSpec::Metal => Err(Error::InvalidRequest(
+                "reading Metal's free memory is not supported in this build; pass --memory-budget".into(),
+            )),
+        }
+    }
+}
+
+/// MemAvailable from /proc/meminfo (Linux), in bytes.
+pub fn cpu_available_memory() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|source| Error::Io { path: "/proc/meminfo".into(), source })?;
+    parse_meminfo(&text, "MemAvailable:")
+        .ok_or_else(|| Error::Other("/proc/meminfo has no MemAvailable line; pass --memory-budget".into()))
+}
+
+fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_free_memory(spec: &DeviceSpec) -> Result<u64> {
+    let dev = spec.open()?;
+    let cuda = dev.as_cuda_device().map_err(Error::candle("reading CUDA memory"))?;
+    let _ = cuda; // bind the context of this device before asking the driver
+    let (free, _total) = candle_core::cuda::cudarc::driver::result::mem_get_info()
+        .map_err(|e| Error::Other(format!("cuMemGetInfo on {spec}: {e}")))?;
+    Ok(free as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_free_memory(spec: &DeviceSpec) -> Result<u64> {
+    spec.open().map(|_| 0)
+}
+
+/// Parse a memory size like `8GiB`, `512MiB`, `6G`, `1.5GB` or a byte count.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| Error::InvalidRequest(format!("bad memory size `{s}` (e.g. 8GiB, 512MiB)")))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        _ => return Err(Error::InvalidRequest(format!("bad memory unit in `{s}` (use B, KiB, MiB, GiB)"))),
+    };
+    Ok((n * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_sizes() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().to_string().contains("tpu"));
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_meminfo("MemTotal: 10 kB\nMemAvailable:    2048 kB\n", "MemAvailable:"), Some(2 << 20));
+        assert!(cpu_available_memory().unwrap() > 0);
+    }
+
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        if !cfg!(feature = "cuda") {
+            let e = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}

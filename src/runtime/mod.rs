@@ -1,0 +1,9 @@
+//! Runtime: devices, the set of loaded models, and blocking generation workers driven from
+//! async code. The MoA layer asks it for models by name and for generations; it decides where
+//! the work runs. (Memory-aware placement and waves live in `scheduler`.)
+
+pub mod device;
+pub mod pool;
+
+pub use device::DeviceSpec;
+pub use pool::{LoadedInfo, Runtime};

@@ -1,0 +1,145 @@
+//! MoA end to end on the real test models: references really reach the next layer, layers
+//! chain, failing proposers are left out, repeated models load once, history is kept, and
+//! references that would overflow a context are cut by real token counts.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use moa_local::model::{Message, Model};
+use moa_local::moa::fit::fit_references;
+use moa_local::moa::prompt::AGGREGATE_AND_SYNTHESIZE;
+use moa_local::moa::{self, MoaEvent, Overrides, Recipe, RunOptions};
+use moa_local::runtime::{DeviceSpec, Runtime};
+
+fn recipe(models: &[&str], layers: usize, max_tokens: usize) -> Recipe {
+    let o = Overrides {
+        models: Some(models.iter().map(|s| s.to_string()).collect()),
+        layers: Some(layers),
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    };
+    Recipe::build(None, &o, &[]).unwrap()
+}
+
+fn runtime() -> Arc<Runtime> {
+    Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap())
+}
+
+fn run(rt: &Arc<Runtime>, r: &Recipe, conv: &[Message]) -> (moa_local::Result<moa::MoaReport>, Vec<MoaEvent>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let sink: moa::EventSink = Arc::new(move |e| ev.lock().unwrap().push(e));
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let out = tokio.block_on(moa::run(rt.clone(), r, conv, &RunOptions { seed: 7, checksums: false }, sink));
+    let ev = events.lock().unwrap().clone();
+    (out, ev)
+}
+
+fn q(text: &str) -> Vec<Message> {
+    vec![Message::user(text)]
+}
+
+#[test]
+fn two_layers_inject_numbered_references_into_the_aggregator_prompt() {
+    let rt = runtime();
+    let (r, events) = run(&rt, &recipe(&["qwen-coder", "smollm2"], 2, 12), &q("Name a primary color."));
+    let r = r.unwrap();
+    assert_eq!(r.layers.len(), 1);
+    let answers = &r.layers[0].answers;
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|a| a.error.is_none() && !a.text.trim().is_empty()), "{answers:#?}");
+    let p = &r.aggregate.prompt;
+    assert!(p.contains("Responses from models:"), "{p}");
+    for (i, a) in answers.iter().enumerate() {
+        assert!(p.contains(&format!("{}. {}", i + 1, a.text.trim())), "reference {} missing from {p}", i + 1);
+    }
+    assert!(!r.aggregate.text.is_empty());
+    let streamed: String = events.iter().filter_map(|e| if let MoaEvent::AggregateText(t) = e { Some(t.as_str()) } else { None }).collect();
+    assert_eq!(streamed, r.aggregate.text, "the aggregate is streamed piece by piece");
+    // Proposer generations of one layer were started together.
+    assert!(answers.iter().all(|a| a.stats.start_secs < answers.iter().map(|b| b.stats.end_secs).fold(f64::MAX, f64::min)));
+}
+
+#[test]
+fn three_layers_chain_references_through_every_layer() {
+    let rt = runtime();
+    let (r, _) = run(&rt, &recipe(&["smollm2", "qwen-coder"], 3, 8), &q("What is 2 + 2?"));
+    let r = r.unwrap();
+    assert_eq!(r.layers.len(), 2);
+    for a in &r.layers[1].answers {
+        for (i, prev) in r.layers[0].answers.iter().enumerate() {
+            assert!(a.prompt.contains(&format!("{}. {}", i + 1, prev.text.trim())), "layer 2 prompt lacks layer-1 ref {i}");
+        }
+    }
+    for (i, prev) in r.layers[1].answers.iter().enumerate() {
+        assert!(r.aggregate.prompt.contains(&format!("{}. {}", i + 1, prev.text.trim())));
+    }
+    assert!(!r.layers[0].answers[0].prompt.contains("Responses from models:"), "layer 1 sees no references");
+}
+
+#[test]
+fn a_failing_proposer_is_left_out_and_the_others_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("corrupt.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let bad_s = bad.to_string_lossy().to_string();
+    let rt = runtime();
+    let mut rc = recipe(&["qwen-coder", &bad_s, "smollm2"], 2, 8);
+    rc.aggregator.model = "qwen-coder".into();
+    let (r, _) = run(&rt, &rc, &q("Say hello."));
+    let r = r.unwrap();
+    let a = &r.layers[0].answers;
+    assert!(a[0].error.is_none() && a[2].error.is_none());
+    let err = a[1].error.as_deref().unwrap();
+    assert!(err.contains("corrupt.gguf"), "{err}");
+    assert!(r.notices.iter().any(|n| n.contains("left out")), "{:?}", r.notices);
+    assert!(r.aggregate.prompt.contains(&format!("2. {}", a[2].text.trim())), "the good answers are renumbered 1, 2");
+
+    let mut all_bad = recipe(&[&bad_s, &bad_s], 2, 8);
+    all_bad.aggregator.model = "smollm2".into();
+    let e = run(&rt, &all_bad, &q("Hi")).0.unwrap_err().to_string();
+    assert!(e.contains("every proposer of layer 1 failed") && e.contains("corrupt.gguf"), "{e}");
+}
+
+#[test]
+fn a_repeated_model_is_loaded_once_and_sampled_with_different_seeds() {
+    let rt = runtime();
+    let mut rc = recipe(&["smollm2", "smollm2", "smollm2"], 2, 10);
+    for a in &mut rc.layers[0] {
+        a.temperature = 1.0;
+    }
+    let (r, events) = run(&rt, &rc, &q("Write a word."));
+    let r = r.unwrap();
+    let loads = events.iter().filter(|e| matches!(e, MoaEvent::Loading { .. })).count();
+    assert_eq!(loads, 1, "one model, one load");
+    assert_eq!(rt.loaded().len(), 1);
+    let seeds: Vec<u64> = r.layers[0].answers.iter().map(|a| a.seed).collect();
+    assert!(seeds[0] != seeds[1] && seeds[1] != seeds[2], "{seeds:?}");
+}
+
+#[test]
+fn history_reaches_every_agent() {
+    let rt = runtime();
+    let conv = vec![Message::user("My name is Ada."), Message::assistant("Nice to meet you, Ada."), Message::user("What is my name?")];
+    let (r, _) = run(&rt, &recipe(&["qwen-coder", "smollm2"], 2, 8), &conv);
+    let r = r.unwrap();
+    assert!(r.layers[0].answers.iter().all(|a| a.prompt.contains("Nice to meet you, Ada.")));
+    assert!(r.aggregate.prompt.contains("My name is Ada."));
+}
+
+#[test]
+fn references_too_long_for_the_context_are_cut_by_tokens() {
+    let m = Model::load(common::model_path(common::SMOL), &candle_core::Device::Cpu).unwrap();
+    let long = "word ".repeat(3000);
+    let refs = vec![long.clone(), "short answer".to_string()];
+    let max_tokens = m.context_length() - 600;
+    let f = fit_references(&m, &q("Summarize."), AGGREGATE_AND_SYNTHESIZE, &refs, max_tokens).unwrap();
+    let cap = f.cut_to.expect("references must be cut");
+    assert!(f.prompt_tokens <= 600, "{} tokens", f.prompt_tokens);
+    assert!(cap > 100, "the budget is used, not thrown away: {cap}");
+    let sys = &f.messages[0].content;
+    assert!(sys.contains("2. short answer"), "short references are kept whole");
+    assert!(sys.contains("[…]"), "cut references are marked");
+}
