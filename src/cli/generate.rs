@@ -18,7 +18,7 @@ pub struct GenerateArgs {
     /// Skip the chat template: tokenize PROMPT as is.
     #[arg(long)]
     pub raw: bool,
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f32,
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,

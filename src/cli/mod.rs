@@ -48,7 +48,7 @@ pub struct MoaArgs {
     #[arg(long)]
     pub layers: Option<usize>,
     /// Sampling temperature for every agent (0 = greedy; default 0.7).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Maximum new tokens per agent (default 512).
     #[arg(long)]
