@@ -32,7 +32,7 @@ fn run(rt: &Arc<Runtime>, r: &Recipe, conv: &[Message]) -> (moa_local::Result<mo
     let ev = events.clone();
     let sink: moa::EventSink = Arc::new(move |e| ev.lock().unwrap().push(e));
     let tokio = tokio::runtime::Runtime::new().unwrap();
-    let out = tokio.block_on(moa::run(rt.clone(), r, conv, &RunOptions { seed: 7, checksums: false }, sink));
+    let out = tokio.block_on(moa::run(rt.clone(), r, conv, &RunOptions { seed: 7, checksums: false, cancel: None }, sink));
     let ev = events.lock().unwrap().clone();
     (out, ev)
 }

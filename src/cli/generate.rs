@@ -8,6 +8,7 @@ use clap::Args;
 use moa_local::engine::{Control, SamplingParams};
 use moa_local::model::catalog::Catalog;
 use moa_local::model::{GenerateRequest, Message, Model, Prompt};
+use moa_local::runtime::estimate::{peak_rss_bytes, ModelShape};
 use moa_local::runtime::DeviceSpec;
 
 #[derive(Args, Debug)]
@@ -107,6 +108,8 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     })?;
     let s = &g.stats;
     if json {
+        let shape = ModelShape::read(&model.path)?;
+        let est = shape.estimate(g.prompt_ids.len() + a.max_tokens);
         let doc = serde_json::json!({
             "model": model.name,
             "file": model.path,
@@ -123,6 +126,11 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                 "prefill_tps": s.prefill_tps(),
                 "decode_tps": s.decode_tps(),
                 "load_secs": model.load_secs,
+            },
+            "memory": {
+                "estimated_peak_bytes": est.peak(1),
+                "estimate": est,
+                "peak_rss_bytes": peak_rss_bytes(),
             }
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);

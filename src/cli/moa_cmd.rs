@@ -8,6 +8,8 @@ use anyhow::Context;
 use moa_local::model::catalog::DEFAULT_MODELS;
 use moa_local::model::Message;
 use moa_local::moa::{self, Overrides, Recipe, RecipeFile, RunOptions};
+use moa_local::runtime::device::parse_bytes;
+use moa_local::runtime::scheduler::human;
 use moa_local::runtime::{DeviceSpec, Runtime};
 
 use super::generate::random_seed;
@@ -29,10 +31,71 @@ pub fn recipe_of(a: &MoaArgs) -> anyhow::Result<Recipe> {
     Ok(Recipe::build(file.as_ref(), &o, DEFAULT_MODELS)?)
 }
 
+/// The runtime the flags describe (device + memory budget).
+pub fn runtime(a: &MoaArgs) -> anyhow::Result<Arc<Runtime>> {
+    let spec: DeviceSpec = a.device.parse()?;
+    let budget = a.memory_budget.as_deref().map(parse_bytes).transpose()?;
+    Ok(Arc::new(Runtime::new(spec)?.with_memory_budget(budget)))
+}
+
+/// `moa-local plan`: the placement a run would use, from the GGUF headers alone.
+pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
+    let recipe = recipe_of(&a)?;
+    let rt = runtime(&a)?;
+    let mut conv = Vec::new();
+    if let Some(s) = &a.system {
+        conv.push(Message { role: "system".into(), content: s.clone() });
+    }
+    conv.push(Message { role: "user".into(), content: a.prompt.clone().unwrap_or_default() });
+    let p = moa::run::plan(&rt, &recipe, &conv)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (budget, source) = rt.memory_budget()?;
+    println!("device {}: budget {} ({source})", p.device, human(budget));
+    for name in recipe.model_names() {
+        let s = rt.shape(&name)?;
+        let path = rt.resolve(&name)?;
+        println!("  model {name}: {:?}, weights {}, file {}", s.cfg.arch, human(s.weights), path.display());
+    }
+    for l in &p.layers {
+        for w in &l.waves {
+            let agents: Vec<String> = w.jobs.iter().map(|&j| format!("#{} {}", j + 1, recipe.layers[l.layer - 1][j].model)).collect();
+            println!(
+                "layer {} wave {}: run [{}]; load {:?}; unload {:?}; planned {} (free {})",
+                l.layer,
+                w.wave,
+                agents.join(", "),
+                w.load,
+                w.unload,
+                human(w.bytes),
+                human(budget.saturating_sub(w.bytes))
+            );
+        }
+    }
+    let ag = &p.aggregator;
+    println!(
+        "aggregator {}: {}; unload {:?}; planned {} (free {})",
+        ag.model,
+        if ag.resident {
+            "already resident"
+        } else if ag.preload {
+            "loaded during the last proposer wave"
+        } else {
+            "loaded after the proposers"
+        },
+        ag.unload,
+        human(ag.bytes),
+        human(budget.saturating_sub(ag.bytes))
+    );
+    println!("peak planned {} of {}", human(p.peak), human(budget));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: MoaArgs) -> anyhow::Result<ExitCode> {
     let recipe = recipe_of(&a)?;
-    let spec: DeviceSpec = a.device.parse()?;
-    let rt = Arc::new(Runtime::new(spec)?);
+    let rt = runtime(&a)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let seed = a.seed.unwrap_or_else(random_seed);
     let mut history: Vec<Message> = Vec::new();
@@ -63,7 +126,7 @@ pub fn run(a: MoaArgs) -> anyhow::Result<ExitCode> {
 
 async fn turn(rt: &Arc<Runtime>, recipe: &Recipe, conv: &[Message], seed: u64, a: &MoaArgs) -> anyhow::Result<String> {
     let display = Display::new(recipe.layers.len(), !a.json, a.show_proposals && !a.json);
-    let opts = RunOptions { seed, checksums: a.json };
+    let opts = RunOptions { seed, checksums: a.json, cancel: None };
     let report = moa::run(rt.clone(), recipe, conv, &opts, display.sink()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::model::StopReason;
+use crate::runtime::scheduler::Plan;
 use crate::runtime::LoadedInfo;
 
 /// Layer numbers count from 1; the aggregator's layer is `proposer layers + 1`.
@@ -43,6 +44,8 @@ pub struct AgentStats {
 pub struct AgentAnswer {
     pub layer: usize,
     pub index: usize,
+    /// The scheduler's wave within the layer (1-based; 0 when the agent never ran).
+    pub wave: usize,
     pub model: String,
     pub seed: u64,
     pub temperature: f32,
@@ -71,11 +74,25 @@ pub struct ModelReport {
     pub info: LoadedInfo,
     pub alias: String,
     pub sha256: Option<String>,
+    /// Every time the run loaded this model (a model evicted between waves loads again).
+    pub loads: Vec<LoadRecord>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadRecord {
+    pub layer: usize,
+    pub wave: usize,
+    pub start_secs: f64,
+    pub secs: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MoaReport {
     pub seed: u64,
+    /// The memory plan the run executed (waves, loads, unloads, planned bytes).
+    pub plan: Plan,
+    /// Peak resident memory of this process so far (Linux VmHWM).
+    pub peak_rss_bytes: Option<u64>,
     pub layers: Vec<LayerReport>,
     pub aggregate: AgentAnswer,
     pub aggregate_wall_secs: f64,

@@ -1,8 +1,10 @@
-//! Running a MoA recipe: load every model once, run each proposer layer concurrently (failures
-//! are reported and left out), inject the layer's answers as references for the next, and
-//! stream the aggregator's answer.
+//! Running a MoA recipe: plan memory (which models load when, which proposers run together),
+//! run each proposer layer wave by wave with the wave's generations concurrent (failures are
+//! reported and left out), inject the layer's answers as references for the next, and stream
+//! the aggregator's answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,16 +12,29 @@ use tokio::task::JoinSet;
 
 use crate::engine::{Control, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::{GenerateRequest, Message, Model, Prompt};
+use crate::model::{GenerateRequest, Message, Prompt};
 use crate::moa::fit::fit_references;
 use crate::moa::recipe::{Agent, Recipe};
-use crate::moa::report::{AgentAnswer, AgentStats, EventSink, LayerReport, MoaEvent, MoaReport, ModelReport};
+use crate::moa::report::{AgentAnswer, AgentStats, EventSink, LayerReport, LoadRecord, MoaEvent, MoaReport, ModelReport};
+use crate::model::gguf::sha256_file;
+use crate::runtime::estimate::peak_rss_bytes;
+use crate::runtime::scheduler::{Job, Plan};
 use crate::runtime::Runtime;
 
+#[derive(Clone, Default)]
 pub struct RunOptions {
     pub seed: u64,
     /// Compute each model file's sha256 for the report.
     pub checksums: bool,
+    /// Set to cancel the run: generations stop at their next token and the run returns
+    /// `Error::Cancelled` (a server sets it when the client disconnects).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl RunOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// The seed of agent `index` in `layer` (samples of one model differ by seed).
@@ -40,9 +55,12 @@ fn with_system(conv: &[Message], system: &Option<String>) -> Vec<Message> {
     out
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     start: Instant,
+    cancel: Option<Arc<AtomicBool>>,
     notices: Mutex<Vec<String>>,
+    loads: Mutex<HashMap<String, Vec<LoadRecord>>>,
+    infos: Mutex<HashMap<String, crate::runtime::LoadedInfo>>,
     sink: EventSink,
 }
 
@@ -51,51 +69,121 @@ impl Ctx {
         (self.sink)(MoaEvent::Notice(s.clone()));
         self.notices.lock().unwrap_or_else(|p| p.into_inner()).push(s);
     }
+
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// Upper bound of the context each agent needs: the conversation, the references of the
+/// previous layer (each at most its agent's max tokens) and the answer.
+pub fn plan_jobs(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> (Vec<Vec<Option<Job>>>, HashMap<String, String>) {
+    let mut failed = HashMap::new();
+    let mut ctx_len = HashMap::new();
+    for name in recipe.model_names() {
+        match rt.shape(&name) {
+            Ok(s) => {
+                ctx_len.insert(name, s.cfg.context_length);
+            }
+            Err(e) => {
+                failed.insert(name, e.to_string());
+            }
+        }
+    }
+    let conv_tokens: usize = conv.iter().map(|m| m.content.len() / 2 + 16).sum::<usize>() + 128;
+    let instruction = recipe.instruction.len() / 2;
+    let job = |a: &Agent, refs: usize| {
+        ctx_len.get(&a.model).map(|&c| Job { model: a.model.clone(), context: (conv_tokens + refs + a.max_tokens).min(c) })
+    };
+    let mut layers = Vec::new();
+    let mut refs = 0;
+    for agents in &recipe.layers {
+        layers.push(agents.iter().map(|a| job(a, refs)).collect());
+        refs = agents.iter().map(|a| a.max_tokens + 8).sum::<usize>() + instruction;
+    }
+    layers.push(vec![job(&recipe.aggregator, refs)]);
+    (layers, failed)
+}
+
+/// The plan a run of `recipe` on `conv` will execute (what `moa-local plan` prints).
+pub fn plan(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> Result<Plan> {
+    let (mut jobs, failed) = plan_jobs(rt, recipe, conv);
+    let agg = jobs.pop().and_then(|mut v| v.pop().flatten()).ok_or_else(|| {
+        Error::Other(format!("aggregator {}: {}", recipe.aggregator.model, failed.get(&recipe.aggregator.model).cloned().unwrap_or_default()))
+    })?;
+    let layers: Vec<Vec<Job>> = jobs.into_iter().map(|l| l.into_iter().flatten().collect()).collect();
+    rt.plan(&layers, &agg)
 }
 
 pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &RunOptions, sink: EventSink) -> Result<MoaReport> {
     if conv.last().is_none_or(|m| m.role != "user") {
         return Err(Error::InvalidRequest("the conversation must end with a user message".into()));
     }
-    let ctx = Arc::new(Ctx { start: Instant::now(), notices: Mutex::new(Vec::new()), sink: sink.clone() });
-
-    // Load each distinct model once; a proposer whose model fails to load is reported later.
-    let mut models: HashMap<String, std::result::Result<Arc<Model>, String>> = HashMap::new();
-    for name in recipe.model_names() {
-        sink(MoaEvent::Loading { model: name.clone() });
-        let t = Instant::now();
-        let r = rt.load(&name).await.map_err(|e| e.to_string());
-        match &r {
-            Ok(_) => sink(MoaEvent::Loaded { model: name.clone(), secs: t.elapsed().as_secs_f64() }),
-            Err(e) => sink(MoaEvent::LoadFailed { model: name.clone(), error: e.clone() }),
-        }
-        models.insert(name, r);
+    let ctx = Arc::new(Ctx {
+        start: Instant::now(),
+        cancel: opts.cancel.clone(),
+        notices: Mutex::new(Vec::new()),
+        loads: Mutex::new(HashMap::new()),
+        infos: Mutex::new(HashMap::new()),
+        sink: sink.clone(),
+    });
+    let (jobs, mut failed) = plan_jobs(&rt, recipe, conv);
+    for (m, e) in &failed {
+        sink(MoaEvent::LoadFailed { model: m.clone(), error: e.clone() });
     }
-    let aggregator = match &models[&recipe.aggregator.model] {
-        Ok(m) => m.clone(),
-        Err(e) => return Err(Error::Other(format!("aggregator {}: {e}", recipe.aggregator.model))),
-    };
+    let the_plan = plan(&rt, recipe, conv)?;
 
     let mut refs: Vec<String> = Vec::new();
     let mut layers = Vec::new();
+    let n_layers = recipe.layers.len();
+    let mut preload: Option<tokio::task::JoinHandle<()>> = None;
     for (li, agents) in recipe.layers.iter().enumerate() {
         let layer = li + 1;
         let t = Instant::now();
-        let mut set = JoinSet::new();
-        for (index, agent) in agents.iter().enumerate() {
-            let model = models[&agent.model].clone();
-            let (agent, conv, refs, ctx) = (agent.clone(), conv.to_vec(), refs.clone(), ctx.clone());
-            let seed = agent_seed(opts.seed, layer, index);
-            let instruction = recipe.instruction.clone();
-            set.spawn(async move {
-                let r = match model {
-                    Ok(m) => run_agent(m, &agent, &conv, &instruction, &refs, seed, layer, index, &ctx, false).await,
-                    Err(e) => Err(Error::Other(e)),
-                };
-                finish(layer, index, &agent, seed, r, &ctx)
-            });
+        // Plan job indices skip agents whose model could not be read.
+        let runnable: Vec<usize> = (0..agents.len()).filter(|&i| jobs[li][i].is_some()).collect();
+        let mut answers: Vec<AgentAnswer> = (0..agents.len())
+            .filter(|i| !runnable.contains(i))
+            .map(|i| {
+                let err = Err(Error::Other(failed.get(&agents[i].model).cloned().unwrap_or_default()));
+                finish(layer, i, 0, &agents[i], agent_seed(opts.seed, layer, i), err, &ctx)
+            })
+            .collect();
+        let waves = &the_plan.layers[li].waves;
+        for (wi, wave) in waves.iter().enumerate() {
+            for u in &wave.unload {
+                rt.unload(u);
+            }
+            for m in &wave.load {
+                load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
+            }
+            if li + 1 == n_layers && wi + 1 == waves.len() && the_plan.aggregator.preload {
+                let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), recipe.aggregator.model.clone());
+                preload = Some(tokio::spawn(async move {
+                    let mut f = HashMap::new();
+                    load_model(&rt2, &m, n_layers + 1, 0, &ctx2, &mut f).await;
+                }));
+            }
+            let mut set = JoinSet::new();
+            for &ji in &wave.jobs {
+                let index = runnable[ji];
+                let agent = agents[index].clone();
+                let seed = agent_seed(opts.seed, layer, index);
+                let (rt, conv, refs, ctx) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone());
+                let (instruction, w, fail) = (recipe.instruction.clone(), wave.wave, failed.get(&agent.model).cloned());
+                set.spawn(async move {
+                    let r = match fail {
+                        Some(e) => Err(Error::Other(e)),
+                        None => run_agent(&rt, &agent, &conv, &instruction, &refs, seed, layer, index, &ctx, false).await,
+                    };
+                    finish(layer, index, w, &agent, seed, r, &ctx)
+                });
+            }
+            answers.extend(set.join_all().await);
+            if opts.cancelled() {
+                return Err(Error::Cancelled);
+            }
         }
-        let mut answers: Vec<AgentAnswer> = set.join_all().await;
         answers.sort_by_key(|a| a.index);
         let ok: Vec<&AgentAnswer> = answers.iter().filter(|a| a.error.is_none()).collect();
         if ok.is_empty() {
@@ -109,41 +197,83 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         layers.push(LayerReport { layer, wall_secs: wall, generated_tokens: tokens, tokens_per_sec: tokens as f64 / wall.max(1e-9), answers });
     }
 
-    let layer = recipe.layers.len() + 1;
+    let layer = n_layers + 1;
     let t = Instant::now();
+    if let Some(h) = preload {
+        let _ = h.await;
+    }
+    for u in &the_plan.aggregator.unload {
+        rt.unload(u);
+    }
+    let agg = &recipe.aggregator;
+    if !rt.is_loaded(&agg.model) {
+        load_model(&rt, &agg.model, layer, 0, &ctx, &mut failed).await;
+    }
     let seed = agent_seed(opts.seed, layer, 0);
-    let r = run_agent(aggregator, &recipe.aggregator, conv, &recipe.instruction, &refs, seed, layer, 0, &ctx, true).await;
-    let aggregate = finish(layer, 0, &recipe.aggregator, seed, r, &ctx);
+    let r = match failed.get(&agg.model) {
+        Some(e) => Err(Error::Other(e.clone())),
+        None => run_agent(&rt, agg, conv, &recipe.instruction, &refs, seed, layer, 0, &ctx, true).await,
+    };
+    let aggregate = finish(layer, 0, 1, agg, seed, r, &ctx);
+    if opts.cancelled() {
+        return Err(Error::Cancelled);
+    }
     if let Some(e) = &aggregate.error {
-        return Err(Error::Other(format!("aggregator {}: {e}", recipe.aggregator.model)));
+        return Err(Error::Other(format!("aggregator {}: {e}", agg.model)));
     }
     let aggregate_wall_secs = t.elapsed().as_secs_f64();
     sink(MoaEvent::LayerFinished { layer, wall_secs: aggregate_wall_secs, tokens: aggregate.stats.generated_tokens });
 
-    let mut model_reports = Vec::new();
+    let mut models = Vec::new();
+    let loads = ctx.loads.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let infos = ctx.infos.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for name in recipe.model_names() {
-        if let Ok(m) = &models[&name] {
-            let sha256 = if opts.checksums { Some(m.sha256()?) } else { None };
-            model_reports.push(ModelReport { info: rt.info(m), alias: name, sha256 });
+        // Reported from what was recorded at load time: an evicted model is not loaded again.
+        if let Some(info) = infos.get(&name) {
+            let sha256 = if opts.checksums { Some(sha256_file(&info.path)?) } else { None };
+            models.push(ModelReport { info: info.clone(), loads: loads.get(&name).cloned().unwrap_or_default(), alias: name, sha256 });
         }
     }
     let notices = ctx.notices.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(MoaReport {
         seed: opts.seed,
+        plan: the_plan,
+        peak_rss_bytes: peak_rss_bytes(),
         layers,
         aggregate,
         aggregate_wall_secs,
-        models: model_reports,
+        models,
         notices,
-        total_secs: ctx.start.elapsed().as_secs_f64(),
+        total_secs: ctx.secs(),
     })
+}
+
+async fn load_model(rt: &Arc<Runtime>, name: &str, layer: usize, wave: usize, ctx: &Ctx, failed: &mut HashMap<String, String>) {
+    if failed.contains_key(name) {
+        return;
+    }
+    (ctx.sink)(MoaEvent::Loading { model: name.to_string() });
+    let (t, start_secs) = (Instant::now(), ctx.secs());
+    match rt.load(name).await {
+        Ok(m) => {
+            ctx.infos.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), rt.info(&m));
+            let secs = t.elapsed().as_secs_f64();
+            (ctx.sink)(MoaEvent::Loaded { model: name.to_string(), secs });
+            let rec = LoadRecord { layer, wave, start_secs, secs };
+            ctx.loads.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().push(rec);
+        }
+        Err(e) => {
+            (ctx.sink)(MoaEvent::LoadFailed { model: name.to_string(), error: e.to_string() });
+            failed.insert(name.to_string(), e.to_string());
+        }
+    }
 }
 
 type AgentRun = (crate::model::Generation, f64, f64);
 
 #[allow(clippy::too_many_arguments)]
 async fn run_agent(
-    model: Arc<Model>,
+    rt: &Arc<Runtime>,
     agent: &Agent,
     conv: &[Message],
     instruction: &str,
@@ -154,6 +284,7 @@ async fn run_agent(
     ctx: &Arc<Ctx>,
     stream: bool,
 ) -> Result<AgentRun> {
+    let model = rt.load(&agent.model).await?;
     (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
     let conv = with_system(conv, &agent.system);
     let fitted = fit_references(&model, &conv, instruction, refs, agent.max_tokens)?;
@@ -166,10 +297,14 @@ async fn run_agent(
     }
     let sampling = SamplingParams { temperature: agent.temperature, seed, ..SamplingParams::default() };
     let req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
-    let start = ctx.start.elapsed().as_secs_f64();
+    let start = ctx.secs();
     let (sink, t0) = (ctx.sink.clone(), Instant::now());
     let mut pieces = 0usize;
+    let cancel = ctx.cancel.clone();
     let on_text = move |piece: &str| {
+        if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Control::Stop;
+        }
         pieces += 1;
         if stream {
             sink(MoaEvent::AggregateText(piece.to_string()));
@@ -179,13 +314,14 @@ async fn run_agent(
         Control::Continue
     };
     let g = Runtime::generate(model, req, on_text).await?;
-    Ok((g, start, ctx.start.elapsed().as_secs_f64()))
+    Ok((g, start, ctx.secs()))
 }
 
-fn finish(layer: usize, index: usize, agent: &Agent, seed: u64, r: Result<AgentRun>, ctx: &Ctx) -> AgentAnswer {
+fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: Result<AgentRun>, ctx: &Ctx) -> AgentAnswer {
     let mut a = AgentAnswer {
         layer,
         index,
+        wave,
         model: agent.model.clone(),
         seed,
         temperature: agent.temperature,

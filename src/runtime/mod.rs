@@ -3,7 +3,9 @@
 //! the work runs. (Memory-aware placement and waves live in `scheduler`.)
 
 pub mod device;
+pub mod estimate;
 pub mod pool;
+pub mod scheduler;
 
 pub use device::DeviceSpec;
 pub use pool::{LoadedInfo, Runtime};

@@ -2,7 +2,7 @@
 //! device (every role a model plays shares one copy), and runs generations on blocking worker
 //! threads so async callers (MoA, the server) can run several at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::catalog::Catalog;
 use crate::model::{GenerateRequest, Generation, Model};
 use crate::runtime::device::DeviceSpec;
+use crate::runtime::estimate::ModelShape;
+use crate::runtime::scheduler::{self, Job, Plan};
 
 /// What a run report records about one loaded model.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,17 +34,69 @@ pub struct Runtime {
     /// Loaded models by resolved path; names map onto them.
     models: Mutex<HashMap<PathBuf, Arc<Model>>>,
     names: Mutex<HashMap<String, PathBuf>>,
+    shapes: Mutex<HashMap<PathBuf, ModelShape>>,
+    /// `--memory-budget`; None: the device's free memory (90%) plus what this runtime holds.
+    budget: Option<u64>,
 }
 
 impl Runtime {
     pub fn new(spec: DeviceSpec) -> Result<Self> {
+        return_freed_memory_to_the_os();
         Ok(Self {
             catalog: Catalog::load()?,
             device: spec.open()?,
             spec,
             models: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
+            budget: None,
         })
+    }
+
+    /// Cap the memory the scheduler may plan for on this device.
+    pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The memory budget plans are made against, and where it came from.
+    pub fn memory_budget(&self) -> Result<(u64, &'static str)> {
+        if let Some(b) = self.budget {
+            return Ok((b, "--memory-budget"));
+        }
+        let held: u64 = self.models.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.file_size).sum();
+        Ok((self.spec.free_memory()? / 10 * 9 + held, "free device memory (90%)"))
+    }
+
+    /// Architecture and sizes of a model, read from its header only (cached).
+    pub fn shape(&self, name: &str) -> Result<ModelShape> {
+        let path = self.resolve(name)?;
+        if let Some(s) = self.shapes.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
+            return Ok(s.clone());
+        }
+        let s = ModelShape::read(&path)?;
+        self.shapes.lock().unwrap_or_else(|p| p.into_inner()).insert(path, s.clone());
+        Ok(s)
+    }
+
+    /// Plan waves for `layers` of jobs and the aggregator against this runtime's budget.
+    pub fn plan(&self, layers: &[Vec<Job>], aggregator: &Job) -> Result<Plan> {
+        let mut ctx: BTreeMap<String, usize> = BTreeMap::new();
+        for j in layers.iter().flatten().chain(std::iter::once(aggregator)) {
+            let c = ctx.entry(j.model.clone()).or_default();
+            *c = (*c).max(j.context);
+        }
+        let mut est = BTreeMap::new();
+        for (m, c) in ctx {
+            est.insert(m.clone(), self.shape(&m)?.estimate(c));
+        }
+        let (budget, _) = self.memory_budget()?;
+        scheduler::plan(layers, aggregator, &est, budget, &self.spec.to_string())
+    }
+
+    /// Whether `name` is loaded now.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.resolve(name).is_ok_and(|p| self.models.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&p))
     }
 
     pub fn device_spec(&self) -> DeviceSpec {
@@ -118,5 +172,20 @@ impl Runtime {
         tokio::task::spawn_blocking(move || model.generate(&req, &mut on_text))
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
+    }
+}
+
+/// Weights are large allocations freed when a model is evicted. glibc raises its mmap threshold
+/// after the first large free and then serves later tensors from per-thread heaps that it never
+/// returns, so an evicted model would keep its memory. A fixed threshold keeps every tensor-sized
+/// allocation in its own mapping, returned to the OS when freed.
+fn return_freed_memory_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator tuning parameters.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        });
     }
 }
