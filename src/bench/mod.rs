@@ -1,0 +1,110 @@
+//! Throughput measurement like llama-bench: `pp` = prefill N prompt tokens in one pass, `tg` =
+//! generate N tokens one at a time, repeated R times, mean ± sd tokens/s; plus a MoA bench (per
+//! layer wall time, aggregate tok/s, time to the aggregator's first token, peak memory).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::{Forward, KvCache};
+use crate::error::Result;
+use crate::model::Model;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    /// `pp128`, `tg64`, …
+    pub test: String,
+    pub tokens: usize,
+    pub samples_tps: Vec<f64>,
+    pub mean_tps: f64,
+    pub sd_tps: f64,
+}
+
+fn stats(test: String, tokens: usize, samples: Vec<f64>) -> TestResult {
+    let n = samples.len().max(1) as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    TestResult { test, tokens, mean_tps: mean, sd_tps: var.sqrt(), samples_tps: samples }
+}
+
+/// Deterministic pseudo-random token ids (llama-bench also feeds random tokens).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab.min(32000) as u64) as u32 + 1
+        })
+        .collect()
+}
+
+fn cache(model: &Model, cap: usize) -> Result<KvCache> {
+    model.transformer.new_cache(cap)
+}
+
+/// Prefill `n` tokens in one forward, `reps` times (after one warm-up).
+pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
+    let toks = tokens(n, model.cfg().vocab_size, 1);
+    let mut samples = Vec::new();
+    for r in 0..=reps {
+        let mut c = cache(model, n)?;
+        let t = Instant::now();
+        model.transformer.forward(&toks, &mut c)?;
+        if r > 0 {
+            samples.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(stats(format!("pp{n}"), n, samples))
+}
+
+/// Generate `n` tokens one at a time from an empty cache, `reps` times (after one warm-up).
+pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
+    let toks = tokens(n, model.cfg().vocab_size, 2);
+    let mut samples = Vec::new();
+    for r in 0..=reps {
+        let mut c = cache(model, n)?;
+        let t = Instant::now();
+        for tok in &toks {
+            model.transformer.forward(std::slice::from_ref(tok), &mut c)?;
+        }
+        if r > 0 {
+            samples.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(stats(format!("tg{n}"), n, samples))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelBench {
+    pub model: String,
+    pub file: String,
+    pub arch: String,
+    pub file_bytes: u64,
+    pub device: String,
+    pub threads: usize,
+    pub synthetic: bool,
+    pub results: Vec<TestResult>,
+}
+
+/// llama-bench style markdown table.
+pub fn markdown(rows: &[ModelBench]) -> String {
+    let mut s = String::from("| model | size | device | threads | test | t/s |\n|---|---:|---|---:|---|---:|\n");
+    for b in rows {
+        for r in &b.results {
+            s.push_str(&format!(
+                "| {}{} | {:.2} MiB | {} | {} | {} | {:.2} ± {:.2} |\n",
+                b.model,
+                if b.synthetic { " (random weights)" } else { "" },
+                b.file_bytes as f64 / 1048576.0,
+                b.device,
+                b.threads,
+                r.test,
+                r.mean_tps,
+                r.sd_tps
+            ));
+        }
+    }
+    s
+}

@@ -1,0 +1,163 @@
+//! `moa-local bench`: llama-bench-like pp/tg throughput per model (real or synthetic GGUF), and
+//! a MoA bench (per-layer wall time, aggregate tok/s, time to the aggregator's first token,
+//! peak memory). Markdown by default, JSON with --json.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use moa_local::bench::{bench_pp, bench_tg, markdown, ModelBench};
+use moa_local::model::catalog::Catalog;
+use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+use moa_local::model::{Message, Model};
+use moa_local::moa::{self, Overrides, Recipe, RunOptions};
+use moa_local::runtime::{DeviceSpec, Runtime};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Models to bench (repeatable; catalog names or .gguf paths). Default: qwen-coder, smollm2.
+    #[arg(short = 'm', long = "model")]
+    pub models: Vec<String>,
+    /// Bench a random-weight GGUF with a real architecture's shapes, written by moa-local:
+    /// ARCH:SIZE:QUANT, e.g. qwen2:7b:q4_k_m, llama:7b:q4_k_m (repeatable).
+    #[arg(long)]
+    pub synthetic: Vec<String>,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(short = 'p', long, default_value_t = 128)]
+    pub pp: usize,
+    /// Generated tokens for the decode test (0 skips it).
+    #[arg(short = 'n', long, default_value_t = 64)]
+    pub tg: usize,
+    /// Repetitions (after one warm-up).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub reps: usize,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Run the MoA bench instead: these proposers (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub moa: Option<Vec<String>>,
+    /// MoA bench: total layers.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// MoA bench: max tokens per agent.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(t) = a.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        // Before any thread pool starts.
+        std::env::set_var("MOA_THREADS", t.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let spec: DeviceSpec = a.device.parse()?;
+    if let Some(models) = &a.moa {
+        return moa_bench(&a, models, spec);
+    }
+    let device = spec.open()?;
+    let catalog = Catalog::load()?;
+    let tmp = tempfile_dir()?;
+    let mut files: Vec<(String, std::path::PathBuf, bool)> = Vec::new();
+    let names = if a.models.is_empty() && a.synthetic.is_empty() { vec!["qwen-coder".into(), "smollm2".into()] } else { a.models.clone() };
+    for m in names {
+        files.push((m.clone(), catalog.resolve(&m)?, false));
+    }
+    for s in &a.synthetic {
+        let sp = SyntheticSpec::parse(s)?;
+        let path = tmp.join(format!("{}.gguf", s.replace(':', "-")));
+        eprintln!("writing synthetic {s} (random weights) to {}…", path.display());
+        write_synthetic(&sp, &path, 1)?;
+        files.push((s.clone(), path, true));
+    }
+    let mut rows = Vec::new();
+    for (name, path, synthetic) in files {
+        let model = Model::load(&path, &device)?;
+        let mut results = Vec::new();
+        if a.pp > 0 {
+            results.push(bench_pp(&model, a.pp, a.reps)?);
+        }
+        if a.tg > 0 {
+            results.push(bench_tg(&model, a.tg, a.reps)?);
+        }
+        rows.push(ModelBench {
+            model: name,
+            file: path.display().to_string(),
+            arch: format!("{:?}", model.cfg().arch).to_lowercase(),
+            file_bytes: model.file_size,
+            device: spec.to_string(),
+            threads,
+            synthetic,
+            results,
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", markdown(&rows));
+        if rows.iter().any(|r| r.synthetic) {
+            println!("\nSynthetic rows use random weights with the real architecture's shapes: timings are true for dense models, outputs are meaningless.");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("moa-local-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn moa_bench(a: &BenchArgs, models: &[String], spec: DeviceSpec) -> anyhow::Result<ExitCode> {
+    let o = Overrides { models: Some(models.to_vec()), layers: Some(a.layers), max_tokens: Some(a.max_tokens), temperature: Some(0.7), ..Default::default() };
+    let recipe = Recipe::build(None, &o, &[])?;
+    let rt = Arc::new(Runtime::new(spec)?);
+    let tokio = tokio::runtime::Runtime::new()?;
+    let conv = vec![Message::user("Explain how a hash map works and when to use one.")];
+    let mut reports = Vec::new();
+    for r in 0..a.reps.max(1) {
+        let opts = RunOptions { seed: 1 + r as u64, checksums: false, cancel: None };
+        reports.push(tokio.block_on(moa::run(rt.clone(), &recipe, &conv, &opts, moa::report::no_events()))?);
+    }
+    if a.json {
+        let rows: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "layers": r.layers.iter().map(|l| serde_json::json!({"layer": l.layer, "wall_secs": l.wall_secs, "tokens": l.generated_tokens, "tokens_per_sec": l.tokens_per_sec})).collect::<Vec<_>>(),
+                    "aggregator": {"ttft_secs": r.aggregate.stats.ttft_secs, "tokens": r.aggregate.stats.generated_tokens, "decode_tps": r.aggregate.stats.decode_tps, "wall_secs": r.aggregate_wall_secs},
+                    "total_secs": r.total_secs,
+                    "peak_rss_bytes": r.peak_rss_bytes,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("MoA bench: proposers {models:?}, layers {}, max tokens {}, {} run(s), device {spec}", a.layers, a.max_tokens, reports.len());
+    println!("| run | layer | wall s | tokens | tok/s |\n|---:|---|---:|---:|---:|");
+    for (i, r) in reports.iter().enumerate() {
+        for l in &r.layers {
+            println!("| {} | {} | {:.2} | {} | {:.1} |", i + 1, l.layer, l.wall_secs, l.generated_tokens, l.tokens_per_sec);
+        }
+        let g = &r.aggregate.stats;
+        println!(
+            "| {} | aggregator (ttft {:.2}s) | {:.2} | {} | {:.1} |",
+            i + 1,
+            g.ttft_secs,
+            r.aggregate_wall_secs,
+            g.generated_tokens,
+            g.generated_tokens as f64 / r.aggregate_wall_secs.max(1e-9)
+        );
+    }
+    let peak = reports.iter().filter_map(|r| r.peak_rss_bytes).max().unwrap_or(0);
+    println!("\npeak resident memory: {:.0} MiB", peak as f64 / 1048576.0);
+    Ok(ExitCode::SUCCESS)
+}
