@@ -4,11 +4,13 @@
 //! `cli → moa → runtime (scheduler, devices, workers) → model (gguf, tokenizer, template,
 //! transformer) → engine (kv cache, sampler, decode loop) → candle`.
 
+pub mod bench;
 pub mod engine;
-pub mod kernels;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod moa;
 pub mod runtime;
+pub mod server;
 
 pub use error::{Error, Result};

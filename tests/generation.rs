@@ -154,3 +154,25 @@ fn bad_model_files_give_errors_naming_the_file() {
     let e = Model::load_uncached(&cut, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("header.gguf"), "{e}");
 }
+
+#[test]
+fn batched_samples_match_separate_generations_seed_for_seed() {
+    let m = smol();
+    let req = GenerateRequest::new(Prompt::Chat(vec![Message::user("Name an animal.")]), 16, sampled(0));
+    let seeds = [3u64, 4, 5];
+    let mut streamed = vec![String::new(); seeds.len()];
+    let batch = m
+        .generate_samples(&req, &seeds, &mut |i, p| {
+            streamed[i].push_str(p);
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(batch.len(), 3);
+    for (i, &seed) in seeds.iter().enumerate() {
+        let alone = run(&m, &GenerateRequest { sampling: sampled(seed), ..req.clone() }).0;
+        assert_eq!(batch[i].ids, alone.ids, "sample {i} (seed {seed}) differs from its own generation");
+        assert_eq!(streamed[i], batch[i].text);
+        assert_eq!(batch[i].stats.prompt_tokens, alone.stats.prompt_tokens);
+    }
+    assert!(batch[0].ids != batch[1].ids || batch[1].ids != batch[2].ids, "different seeds, different samples");
+}

@@ -76,6 +76,26 @@ pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     Ok(stats(format!("tg{n}"), n, samples))
 }
 
+/// Decode `n` tokens for each of `batch` sequences, one batched forward per step (MoA samples of
+/// one model); reports aggregate tokens/s over all sequences.
+pub fn bench_tg_batch(model: &Model, n: usize, batch: usize, reps: usize) -> Result<TestResult> {
+    let toks = tokens(n, model.cfg().vocab_size, 3);
+    let mut samples = Vec::new();
+    for r in 0..=reps {
+        let mut caches = (0..batch).map(|_| cache(model, n)).collect::<Result<Vec<_>>>()?;
+        let t = Instant::now();
+        for tok in &toks {
+            let one = [*tok];
+            let mut segs: Vec<(&[u32], &mut KvCache)> = caches.iter_mut().map(|c| (&one[..], c)).collect();
+            model.transformer.forward_batch(&mut segs)?;
+        }
+        if r > 0 {
+            samples.push((n * batch) as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(stats(format!("tg{n} x{batch}"), n * batch, samples))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelBench {
     pub model: String,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use moa_local::bench::{bench_pp, bench_tg, markdown, ModelBench};
+use moa_local::bench::{bench_pp, bench_tg, bench_tg_batch, markdown, ModelBench};
 use moa_local::model::catalog::Catalog;
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
 use moa_local::model::{Message, Model};
@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Repetitions (after one warm-up).
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
+    /// Also decode this many sequences together (batched forward; aggregate tok/s), e.g. 4.
+    #[arg(short = 'b', long)]
+    pub batch: Option<usize>,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -85,6 +88,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         if a.tg > 0 {
             results.push(bench_tg(&model, a.tg, a.reps)?);
+            if let Some(b) = a.batch.filter(|&b| b > 1) {
+                results.push(bench_tg_batch(&model, a.tg, b, a.reps)?);
+            }
         }
         rows.push(ModelBench {
             model: name,

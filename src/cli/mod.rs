@@ -1,9 +1,11 @@
 //! Command-line interface (clap types stop here): `moa-local [OPTIONS] [PROMPT]` runs MoA;
 //! subcommands run one model, tokenize, plan, bench and serve.
 
+mod bench;
 mod generate;
 mod moa_cmd;
 mod progress;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,12 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Print the token ids of TEXT as a JSON array (like llama-tokenize).
     Tokenize(generate::TokenizeArgs),
+    /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health).
+    Serve(serve::ServeArgs),
+    /// Print the memory plan of a MoA run (same flags) without loading any weights.
+    Plan(MoaArgs),
+    /// Measure prefill/decode tokens per second (like llama-bench), or a whole MoA run.
+    Bench(bench::BenchArgs),
 }
 
 /// Options of a MoA run (also used by `plan`, `bench` and `serve`).
@@ -74,6 +82,10 @@ pub struct MoaArgs {
     /// A TOML recipe (layers, aggregator, per-model settings); flags override it.
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Memory the scheduler may use on the device (e.g. 6GiB, 800MiB); default: 90% of the
+    /// device's free memory.
+    #[arg(long)]
+    pub memory_budget: Option<String>,
 }
 
 pub fn main() -> anyhow::Result<ExitCode> {
@@ -81,6 +93,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Generate(a)) => generate::generate(a),
         Some(Command::Tokenize(a)) => generate::tokenize(a),
+        Some(Command::Serve(a)) => serve::serve(a),
+        Some(Command::Plan(a)) => moa_cmd::plan(a),
+        Some(Command::Bench(a)) => bench::bench(a),
         None => moa_cmd::run(cli.moa),
     }
 }

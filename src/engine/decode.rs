@@ -12,6 +12,12 @@ use crate::error::{Error, Result};
 /// of the last position.
 pub trait Forward {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>>;
+
+    /// One step over several sequences, each with its own cache; the last position's logits of
+    /// each. Models that can batch rows override this (weights are read once for all).
+    fn forward_batch(&self, segs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
+        segs.iter_mut().map(|(t, c)| self.forward(t, c)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,4 +103,90 @@ pub fn decode_loop(
     stats.generated_tokens = out.len();
     stats.decode_secs = decode_start.elapsed().as_secs_f64() - (stats.ttft_secs - stats.prefill_secs).max(0.0);
     Ok((out, stats))
+}
+
+/// Several samples of one prompt: the prompt is prefilled once into `base`, the cache is forked
+/// per sample, and every step feeds all unfinished samples through one batched forward (the
+/// weights are read once per step for all of them). `on_token(sample, token)` may stop a sample.
+pub fn decode_samples(
+    model: &dyn Forward,
+    mut base: KvCache,
+    prompt: &[u32],
+    samplers: &mut [Sampler],
+    opts: &DecodeOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> Result<Control>,
+) -> Result<Vec<(Vec<u32>, DecodeStats)>> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidRequest("the prompt is empty (no tokens to start from)".into()));
+    }
+    let n = samplers.len();
+    let start = Instant::now();
+    let mut logits = Vec::new();
+    let mut prefilled = 0;
+    for piece in prompt.chunks(opts.prefill_chunk.max(1)) {
+        logits = model.forward(piece, &mut base)?;
+        prefilled += piece.len();
+    }
+    let prefill_secs = start.elapsed().as_secs_f64();
+    let mut caches = (1..n).map(|_| base.fork(base.capacity())).collect::<Result<Vec<_>>>()?;
+    caches.insert(0, base);
+    let mut logits: Vec<Vec<f32>> = vec![logits; n];
+    let mut hist: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut ttft = vec![0f64; n];
+    let mut active: Vec<bool> = vec![true; n];
+    let decode_start = Instant::now();
+    loop {
+        let mut step: Vec<usize> = Vec::new();
+        for i in 0..n {
+            if !active[i] {
+                continue;
+            }
+            let tok = samplers[i].sample(&mut logits[i], &hist[i]);
+            if outs[i].is_empty() {
+                ttft[i] = start.elapsed().as_secs_f64();
+            }
+            outs[i].push(tok);
+            hist[i].push(tok);
+            if on_token(i, tok)? == Control::Stop || outs[i].len() >= opts.max_tokens {
+                active[i] = false;
+            } else {
+                step.push(i);
+            }
+        }
+        if step.is_empty() {
+            break;
+        }
+        let toks: Vec<[u32; 1]> = step.iter().map(|&i| [outs[i][outs[i].len() - 1]]).collect();
+        let mut segs: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(step.len());
+        let mut rest: &mut [KvCache] = &mut caches;
+        let mut taken = 0;
+        for (k, &i) in step.iter().enumerate() {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
+            let (c, tail) = tail.split_first_mut().expect("sample index in range");
+            segs.push((&toks[k][..], c));
+            rest = tail;
+            taken = i + 1;
+        }
+        let out = model.forward_batch(&mut segs)?;
+        for (k, l) in out.into_iter().enumerate() {
+            logits[step[k]] = l;
+        }
+    }
+    let decode_secs = decode_start.elapsed().as_secs_f64();
+    Ok(outs
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let stats = DecodeStats {
+                prompt_tokens: prompt.len(),
+                prefilled_tokens: prefilled,
+                generated_tokens: ids.len(),
+                prefill_secs,
+                decode_secs,
+                ttft_secs: ttft[i],
+            };
+            (ids, stats)
+        })
+        .collect())
 }

@@ -164,22 +164,33 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                     load_model(&rt2, &m, n_layers + 1, 0, &ctx2, &mut f).await;
                 }));
             }
-            let mut set = JoinSet::new();
+            // Samples of one model with the same settings share a prefill and decode as a batch.
+            let mut groups: Vec<Vec<usize>> = Vec::new();
             for &ji in &wave.jobs {
-                let index = runnable[ji];
-                let agent = agents[index].clone();
-                let seed = agent_seed(opts.seed, layer, index);
+                let i = runnable[ji];
+                match groups.iter_mut().find(|g| same_settings(&agents[g[0]], &agents[i])) {
+                    Some(g) => g.push(i),
+                    None => groups.push(vec![i]),
+                }
+            }
+            let mut set = JoinSet::new();
+            for group in groups {
+                let agent = agents[group[0]].clone();
+                let seeds: Vec<u64> = group.iter().map(|&i| agent_seed(opts.seed, layer, i)).collect();
                 let (rt, conv, refs, ctx) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone());
                 let (instruction, w, fail) = (recipe.instruction.clone(), wave.wave, failed.get(&agent.model).cloned());
                 set.spawn(async move {
-                    let r = match fail {
-                        Some(e) => Err(Error::Other(e)),
-                        None => run_agent(&rt, &agent, &conv, &instruction, &refs, seed, layer, index, &ctx, false).await,
+                    let results: Vec<Result<AgentRun>> = match fail {
+                        Some(e) => group.iter().map(|_| Err(Error::Other(e.clone()))).collect(),
+                        None if group.len() == 1 => {
+                            vec![run_agent(&rt, &agent, &conv, &instruction, &refs, seeds[0], layer, group[0], &ctx, false).await]
+                        }
+                        None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, &ctx).await,
                     };
-                    finish(layer, index, w, &agent, seed, r, &ctx)
+                    group.iter().zip(seeds).zip(results).map(|((&i, seed), r)| finish(layer, i, w, &agent, seed, r, &ctx)).collect::<Vec<_>>()
                 });
             }
-            answers.extend(set.join_all().await);
+            answers.extend(set.join_all().await.into_iter().flatten());
             if opts.cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -270,6 +281,63 @@ async fn load_model(rt: &Arc<Runtime>, name: &str, layer: usize, wave: usize, ct
 }
 
 type AgentRun = (crate::model::Generation, f64, f64);
+
+fn same_settings(a: &Agent, b: &Agent) -> bool {
+    a.model == b.model && a.temperature == b.temperature && a.max_tokens == b.max_tokens && a.system == b.system
+}
+
+/// Several samples of one agent's settings (different seeds) as one batched generation.
+#[allow(clippy::too_many_arguments)]
+async fn run_samples(
+    rt: &Arc<Runtime>,
+    agent: &Agent,
+    conv: &[Message],
+    instruction: &str,
+    refs: &[String],
+    seeds: &[u64],
+    layer: usize,
+    indices: &[usize],
+    ctx: &Arc<Ctx>,
+) -> Vec<Result<AgentRun>> {
+    let all_err = |e: Error| indices.iter().map(|_| Err(Error::Other(e.to_string()))).collect();
+    let model = match rt.load(&agent.model).await {
+        Ok(m) => m,
+        Err(e) => return all_err(e),
+    };
+    for &index in indices {
+        (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
+    }
+    let conv = with_system(conv, &agent.system);
+    let fitted = match fit_references(&model, &conv, instruction, refs, agent.max_tokens) {
+        Ok(f) => f,
+        Err(e) => return all_err(e),
+    };
+    if let Some(cap) = fitted.cut_to {
+        ctx.notice(format!("layer {layer}: references for {} cut to {cap} tokens each", agent.model));
+    }
+    let sampling = SamplingParams { temperature: agent.temperature, ..SamplingParams::default() };
+    let req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
+    let start = ctx.secs();
+    let (sink, t0, cancel, idx) = (ctx.sink.clone(), Instant::now(), ctx.cancel.clone(), indices.to_vec());
+    let mut pieces = vec![0usize; indices.len()];
+    let on_text = move |s: usize, _piece: &str| {
+        if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Control::Stop;
+        }
+        pieces[s] += 1;
+        if pieces[s] % 8 == 0 {
+            sink(MoaEvent::AgentProgress { layer, index: idx[s], pieces: pieces[s], secs: t0.elapsed().as_secs_f64() });
+        }
+        Control::Continue
+    };
+    match Runtime::generate_samples(model, req, seeds.to_vec(), on_text).await {
+        Ok(gens) => {
+            let end = ctx.secs();
+            gens.into_iter().map(|g| Ok((g, start, end))).collect()
+        }
+        Err(e) => all_err(e),
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn run_agent(

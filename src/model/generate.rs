@@ -1,7 +1,7 @@
 //! Text-level generation on a loaded model: prompt rendering (raw or chat template), context
 //! checks, end-of-generation tokens, stop strings, and UTF-8-safe streaming of the answer.
 
-use crate::engine::decode::{decode_loop, DecodeOptions};
+use crate::engine::decode::{decode_loop, decode_samples, DecodeOptions};
 use crate::engine::{Control, DecodeStats, KvCache, Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::loaded::Model;
@@ -111,47 +111,92 @@ impl Model {
         mut cache: KvCache,
         on_text: &mut dyn FnMut(&str) -> Control,
     ) -> Result<Generation> {
-        let mut stops: Vec<String> = req.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
-        stops.extend(self.template.stop_strings().iter().cloned());
         let mut sampler = Sampler::new(req.sampling.clone());
-        let mut utf8 = Utf8Stream::default();
-        let mut held = String::new(); // decoded text not yet emitted (could start a stop string)
-        let mut text = String::new();
-        let mut reason = StopReason::MaxTokens;
+        let mut text = TextState::new(self, req);
         let opts = DecodeOptions { max_tokens: req.max_tokens, prefill_chunk: 512 };
-        let mut on_token = |tok: u32| -> Result<Control> {
-            if self.tokenizer.is_eog(tok) {
-                reason = StopReason::EndOfGeneration;
-                return Ok(Control::Stop);
-            }
-            held.push_str(&utf8.push(self.tokenizer.token_bytes(tok)));
-            let (emit, stop) = split_at_stop(&held, &stops);
-            if !emit.is_empty() {
-                text.push_str(&emit);
-                if on_text(&emit) == Control::Stop {
-                    reason = StopReason::Cancelled;
-                    return Ok(Control::Stop);
-                }
-            }
-            held.drain(..emit.len());
-            if stop {
-                reason = StopReason::StopString;
-                held.clear();
-                return Ok(Control::Stop);
-            }
-            Ok(Control::Continue)
-        };
+        let mut on_token = |tok: u32| Ok(text.on_token(tok, on_text));
         let (ids, stats) = decode_loop(&self.transformer, &mut cache, &prompt_ids, &mut sampler, &opts, &mut on_token)?;
-        if matches!(reason, StopReason::MaxTokens | StopReason::EndOfGeneration) {
-            // Flush what was held back for a possible stop string. Bytes of a character that
-            // the last token left unfinished are dropped: they can never complete.
-            drop(utf8);
-            if !held.is_empty() {
-                text.push_str(&held);
-                on_text(&held);
+        let (text, stop_reason) = text.finish(on_text);
+        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+    }
+
+    /// Several samples of one request, one per seed: one shared prefill, then batched decode
+    /// steps. `on_text(sample, piece)` streams each sample's text.
+    pub fn generate_samples(
+        &self,
+        req: &GenerateRequest,
+        seeds: &[u64],
+        on_text: &mut dyn FnMut(usize, &str) -> Control,
+    ) -> Result<Vec<Generation>> {
+        let (prompt_text, prompt_ids) = self.tokenize_prompt(&req.prompt)?;
+        let cache = self.prepare_cache(&prompt_ids, req)?;
+        let mut samplers: Vec<Sampler> =
+            seeds.iter().map(|&seed| Sampler::new(SamplingParams { seed, ..req.sampling.clone() })).collect();
+        let mut texts: Vec<TextState> = seeds.iter().map(|_| TextState::new(self, req)).collect();
+        let opts = DecodeOptions { max_tokens: req.max_tokens, prefill_chunk: 512 };
+        let mut on_token = |i: usize, tok: u32| Ok(texts[i].on_token(tok, &mut |p| on_text(i, p)));
+        let results = decode_samples(&self.transformer, cache, &prompt_ids, &mut samplers, &opts, &mut on_token)?;
+        Ok(results
+            .into_iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(i, ((ids, stats), t))| {
+                let (text, stop_reason) = t.finish(&mut |p| on_text(i, p));
+                Generation { prompt_text: prompt_text.clone(), prompt_ids: prompt_ids.clone(), ids, text, stop_reason, stats }
+            })
+            .collect())
+    }
+}
+
+/// Token ids → streamed text for one sequence: end-of-generation tokens, stop strings (held back
+/// until they can no longer start one), and whole UTF-8 characters only.
+struct TextState<'m> {
+    model: &'m Model,
+    stops: Vec<String>,
+    utf8: Utf8Stream,
+    held: String,
+    text: String,
+    reason: StopReason,
+}
+
+impl<'m> TextState<'m> {
+    fn new(model: &'m Model, req: &GenerateRequest) -> Self {
+        let mut stops: Vec<String> = req.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+        stops.extend(model.template.stop_strings().iter().cloned());
+        Self { model, stops, utf8: Utf8Stream::default(), held: String::new(), text: String::new(), reason: StopReason::MaxTokens }
+    }
+
+    fn on_token(&mut self, tok: u32, on_text: &mut dyn FnMut(&str) -> Control) -> Control {
+        if self.model.tokenizer.is_eog(tok) {
+            self.reason = StopReason::EndOfGeneration;
+            return Control::Stop;
+        }
+        self.held.push_str(&self.utf8.push(self.model.tokenizer.token_bytes(tok)));
+        let (emit, stop) = split_at_stop(&self.held, &self.stops);
+        if !emit.is_empty() {
+            self.text.push_str(&emit);
+            if on_text(&emit) == Control::Stop {
+                self.reason = StopReason::Cancelled;
+                return Control::Stop;
             }
         }
-        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason: reason, stats })
+        self.held.drain(..emit.len());
+        if stop {
+            self.reason = StopReason::StopString;
+            self.held.clear();
+            return Control::Stop;
+        }
+        Control::Continue
+    }
+
+    /// Flush what was held back for a possible stop string. Bytes of a character that the last
+    /// token left unfinished are dropped: they can never complete.
+    fn finish(mut self, on_text: &mut dyn FnMut(&str) -> Control) -> (String, StopReason) {
+        if matches!(self.reason, StopReason::MaxTokens | StopReason::EndOfGeneration) && !self.held.is_empty() {
+            self.text.push_str(&self.held);
+            on_text(&self.held);
+        }
+        (self.text, self.reason)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::engine::attention::{self, AttnShape};
 use crate::engine::{Forward, KvCache};
@@ -158,35 +158,44 @@ impl Transformer {
         Tensor::from_vec(m, (n_rep * seq, kv_len), &self.device)
     }
 
-    fn attention(&self, l: &Layer, li: usize, x: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
+    /// projections run once over all rows, each segment attends over its own cache.
+    fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
-        let (b, seq, _) = x.dims3()?;
         let (mut q, mut k, mut v) = (mm(&l.wq, x)?, mm(&l.wk, x)?, mm(&l.wv, x)?);
         if let Some((bq, bk, bv)) = &l.bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let q = q.reshape((b, seq, c.n_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, seq, c.n_kv_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, seq, c.n_kv_head, c.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = match &l.qk_norm {
-            Some((qn, kn)) => (
-                candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?,
-                candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?,
-            ),
-            None => (q, k),
-        };
-        let (cos, sin) = self.rope_tables(l.rope_base, pos, seq)?;
-        let (q, k) = match c.rope_style {
-            RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
-            RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
-        };
-        let out = if self.device.is_cpu() {
-            self.attention_cpu(l, li, &q, &k, &v, pos, cache)?
-        } else {
-            self.attention_device(l, li, &q, &k, &v, pos, cache)?
-        };
+        let mut outs = Vec::with_capacity(segs.len());
+        let mut off = 0;
+        for sg in segs.iter_mut() {
+            let (seq, pos) = (sg.tokens.len(), sg.cache.len());
+            let part = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+                t.narrow(1, off, seq)?.reshape((1, seq, heads, c.head_dim))?.transpose(1, 2)?.contiguous()
+            };
+            let (q, k, v) = (part(&q, c.n_head)?, part(&k, c.n_kv_head)?, part(&v, c.n_kv_head)?);
+            let (q, k) = match &l.qk_norm {
+                Some((qn, kn)) => (
+                    candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?,
+                    candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?,
+                ),
+                None => (q, k),
+            };
+            let (cos, sin) = self.rope_tables(l.rope_base, pos, seq)?;
+            let (q, k) = match c.rope_style {
+                RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
+                RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
+            };
+            outs.push(if self.device.is_cpu() {
+                self.attention_cpu(l, li, &q, &k, &v, pos, sg.cache)?
+            } else {
+                self.attention_device(l, li, &q, &k, &v, pos, sg.cache)?
+            });
+            off += seq;
+        }
+        let out = if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? };
         mm(&l.wo, &out)
     }
 
@@ -254,11 +263,12 @@ impl Transformer {
         mm(&l.down, &(gate * mm(&l.up, x)?)?)
     }
 
-    fn forward_inner(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    /// One step over several sequences: every segment's tokens are fed at its cache's position;
+    /// returns the last position's logits of each segment, in order.
+    fn forward_inner(&self, segs: &mut [Segment<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
-        let pos = cache.len();
-        let seq = tokens.len();
-        let ids = Tensor::new(tokens, &self.device)?;
+        let all: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids = Tensor::new(all.as_slice(), &self.device)?;
         let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
         if let Some(s) = c.embed_scale {
             x = (x * s as f64)?;
@@ -266,7 +276,7 @@ impl Transformer {
         let eps = c.rms_eps as f32;
         for (li, l) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
-            let mut h = self.attention(l, li, &h, pos, cache)?;
+            let mut h = self.attention(l, li, &h, segs)?;
             if let Some(n) = &l.post_attn_norm {
                 h = candle_nn::ops::rms_norm(&h, n, eps)?;
             }
@@ -278,27 +288,57 @@ impl Transformer {
             }
             x = (x + h)?;
         }
-        cache.advance(seq);
-        let last = x.narrow(1, seq - 1, 1)?;
+        let mut last_rows = Vec::with_capacity(segs.len());
+        let mut off = 0;
+        for sg in segs.iter_mut() {
+            off += sg.tokens.len();
+            last_rows.push((off - 1) as u32);
+            sg.cache.advance(sg.tokens.len());
+        }
+        let idx = Tensor::new(last_rows.as_slice(), &self.device)?;
+        let last = x.squeeze(0)?.index_select(&idx, 0)?.unsqueeze(0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        mm(&self.output, &last)?.flatten_all()?.to_dtype(DType::F32)
+        let logits = mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
+        logits.to_vec2::<f32>()
     }
-}
 
-impl Forward for Transformer {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    fn check(&self, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::InvalidRequest("forward called with no tokens".into()));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }
-        let before = cache.len();
-        let logits = self.forward_inner(tokens, cache).map_err(|e| {
-            cache.truncate(before);
+        Ok(())
+    }
+}
+
+/// One sequence's part of a batched step.
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+impl Forward for Transformer {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut out = self.forward_batch(&mut [(tokens, cache)])?;
+        Ok(out.pop().expect("one segment"))
+    }
+
+    fn forward_batch(&self, segs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
+        for (t, _) in segs.iter() {
+            self.check(t)?;
+        }
+        let before: Vec<usize> = segs.iter().map(|(_, c)| c.len()).collect();
+        let mut parts: Vec<Segment<'_>> = segs.iter_mut().map(|(t, c)| Segment { tokens: t, cache: &mut **c }).collect();
+        let r = self.forward_inner(&mut parts);
+        drop(parts);
+        r.map_err(|e| {
+            for ((_, c), b) in segs.iter_mut().zip(before) {
+                c.truncate(b);
+            }
             Error::Candle { context: "forward pass".into(), source: e }
-        })?;
-        logits.to_vec1::<f32>().map_err(Error::candle("reading logits"))
+        })
     }
 }
 
@@ -334,7 +374,8 @@ fn gelu_f16_table(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(vals, x.shape(), x.device())
 }
 
-/// A quantized matmul (one place to swap kernels).
+/// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of the
+/// types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
 fn mm(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    w.forward(x)
+    crate::kernels::forward(w, x)
 }

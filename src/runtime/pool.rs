@@ -163,6 +163,19 @@ impl Runtime {
         }
     }
 
+    /// Several samples of one request (one per seed) with one shared prefill and batched decode
+    /// steps, on a blocking worker thread; `on_text(sample, piece)` streams.
+    pub async fn generate_samples(
+        model: Arc<Model>,
+        req: GenerateRequest,
+        seeds: Vec<u64>,
+        mut on_text: impl FnMut(usize, &str) -> Control + Send + 'static,
+    ) -> Result<Vec<Generation>> {
+        tokio::task::spawn_blocking(move || model.generate_samples(&req, &seeds, &mut on_text))
+            .await
+            .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
+    }
+
     /// Run one generation on a blocking worker thread; `on_text` receives the streamed pieces.
     pub async fn generate(
         model: Arc<Model>,

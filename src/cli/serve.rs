@@ -1,0 +1,71 @@
+//! `moa-local serve`: an OpenAI-compatible HTTP server over the configured MoA recipe, the
+//! named recipes of `--config` and each model they load (the server itself is `moa_local::server`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use moa_local::moa::{Overrides, Recipe, RecipeFile};
+use moa_local::model::catalog::DEFAULT_MODELS;
+
+use moa_local::server::{Server, ServerConfig};
+
+use super::moa_cmd::recipe_of;
+use super::MoaArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub moa: MoaArgs,
+    /// Address to listen on (loopback by default; anything else should come with --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also read from $MOA_API_KEY).
+    #[arg(long, env = "MOA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests that may wait for a run slot; more get HTTP 429 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    pub queue: usize,
+    /// Runs at once (default 1: on CPU one run already uses every core).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+}
+
+pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.moa.prompt {
+        anyhow::bail!("`serve` takes no prompt (got {p:?}); send requests to /v1/chat/completions");
+    }
+    if a.moa.json || a.moa.show_proposals {
+        anyhow::bail!("--json and --show-proposals apply to a single run, not to `serve`");
+    }
+    anyhow::ensure!(a.concurrency >= 1, "--concurrency must be at least 1");
+    let recipe = recipe_of(&a.moa)?;
+    let mut recipes = BTreeMap::new();
+    if let Some(path) = &a.moa.config {
+        let file = RecipeFile::read(path)?;
+        for (name, r) in &file.recipes {
+            let built = Recipe::build(Some(r), &Overrides::default(), DEFAULT_MODELS)
+                .with_context(|| format!("{}: recipe `{name}`", path.display()))?;
+            recipes.insert(name.clone(), built);
+        }
+    }
+    let mut cfg = ServerConfig::new(recipe);
+    cfg.recipes = recipes;
+    cfg.api_key = a.api_key.clone();
+    cfg.queue = a.queue;
+    cfg.concurrency = a.concurrency;
+    cfg.system = a.moa.system.clone();
+    cfg.defaults.seed = a.moa.seed;
+    let rt = super::moa_cmd::runtime(&a.moa)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    tokio.block_on(async {
+        eprintln!("moa-local serve: reading the models…");
+        let server = Server::new(rt, cfg).await?;
+        server.run(SocketAddr::new(a.host, a.port)).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

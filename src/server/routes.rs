@@ -1,0 +1,208 @@
+//! The HTTP handlers. They authenticate, parse and validate, resolve the `model`, hand the job
+//! to `worker::submit` (which admits it through the queue) and turn its events into an OpenAI
+//! response: one JSON document, or server-sent `chat.completion.chunk` events ending with
+//! `data: [DONE]`. A dropped response (the client went away) drops the job, which cancels it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde_json::{json, Value};
+
+use crate::model::Message;
+use crate::server::openai::{chunk, parse_chat, ApiError, ChatCompletion, ChatParams};
+use crate::server::worker::{self, Finished, Job, JobEvent, Target};
+use crate::server::AppState;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/chat/completions", post(chat))
+        .route("/models", get(models))
+        .route("/models/{id}", get(model))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/health", get(health))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(32 << 20))
+        .with_state(state)
+}
+
+async fn auth(State(s): St, req: Request, next: Next) -> Response {
+    let Some(key) = &s.api_key else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(k) if constant_time_eq(k.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("incorrect API key provided").into_response(),
+        None => ApiError::unauthorized("missing API key: send `Authorization: Bearer KEY`").into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn health(State(s): St) -> Json<Value> {
+    Json(json!({"status": "ok", "queue": s.queue.stats(), "models": s.known()}))
+}
+
+fn model_entry(s: &AppState, id: &str) -> Option<Value> {
+    let base = |kind: Value| json!({"id": id, "object": "model", "created": s.started, "owned_by": "moa-local", "moa_local": kind});
+    if let Some((_, r)) = s.recipes.iter().find(|(n, _)| n == id) {
+        let layers: Vec<Vec<&str>> = r.layers.iter().map(|l| l.iter().map(|a| a.model.as_str()).collect()).collect();
+        return Some(base(json!({"kind": "recipe", "proposer_layers": layers, "aggregator": r.aggregator.model})));
+    }
+    s.models.iter().find(|e| e.name == id).map(|e| {
+        let file = e.path.file_name().map(|f| f.to_string_lossy().into_owned());
+        base(json!({"kind": "model", "file": file, "context_length": e.context_length, "arch": e.arch}))
+    })
+}
+
+async fn models(State(s): St) -> Json<Value> {
+    let data: Vec<Value> = s.known().iter().filter_map(|id| model_entry(&s, id)).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn model(State(s): St, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    model_entry(&s, &id).map(Json).ok_or_else(|| ApiError::unknown_model(&id, &s.known()))
+}
+
+async fn chat(State(s): St, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_request_error", e.body_text()))?;
+    let mut p = parse_chat(&body)?;
+    let target = s.target(&p.model).ok_or_else(|| ApiError::unknown_model(&p.model, &s.known()))?;
+    if let (Target::Moa { .. }, Some(_)) = (&target, p.top_p) {
+        return Err(ApiError::bad_request(
+            "top_p is not supported with a MoA recipe (its agents sample with the recipe's settings); use it with a single model",
+            Some("top_p"),
+        ));
+    }
+    if let Some(sys) = &s.system {
+        if !p.messages.iter().any(|m| m.role == "system") {
+            p.messages.insert(0, Message::system(sys.clone()));
+        }
+    }
+    let job = worker::submit(&s.rt, &s.queue, &s.models, target, p.clone(), s.defaults).await?;
+    let meta = Meta { id: completion_id(), created: unix_now(), model: p.model.clone() };
+    if p.stream {
+        Ok(Sse::new(sse(job, meta, p)).keep_alive(KeepAlive::new().interval(Duration::from_secs(5))).into_response())
+    } else {
+        complete(job, meta).await
+    }
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Wait for the whole answer. If the client goes away this future is dropped with the job.
+async fn complete(mut job: Job, meta: Meta) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let fin: Finished = loop {
+        match job.events.recv().await {
+            Some(JobEvent::Text(t)) => text.push_str(&t),
+            Some(JobEvent::Done(f)) => break f,
+            Some(JobEvent::Failed(e)) => return Err(e.into()),
+            None => return Err(ApiError::from(crate::Error::Other("the job ended without an answer".into()))),
+        }
+    };
+    let choice =
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": fin.finish_reason});
+    let body = ChatCompletion {
+        id: &meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: &meta.model,
+        choices: vec![choice],
+        usage: &fin.usage,
+        moa: fin.moa.as_ref(),
+    };
+    Ok(Json(body).into_response())
+}
+
+enum Phase {
+    Start,
+    Body,
+    Tail(Vec<Event>),
+}
+
+/// The streamed answer: a first chunk with the role, content deltas as they come, a final chunk
+/// with `finish_reason` (and the `moa` extension), a usage chunk when asked for, `[DONE]`.
+/// The job lives in the stream's state: when the client goes away the stream is dropped, and
+/// with it the job, which cancels the run.
+fn sse(job: Job, meta: Meta, p: ChatParams) -> impl Stream<Item = Result<Event, Infallible>> {
+    let include_usage = p.include_usage;
+    let data = |v: Value| Event::default().data(v.to_string());
+    stream::unfold((job, meta, Phase::Start), move |(mut job, meta, phase)| async move {
+        let ch = |choices: Value, extra: Option<(&str, Value)>| data(chunk(&meta.id, meta.created, &meta.model, choices, extra));
+        match phase {
+            Phase::Start => {
+                let first =
+                    ch(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None);
+                Some((Ok(first), (job, meta, Phase::Body)))
+            }
+            Phase::Body => loop {
+                let ev = match job.events.recv().await {
+                    Some(JobEvent::Text(t)) if t.is_empty() => continue,
+                    Some(JobEvent::Text(t)) => {
+                        ch(json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None)
+                    }
+                    Some(JobEvent::Done(f)) => {
+                        let moa = f.moa.as_ref().map(|m| ("moa", json!(m)));
+                        let last = ch(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": f.finish_reason}]), moa.clone());
+                        let mut tail = vec![Event::default().data("[DONE]")];
+                        if include_usage {
+                            let mut u = chunk(&meta.id, meta.created, &meta.model, json!([]), Some(("usage", json!(f.usage))));
+                            if let Some((k, v)) = moa {
+                                u[k] = v;
+                            }
+                            tail.push(data(u));
+                        }
+                        break Some((Ok(last), (job, meta, Phase::Tail(tail))));
+                    }
+                    Some(JobEvent::Failed(e)) => {
+                        let err = ApiError::from(e);
+                        break Some((Ok(data(err.body())), (job, meta, Phase::Tail(vec![Event::default().data("[DONE]")]))));
+                    }
+                    None => break None,
+                };
+                break Some((Ok(ev), (job, meta, Phase::Body)));
+            },
+            Phase::Tail(mut rest) => rest.pop().map(|e| (Ok(e), (job, meta, Phase::Tail(rest)))),
+        }
+    })
+}

@@ -1,0 +1,363 @@
+//! `moa-local serve` end to end on the real test models (qwen-coder + smollm2, tiny max_tokens):
+//! an in-process server on 127.0.0.1 port 0, spoken to over loopback HTTP. Covers the OpenAI
+//! response and stream shapes, usage and the `moa` extension, parameter validation, API keys,
+//! unknown models, the queue limit (429 + Retry-After), cancellation when a client disconnects,
+//! and concurrent requests.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use moa_local::moa::{Overrides, Recipe};
+use moa_local::runtime::{DeviceSpec, Runtime};
+use moa_local::server::{Server, ServerConfig};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+fn runtime() -> Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap())).clone()
+}
+
+struct TestServer {
+    base: String,
+    server: Server,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let o = Overrides {
+        models: Some(vec!["qwen-coder".into(), "smollm2".into()]),
+        layers: Some(2),
+        temperature: Some(0.0),
+        max_tokens: Some(4),
+        ..Default::default()
+    };
+    let mut cfg = ServerConfig::new(Recipe::build(None, &o, &[]).unwrap());
+    configure(&mut cfg);
+    let server = Server::new(runtime(), cfg).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.clone().serve(listener, async move {
+        let _ = rx.await;
+    }));
+    TestServer { base, server, _stop: tx }
+}
+
+fn chat_body(model: &str, prompt: &str, extra: Value) -> Value {
+    let mut b = json!({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "seed": 1});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+async fn post(s: &TestServer, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = reqwest::Client::new().post(format!("{}/v1/chat/completions", s.base)).json(body).send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, headers, v)
+}
+
+/// Every `data:` payload of an SSE body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
+}
+
+fn assert_error(v: &Value, kind: &str, param: Option<&str>) {
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(e["type"], kind, "{v}");
+    assert!(e.as_object().unwrap().contains_key("code"), "{v}");
+    assert_eq!(e["param"], param.map_or(Value::Null, |p| json!(p)), "{v}");
+}
+
+/// Wait until nothing runs or waits; returns the queue stats.
+async fn wait_idle(s: &TestServer, limit: Duration) -> Value {
+    let t = Instant::now();
+    loop {
+        let st = s.server.stats();
+        if st.running == 0 && st.waiting == 0 {
+            return serde_json::to_value(st).unwrap();
+        }
+        assert!(t.elapsed() < limit, "still busy after {limit:?}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_running(s: &TestServer) {
+    let t = Instant::now();
+    while s.server.stats().running == 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const LONG: &str = "Write the numbers from 1 to 3000 in words, one per line, and nothing else.";
+
+/// Open a streaming request with a large max_tokens and return its byte stream once the first
+/// content delta has arrived.
+async fn stream_until_content(s: &TestServer, model: &str) -> impl Sized {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&chat_body(model, LONG, json!({"stream": true, "max_tokens": 3000})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || !seen.split("\"content\":\"").skip(1).any(|s| !s.starts_with('"')) {
+        let piece = body.next().await.expect("stream ended before any content").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    (client, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moa_completion_has_openai_shape_usage_and_proposer_tokens() {
+    let s = start(|_| {}).await;
+    let (status, _, v) = post(&s, &chat_body("moa", "Name a primary color.", json!({"max_tokens": 3}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(v["model"], "moa");
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["role"], "assistant");
+    assert!(!c["message"]["content"].as_str().unwrap().is_empty(), "{v}");
+    assert!(matches!(c["finish_reason"].as_str(), Some("stop" | "length")), "{v}");
+    let u = &v["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 20, "the aggregator's prompt holds the references: {v}");
+    assert!((1..=3).contains(&u["completion_tokens"].as_u64().unwrap()), "{v}");
+    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()));
+    let m = &v["moa"];
+    assert_eq!(m["aggregator"], "qwen-coder");
+    let agents = m["layers"][0]["agents"].as_array().unwrap();
+    assert_eq!(agents.iter().map(|a| a["model"].as_str().unwrap()).collect::<Vec<_>>(), ["qwen-coder", "smollm2"]);
+    assert!(agents.iter().all(|a| a["prompt_tokens"].as_u64().unwrap() > 0 && a["completion_tokens"].as_u64().unwrap() <= 3), "{v}");
+    let sum: u64 = agents.iter().map(|a| a["completion_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(m["proposer_completion_tokens"].as_u64(), Some(sum));
+
+    // A single model alone: no `moa` extension; max_completion_tokens is honoured.
+    let (status, _, v) = post(&s, &chat_body("smollm2", "Say hi.", json!({"max_completion_tokens": 2}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "smollm2");
+    assert!(v.get("moa").is_none());
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moa_streams_chunks_and_done_and_honours_stop() {
+    let s = start(|_| {}).await;
+    let body =
+        chat_body("moa", "Name a primary color.", json!({"max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}}));
+    let r = reqwest::Client::new().post(format!("{}/v1/chat/completions", s.base)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let data = sse_data(&r.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!text.is_empty(), "{data:?}");
+    let finals: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_string()).collect();
+    assert_eq!(finals.len(), 1, "{data:?}");
+    assert_eq!(finals[0]["moa"]["layers"][0]["agents"].as_array().unwrap().len(), 2);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+
+    // Greedy everywhere, so the same request again gives the same text; cut it with a stop string.
+    let (_, _, v) = post(&s, &chat_body("moa", "Name a primary color.", json!({"max_tokens": 6}))).await;
+    let full = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(full, text, "the stream and the plain answer agree");
+    if full.chars().count() >= 4 {
+        let stop: String = full.chars().skip(2).take(2).collect();
+        let (status, _, v) = post(&s, &chat_body("moa", "Name a primary color.", json!({"max_tokens": 6, "stop": [stop.clone()]}))).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), &full[..full.find(&stop).unwrap()]);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let s = start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{}/v1/chat/completions", s.base)).body("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_error(&r.json().await.unwrap(), "invalid_request_error", None);
+
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (json!({"model": "moa", "messages": user, "temperature": -1}), "temperature"),
+        (json!({"model": "moa", "messages": user, "temperature": "hot"}), "temperature"),
+        (json!({"model": "moa", "messages": []}), "messages"),
+        (json!({"model": "moa"}), "messages"),
+        (json!({"model": "moa", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}), "messages"),
+        (json!({"model": "moa", "messages": [{"role": "wizard", "content": "hi"}]}), "messages"),
+        (json!({"model": "moa", "messages": user, "max_tokens": 0}), "max_tokens"),
+        (json!({"model": "moa", "messages": user, "top_p": 0.5}), "top_p"),
+        (json!({"model": "smollm2", "messages": user, "top_p": 1.5}), "top_p"),
+        (json!({"messages": user}), "model"),
+    ];
+    for (body, param) in cases {
+        let (status, _, v) = post(&s, &body).await;
+        assert_eq!(status, 400, "{body} → {v}");
+        assert_error(&v, "invalid_request_error", Some(param));
+    }
+
+    // Prompt too long: a 400 that names the limit, before anything runs.
+    for model in ["moa", "smollm2"] {
+        let (status, _, v) = post(&s, &chat_body(model, "hi", json!({"max_tokens": 1_000_000}))).await;
+        assert_eq!(status, 400, "{v}");
+        assert_error(&v, "invalid_request_error", Some("messages"));
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+        assert!(v["error"]["message"].as_str().unwrap().contains("context length of"), "{v}");
+    }
+
+    let (status, _, v) = post(&s, &chat_body("gpt-4o", "hi", json!({}))).await;
+    assert_eq!(status, 404);
+    assert_error(&v, "invalid_request_error", Some("model"));
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let r = client.get(format!("{}/v1/nothing", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_error(&r.json().await.unwrap(), "invalid_request_error", None);
+    assert_eq!(s.server.stats().completed, 0, "no invalid request ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_required_when_set() {
+    let tiny = Recipe::build(None, &Overrides { models: Some(vec!["smollm2".into(); 2]), max_tokens: Some(2), ..Default::default() }, &[])
+        .unwrap();
+    let s = start(|c| {
+        c.api_key = Some("sekrit".into());
+        c.recipes.insert("tiny".into(), tiny);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/models", s.base);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_error(&r.json().await.unwrap(), "invalid_request_error", None);
+    let r = client.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&chat_body("smollm2", "hi", json!({"max_tokens": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client.get(&url).bearer_auth("sekrit").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["moa", "tiny", "qwen-coder", "smollm2"]);
+    assert_eq!(v["data"][1]["moa_local"]["proposer_layers"], json!([["smollm2", "smollm2"]]));
+    // A named recipe is a model too.
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth("sekrit")
+        .json(&chat_body("tiny", "hi", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["model"].as_str(), v["moa"]["recipe"].as_str(), v["moa"]["aggregator"].as_str()),
+        (Some("tiny"), Some("tiny"), Some("smollm2"))
+    );
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth("sekrit")
+        .json(&chat_body("smollm2", "hi", json!({"max_tokens": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(client.get(format!("{}/health", s.base)).send().await.unwrap().status(), 200, "health needs no key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let s = start(|c| c.queue = 0).await;
+    let held = stream_until_content(&s, "qwen-coder").await;
+    assert_eq!(s.server.stats().running, 1);
+    let (status, headers, v) = post(&s, &chat_body("smollm2", "hi", json!({"max_tokens": 1}))).await;
+    assert_eq!(status, 429, "{v}");
+    assert_error(&v, "rate_limit_error", None);
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    drop(held);
+    wait_idle(&s, Duration::from_secs(30)).await;
+    let (status, _, v) = post(&s, &chat_body("smollm2", "hi", json!({"max_tokens": 1}))).await;
+    assert_eq!(status, 200, "the queue takes requests again: {v}");
+    assert_eq!(s.server.stats().rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let s = start(|_| {}).await;
+    // Streaming: drop the connection after the first content chunk.
+    let t = Instant::now();
+    let held = stream_until_content(&s, "qwen-coder").await;
+    drop(held);
+    let st = wait_idle(&s, Duration::from_secs(20)).await;
+    assert_eq!(st["cancelled"], 1, "{st}");
+    assert_eq!(st["completed"], 0, "{st}");
+    eprintln!("streaming run cancelled {:?} after it started", t.elapsed());
+
+    // Non-streaming: the client sends its request and closes the connection while it runs.
+    let mut conn = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    let body = chat_body("qwen-coder", LONG, json!({"max_tokens": 3000})).to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    wait_running(&s).await;
+    drop(conn);
+    let st = wait_idle(&s, Duration::from_secs(20)).await;
+    assert_eq!(st["cancelled"], 2, "{st}");
+
+    // The server is free again: the next request is served at once.
+    let (status, _, v) = post(&s, &chat_body("smollm2", "hi", json!({"max_tokens": 2}))).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_all_answered() {
+    let s = Arc::new(start(|c| c.queue = 8).await);
+    let bodies = [
+        chat_body("moa", "Name a fruit.", json!({"max_tokens": 3})),
+        chat_body("smollm2", "Name a fruit.", json!({"max_tokens": 3})),
+        chat_body("qwen-coder", "Name a fruit.", json!({"max_tokens": 3})),
+        chat_body("moa", "Name a tree.", json!({"max_tokens": 3, "seed": 5})),
+        chat_body("smollm2", "Name a tree.", json!({"max_tokens": 3, "stream": true})),
+    ];
+    let mut tasks = Vec::new();
+    for b in bodies {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new().post(format!("{}/v1/chat/completions", s.base)).json(&b).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"content\":\"") && (text.contains("chat.completion") || text.ends_with("[DONE]\n\n")), "{text}");
+    }
+    let st = wait_idle(&s, Duration::from_secs(10)).await;
+    assert_eq!(st["completed"], 5, "{st}");
+    let health: Value = reqwest::get(format!("{}/health", s.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+}
