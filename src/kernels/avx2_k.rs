@@ -1,11 +1,16 @@
 //! AVX2 micro-kernels for the K-quants (Q4_K, Q5_K, Q6_K) against q8_K activations, driven by
 //! `avx2::drive`. Per 256-block the sub-block scales are applied in integers (`madd` with the
-//! 16-bit scale), one i32x8 per block is converted and `fma`-accumulated with `d_w * d_a`; the
-//! min terms use the activation `bsums`. Lane structure, accumulation order and the final
-//! reductions follow llama.cpp's AVX2 `ggml_vec_dot_q{4,5,6}_K_q8_K`, so each output equals what
-//! that function returns for the same activations.
+//! 16-bit scale) and the min terms come from the activation `bsums`. The float side follows what
+//! llama.cpp (0.3.36, the reference build) runs on an AVX2 machine, so outputs match it bit for bit
+//! for the same activations:
+//! - Q5_K, Q6_K: `ggml_vec_dot_q{5,6}_K_q8_K` — one i32x8 per block, converted and
+//!   `fma`-accumulated with `d_w * d_a`, `hsum_float_8` at the end (Q5_K: mins as a scalar sum).
+//! - Q4_K: llama.cpp repacks Q4_K for AVX2 (`ggml_gemv/gemm_q4_K_8x8_q8_K`), which reduces each
+//!   block to one exact integer for the quants and one for the mins, accumulated as
+//!   `acc = fma(isum, d_w * d_a, acc)`, `accm = fma(imin, dmin_w * d_a, accm)`, result
+//!   `acc - accm`. Same integers, fewer roundings than the lane-wise form.
 
-#![allow(clippy::missing_safety_doc)]
+#![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -61,6 +66,13 @@ unsafe fn mins_and_scales(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_set_epi32(t3 as i32, t2 as i32, t1 as i32, t0 as i32))
 }
 
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32x4(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v)))
+}
+
 /// Pairwise sums of the 16 bsums of a q8_K block (one per 32-element sub-block).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -97,8 +109,9 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         let m4 = _mm256_set1_epi8(0xF);
         let m1 = _mm256_set1_epi8(1);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
-        let mut acc_m = [[_mm_setzero_ps(); R]; C];
         let mut summs = [[0f32; R]; C];
+        // Q4_K: one exact integer per block for the quants and one for the mins (see the header).
+        let (mut acc4, mut accm4) = ([[0f32; R]; C], [[0f32; R]; C]);
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * bytes);
@@ -111,13 +124,12 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                 for r in 0..R {
                     let yd = *ya.d[r].add(i);
                     dr[r] = yd * dx;
-                    let dmin = -yd * dminx;
                     let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
+                    let imin = hsum_i32x4(prod) as f32;
                     if HIGH {
-                        let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
-                        summs[c][r] = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, summs[c][r]);
+                        summs[c][r] = (-yd * dminx).mul_add(imin, summs[c][r]);
                     } else {
-                        acc_m[c][r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[c][r]);
+                        accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
                     }
                 }
                 let (q, mut hb) = if HIGH {
@@ -146,21 +158,19 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                     }
                 }
                 for r in 0..R {
-                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                    if HIGH {
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                    } else {
+                        let isum = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
+                        acc4[c][r] = (hsum_i32x4(isum) as f32).mul_add(dr[r], acc4[c][r]);
+                    }
                 }
             }
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
             for r in 0..R {
-                out[c][r] = if HIGH {
-                    hsum8(acc[c][r]) + summs[c][r]
-                } else {
-                    let mut m = acc_m[c][r];
-                    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-                    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-                    hsum8(acc[c][r]) + _mm_cvtss_f32(m)
-                };
+                out[c][r] = if HIGH { hsum8(acc[c][r]) + summs[c][r] } else { acc4[c][r] - accm4[c][r] };
             }
         }
         out

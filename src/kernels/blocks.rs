@@ -1,7 +1,7 @@
 //! GGUF/ggml block formats of the weight types the kernels read (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 //! Q4_K, Q5_K, Q6_K): sizes, byte offsets and a scalar decoder from raw block bytes to the
-//! integer quants and scales ggml stores. The decoder is the layout's single definition in this
-//! module tree; the scalar dot products and the test references are built on it.
+//! integer quants and scales ggml stores, and the portable scalar dot products built on it. The
+//! decoder is the layout's single definition in this module tree (the tests' references use it).
 //!
 //! Byte layouts (little endian, no padding):
 //! - Q4_0 (18 B / 32): `d:f16, qs[16]`; x[j] = d*(lo(qs[j])-8), x[j+16] = d*(hi(qs[j])-8)
@@ -16,6 +16,8 @@
 //! - Q6_K (210 B / 256): `ql[128], qh[64], scales:i8[16], d:f16`; 16 sub-blocks of 16, offset 32
 
 use half::f16;
+
+use super::quantize::Acts;
 
 /// A quantized weight type the kernels implement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,6 +238,59 @@ pub fn dequantize_row(t: QType, row: &[u8], out: &mut [f32]) {
                 let (dl, ml) = (s.d * s.sc[j / s.sub] as f32, s.dmin * s.mn[j / s.sub] as f32);
                 *o = dl * q as f32 - ml;
             }
+        }
+    }
+}
+
+/// The portable scalar dot product (the fallback where no SIMD path applies): one weight row
+/// (raw block bytes) with activation row `r` of `a`. Each block's integer dot product is exact;
+/// blocks are accumulated in f32 the way ggml's generic C code does.
+pub fn dot_scalar(t: QType, w: &[u8], a: &Acts, r: usize) -> f32 {
+    let bb = t.block_bytes();
+    let (qs, d) = (a.row_qs(r), a.row_d(r));
+    let mut sumf = 0f32;
+    if t.block_elems() == QK {
+        let with_min = matches!(t, QType::Q4_1 | QType::Q5_1);
+        for (b, blk) in w.chunks_exact(bb).enumerate().take(a.nb) {
+            let x = decode_small(t, blk);
+            let y = &qs[b * QK..(b + 1) * QK];
+            let sumi: i32 = x.q.iter().zip(y).map(|(&p, &q)| p * q as i32).sum();
+            if with_min {
+                sumf += (x.d * d[b]) * sumi as f32 + x.m * a.row_s(r)[b];
+            } else {
+                sumf += sumi as f32 * x.d * d[b];
+            }
+        }
+    } else {
+        for (b, blk) in w.chunks_exact(bb).enumerate().take(a.nb) {
+            let x = decode_super(t, blk);
+            let y = &qs[b * QK_K..(b + 1) * QK_K];
+            let mut isum = 0i32;
+            for (j, (xq, yq)) in x.q.chunks_exact(x.sub).zip(y.chunks_exact(x.sub)).enumerate() {
+                let s: i32 = xq.iter().zip(yq).map(|(&p, &q)| p * q as i32).sum();
+                isum += x.sc[j] * s;
+            }
+            sumf += d[b] * x.d * isum as f32;
+            if t != QType::Q6K {
+                let bs = &a.row_bsums(r)[b * 16..(b + 1) * 16];
+                let msum: i32 = (0..8).map(|j| x.mn[j] * (bs[2 * j] as i32 + bs[2 * j + 1] as i32)).sum();
+                sumf -= d[b] * x.dmin * msum as f32;
+            }
+        }
+    }
+    sumf
+}
+
+/// `out[r * ldo + j] = dot(row j, act row r0 + r)` for `j < nw`, `r < nr`.
+///
+/// # Safety
+/// `w` must hold `nw` rows of `row_bytes`; `out` must be writable at every index above.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_scalar(t: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+    for j in 0..nw {
+        let row = std::slice::from_raw_parts(w.add(j * row_bytes), row_bytes);
+        for r in 0..nr {
+            *out.add(r * ldo + j) = dot_scalar(t, row, a, r0 + r);
         }
     }
 }

@@ -5,14 +5,21 @@
 //! (each thread streams its own part of the weight). Prefill (`m > 1`) splits by chunks of
 //! weight rows small enough to stay in L1/L2 while every group of 4 activation rows passes over
 //! them, so each weight block row is read from memory once per call and unpacked once per group.
+//!
+//! Candle integration: [`forward`] runs a `QMatMul` through the kernels when the weight is a CPU
+//! `QTensor` of a supported type and the input is f32, reading the weight's raw GGUF bytes in
+//! place (`QTensor::data` borrows the CPU storage; nothing is copied or dequantized), and falls
+//! back to candle's own `forward` for every other device, type or dtype.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::blocks::QType;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
+
+use super::blocks::{tile_scalar, QType};
 use super::pool::pool;
 use super::quantize::Acts;
-use super::scalar;
 
 /// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +33,7 @@ pub struct QWeight<'a> {
 impl<'a> QWeight<'a> {
     /// Checks that `data` holds exactly `n` rows of `k` elements of `ty`.
     pub fn new(ty: QType, n: usize, k: usize, data: &'a [u8]) -> Result<Self, String> {
-        if k == 0 || k % ty.block_elems() != 0 {
+        if k == 0 || !k.is_multiple_of(ty.block_elems()) {
             return Err(format!("{ty:?}: k = {k} is not a positive multiple of {}", ty.block_elems()));
         }
         let want = n * (k / ty.block_elems()) * ty.block_bytes();
@@ -83,6 +90,7 @@ impl Isa {
 type TileFn = unsafe fn(QType, *const u8, usize, usize, &Acts, usize, usize, *mut f32, usize);
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn avx2_tile<K: super::avx2::Kern>(
     _: QType,
     w: *const u8,
@@ -99,7 +107,7 @@ unsafe fn avx2_tile<K: super::avx2::Kern>(
 
 fn tile_fn(t: QType, isa: Isa) -> TileFn {
     match isa {
-        Isa::Scalar => scalar::tile,
+        Isa::Scalar => tile_scalar,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
@@ -130,15 +138,23 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
+impl OutPtr {
+    /// By method, so closures capture the `Sync` wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[m, n] = x[m, k] · Wᵀ` with the best kernels for this machine.
 pub fn qmatmul(w: &QWeight, x: &[f32], out: &mut [f32]) {
     qmatmul_with(Isa::best(), w, x, out)
 }
 
-/// [`qmatmul`] on a chosen instruction set (which must be supported).
+/// [`qmatmul`] on a chosen instruction set (which must be supported; activations are quantized
+/// with the best one, which gives identical results).
 pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
     assert!(isa.supported(), "{isa:?} is not supported on this CPU");
-    assert!(x.len() % w.k == 0, "x has {} values, not a multiple of k = {}", x.len(), w.k);
+    assert!(x.len().is_multiple_of(w.k), "x has {} values, not a multiple of k = {}", x.len(), w.k);
     let m = x.len() / w.k;
     assert_eq!(out.len(), m * w.n, "out must be [m = {m}, n = {}]", w.n);
     if m == 0 || w.n == 0 {
@@ -146,7 +162,11 @@ pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
     }
     ACTS.with(|acts| {
         let mut acts = acts.borrow_mut();
-        acts.quantize(w.ty.act(), x, w.k);
+        if m > 1 && pool().threads() > 1 {
+            acts.quantize_par(w.ty.act(), x, w.k);
+        } else {
+            acts.quantize(w.ty.act(), x, w.k);
+        }
         run(isa, w, &acts, m, out);
     });
 }
@@ -172,15 +192,65 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
     let tasks = n.div_ceil(rows);
     let o = OutPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let o = o;
         let j0 = t * rows;
         let nw = rows.min(n - j0);
         // SAFETY: `w.data` holds n rows; task t writes columns j0..j0+nw of every output row.
-        unsafe { f(w.ty, w.data.as_ptr().add(j0 * rb), rb, nw, acts, 0, m, o.0.add(j0), n) }
+        unsafe { f(w.ty, w.data.as_ptr().add(j0 * rb), rb, nw, acts, 0, m, o.get().add(j0), n) }
     };
     if tasks == 1 {
         task(0);
     } else {
         pool.run(tasks, &task);
     }
+}
+
+/// The kernel type of a ggml dtype, if the kernels implement it.
+pub fn qtype_of(d: GgmlDType) -> Option<QType> {
+    Some(match d {
+        GgmlDType::Q4_0 => QType::Q4_0,
+        GgmlDType::Q4_1 => QType::Q4_1,
+        GgmlDType::Q5_0 => QType::Q5_0,
+        GgmlDType::Q5_1 => QType::Q5_1,
+        GgmlDType::Q8_0 => QType::Q8_0,
+        GgmlDType::Q4K => QType::Q4K,
+        GgmlDType::Q5K => QType::Q5K,
+        GgmlDType::Q6K => QType::Q6K,
+        _ => return None,
+    })
+}
+
+/// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
+pub fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let QMatMul::QTensor(t) = w {
+        if let Some(y) = try_kernels(t, x)? {
+            return Ok(y);
+        }
+    }
+    w.forward(x)
+}
+
+/// `Ok(None)` when the kernels do not apply to this weight/input.
+pub fn try_kernels(t: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let Some(ty) = qtype_of(t.dtype()) else { return Ok(None) };
+    if !t.device().is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
+        return Ok(None);
+    }
+    let (n, k) = t.shape().dims2()?;
+    if x.dim(candle_core::D::Minus1)? != k || k % ty.block_elems() != 0 {
+        return Ok(None);
+    }
+    let data = t.data()?;
+    let qw = QWeight::new(ty, n, k, &data).map_err(candle_core::Error::Msg)?;
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k;
+    let mut out = vec![0f32; m * n];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(v)) = &*storage else { return Ok(None) };
+        let start = layout.start_offset();
+        qmatmul(&qw, &v[start..start + m * k], &mut out);
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().unwrap() = n;
+    Tensor::from_vec(out, dims, x.device()).map(Some)
 }

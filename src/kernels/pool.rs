@@ -1,7 +1,7 @@
 //! The kernels' persistent thread pool: `threads - 1` helper threads plus the calling thread run
 //! the tasks `0..n` of one job, claimed one at a time from a shared counter. Helpers spin briefly
-//! after a job (the next matmul of a forward pass usually follows within microseconds) and then
-//! sleep on a condvar. One job at a time: a caller that finds the pool busy (another model's
+//! after a job (the next matmul of a forward pass usually follows within microseconds), then
+//! yield the core while polling, then sleep on a condvar. One job at a time: a caller that finds the pool busy (another model's
 //! forward on another thread) runs its tasks itself, so concurrent callers never wait on each
 //! other. The thread count is `MOA_THREADS`, else `RAYON_NUM_THREADS`, else the machine's.
 
@@ -133,7 +133,12 @@ fn helper(s: &'static Shared) {
                 break e;
             }
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins > 256 {
+                // Past a few microseconds, let other runnable threads (rayon's, during attention)
+                // have the core while we wait.
+                std::thread::yield_now();
+            }
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut l = s.lock.lock().unwrap();
                 s.sleepers.fetch_add(1, SeqCst);
                 while s.state.load(SeqCst) >> 32 == seen {

@@ -1,17 +1,25 @@
-//! Numerical tests of the kernels: activation quantization against llama.cpp's rounding rules,
-//! and every weight type x every instruction set this machine has against a scalar f64
-//! reference of the quantized dot product, over odd block counts and odd tile remainders.
+//! Tests of the kernels: activation quantization against llama.cpp's rounding rules; every weight
+//! type x every instruction set this machine has against a scalar f64 reference of the quantized
+//! dot product (odd block counts, every tile remainder); block layouts against candle's
+//! dequantize; `forward` against candle's quantized matmul and its fallbacks; the thread pool.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::blocks::{decode_small, decode_super, ActType, QType, QK, QK_K};
+use super::blocks::{decode_small, decode_super, dequantize_row, ActType, QType, QK, QK_K};
+use super::matmul::{forward, qtype_of, try_kernels};
+use super::pool::pool;
 use super::matmul::{qmatmul_with, Isa, QWeight};
 use super::quantize::Acts;
 
 /// Random well-formed blocks of `t`: random quant bytes, small finite scales.
-pub(super) fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
+fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
     let bb = t.block_bytes();
     let mut v = vec![0u8; n * k / t.block_elems() * bb];
     rng.fill(&mut v[..]);
@@ -35,7 +43,7 @@ pub(super) fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> V
 }
 
 /// Activations with some structure: gaussian-ish values, an outlier per row, a zero row, ties.
-pub(super) fn random_acts(m: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
+fn random_acts(m: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
     let mut x: Vec<f32> = (0..m * k).map(|_| (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum()).collect();
     for r in 0..m {
         let j = rng.random_range(0..k);
@@ -153,12 +161,31 @@ fn quantization_error_is_within_half_a_step() {
     }
 }
 
+#[test]
+fn every_isa_quantizes_identically() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut x = random_acts(4, 768, &mut rng);
+    x[5] = 0.5;
+    x[768 + 7] = f32::MIN_POSITIVE;
+    for kind in [ActType::Q8_0, ActType::Q8_1, ActType::Q8K] {
+        let mut want = Acts::default();
+        want.quantize_isa(Isa::Scalar, kind, &x, 768);
+        for isa in Isa::available() {
+            let mut got = Acts::default();
+            got.quantize_isa(isa, kind, &x, 768);
+            let first = |a: &[i8], b: &[i8]| a.iter().zip(b).position(|(x, y)| x != y);
+            assert_eq!(first(&got.qs, &want.qs), None, "{kind:?} {isa:?}: first differing quant");
+            assert!(got.d == want.d && got.s == want.s && got.bsums == want.bsums, "{kind:?} {isa:?}: scales/sums");
+        }
+    }
+}
+
 fn check_type(t: QType, isa: Isa, rng: &mut StdRng) {
     let be = t.block_elems();
     let blocks: &[usize] = if be == QK { &[1, 3, 7, 28] } else { &[1, 3, 19] };
     for &nb in blocks {
         let k = nb * be;
-        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (5, 9), (9, 3)] {
+        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (4, 3), (5, 9), (6, 2), (9, 3), (10, 2), (13, 3)] {
             let w = random_weight(t, n, k, rng);
             let x = random_acts(m, k, rng);
             let qw = QWeight::new(t, n, k, &w).unwrap();
@@ -223,4 +250,102 @@ fn rejects_mismatched_weights() {
     assert!(QWeight::new(QType::Q4K, 2, 128, &[0u8; 144]).is_err());
     assert!(QWeight::new(QType::Q8_0, 2, 32, &[0u8; 67]).is_err());
     assert!(QWeight::new(QType::Q8_0, 2, 32, &[0u8; 68]).is_ok());
+}
+
+fn ggml(t: QType) -> GgmlDType {
+    match t {
+        QType::Q4_0 => GgmlDType::Q4_0,
+        QType::Q4_1 => GgmlDType::Q4_1,
+        QType::Q5_0 => GgmlDType::Q5_0,
+        QType::Q5_1 => GgmlDType::Q5_1,
+        QType::Q8_0 => GgmlDType::Q8_0,
+        QType::Q4K => GgmlDType::Q4K,
+        QType::Q5K => GgmlDType::Q5K,
+        QType::Q6K => GgmlDType::Q6K,
+    }
+}
+
+fn qtensor(t: QType, bytes: &[u8], n: usize, k: usize) -> QTensor {
+    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, ggml(t)).unwrap();
+    QTensor::new(storage, (n, k)).unwrap()
+}
+
+#[test]
+fn block_layouts_match_candle_dequantize() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for t in QType::ALL {
+        assert_eq!(qtype_of(ggml(t)), Some(t));
+        assert_eq!(ggml(t).type_size(), t.block_bytes(), "{t:?} block bytes");
+        assert_eq!(ggml(t).block_size(), t.block_elems(), "{t:?} block elems");
+        let (n, k) = (3, 2 * 256);
+        let w = random_weight(t, n, k, &mut rng);
+        let want = qtensor(t, &w, n, k).dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut got = vec![0f32; n * k];
+        let rb = w.len() / n;
+        for j in 0..n {
+            dequantize_row(t, &w[j * rb..(j + 1) * rb], &mut got[j * k..(j + 1) * k]);
+        }
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a == b, "{t:?} element {i}: ours {a}, candle {b}");
+        }
+    }
+}
+
+#[test]
+fn forward_agrees_with_candle_qmatmul() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n, k) = (40, 512);
+    for t in QType::ALL {
+        let w = random_weight(t, n, k, &mut rng);
+        let qm = QMatMul::from_qtensor(qtensor(t, &w, n, k)).unwrap();
+        for m in [1usize, 6] {
+            let x = Tensor::from_vec(random_acts(m, k, &mut rng), (1, m, k), &Device::Cpu).unwrap();
+            let ours = forward(&qm, &x).unwrap();
+            assert_eq!(ours.dims(), &[1, m, n]);
+            let theirs = qm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // Candle rounds activations half away from zero (llama.cpp: to even), so allow the
+            // odd different quant: compare against the output's scale.
+            let scale = theirs.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-3);
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!((a - b).abs() <= 2e-3 * scale, "{t:?} m={m} out[{i}]: ours {a}, candle {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_falls_back_where_kernels_do_not_apply() {
+    let (n, k) = (8, 64);
+    let wf = Tensor::from_vec((0..n * k).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (n, k), &Device::Cpu).unwrap();
+    // f32 weights: candle's dense path.
+    let qf = QTensor::quantize(&wf, GgmlDType::F32).unwrap();
+    let x = Tensor::ones((2, k), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(try_kernels(&qf, &x).unwrap().is_none());
+    let y = forward(&QMatMul::from_qtensor(qf).unwrap(), &x).unwrap();
+    assert_eq!(y.dims(), &[2, n]);
+    // f16 input: candle's path.
+    let q8 = QTensor::quantize(&wf, GgmlDType::Q8_0).unwrap();
+    assert!(try_kernels(&q8, &x.to_dtype(candle_core::DType::F16).unwrap()).unwrap().is_none());
+    // A non-contiguous f32 input goes through the kernels.
+    let xt = Tensor::ones((k, 2), candle_core::DType::F32, &Device::Cpu).unwrap().t().unwrap();
+    assert_eq!(try_kernels(&q8, &xt).unwrap().unwrap().dims(), &[2, n]);
+}
+
+#[test]
+fn pool_runs_every_task_once_under_concurrency() {
+    let p = pool();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                for n in [1usize, 2, 5, 64, 1000] {
+                    let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                    p.run(n, &|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
+                }
+            });
+        }
+    });
 }
