@@ -224,6 +224,12 @@ impl<W: Small> Kern for SmallKern<W> {
             let mut idx = _mm256_setzero_si256();
             for i in 0..cnt {
                 let b = b0 + i;
+                if R == 1 {
+                    // Decode streams the weights from DRAM: fetch the next tile's block now.
+                    for c in 0..C {
+                        _mm_prefetch::<_MM_HINT_T0>(w[c].add((C * nb + b) * W::BYTES) as *const i8);
+                    }
+                }
                 for c in 0..C {
                     let x = W::unpack(w[c].add(b * W::BYTES));
                     let ax = if W::SIGNED { _mm256_sign_epi8(x, x) } else { x };

@@ -66,6 +66,17 @@ unsafe fn mins_and_scales(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_set_epi32(t3 as i32, t2 as i32, t1 as i32, t0 as i32))
 }
 
+/// Decode streams the weights from DRAM: fetch the block the next tile will read at this point.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_block(p: *const u8, bytes: usize) {
+    let mut o = 0;
+    while o < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(o) as *const i8);
+        o += 64;
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum_i32x4(v: __m128i) -> i32 {
@@ -115,6 +126,9 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * bytes);
+                if R == 1 {
+                    prefetch_block(p.add(C * a.nb * bytes), bytes);
+                }
                 let (dx, dminx) = (f16_to_f32(p), f16_to_f32(p.add(2)));
                 let ms = mins_and_scales(p.add(4));
                 let mins = _mm256_extracti128_si256::<1>(ms);
@@ -191,6 +205,9 @@ impl Kern for Q6K {
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * 210);
+                if R == 1 {
+                    prefetch_block(p.add(C * a.nb * 210), 210);
+                }
                 let dx = f16_to_f32(p.add(208));
                 let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
                 let mut sumi = [_mm256_setzero_si256(); R];
