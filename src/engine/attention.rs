@@ -2,10 +2,20 @@
 //! non-flash path): the query is rounded to f16 like the keys, scores are f32 dot products,
 //! softmax in f32 with an f64 sum, the weights rounded to f16 before the f32 weighted sum of f16
 //! values. Matching those points keeps greedy decoding on llama.cpp's path through most
-//! near-ties. Memory is O(context) per query row; the attention matrix is never materialised.
+//! near-ties (`tests/greedy_parity.rs`).
+//!
+//! The arithmetic is fixed — every dot product and weighted sum accumulates in order, one
+//! rounded multiply and one rounded add per term — and the SIMD path keeps it bit for bit: keys
+//! are stored in blocks of 8 positions, dimension-major (`kv_cache::KEY_BLOCK`), so one vector
+//! holds 8 positions' partial scores, and the weighted sum of values runs across the head
+//! dimension. `attention_avx2` has the AVX2 loops; the scalar ones here are the reference.
+//! Memory is O(context) per query row, taken from a per-thread scratch buffer.
 
 use half::f16;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+use super::kv_cache::{key_rows, KEY_BLOCK};
 
 /// Shapes and positions of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -13,7 +23,7 @@ pub struct AttnShape {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
-    /// Rows allocated per KV head in the cache.
+    /// Positions allocated per KV head in the cache.
     pub capacity: usize,
     /// Queries in this call, at positions `pos..pos + seq`.
     pub seq: usize,
@@ -22,105 +32,106 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// `q`: `[n_head, seq, head_dim]`; `k`, `v`: `[n_kv_head, capacity, head_dim]` holding every
-/// position up to `pos + seq`; `out`: `[seq, n_head, head_dim]`.
+/// The two inner loops, in a SIMD or a scalar version with identical results.
+#[derive(Clone, Copy)]
+pub(super) struct Ops {
+    /// Scores of the key blocks `k` (`[blocks, d, 8]`) against `q`: `out[p] = Σ_j q[j]·k_p[j]`,
+    /// summed in order of `j`; `out.len()` = 8 × blocks.
+    pub dots: fn(q: &[f32], k: &[f16], out: &mut [f32]),
+    /// `out[j] += w[p] · v[p·d + j]` for each `p` in order.
+    pub accumulate: fn(w: &[f32], v: &[f16], out: &mut [f32]),
+}
+
+fn ops() -> Ops {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_avx2::available() {
+        return super::attention_avx2::OPS;
+    }
+    SCALAR
+}
+
+pub(super) const SCALAR: Ops = Ops { dots: dots_scalar, accumulate: accumulate_scalar };
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `q`: `[n_head, seq, head_dim]`; `k`: key blocks `[n_kv_head, key_rows(capacity) / 8,
+/// head_dim, 8]`, `v`: `[n_kv_head, capacity, head_dim]`, both holding every position up to
+/// `pos + seq`; `out`: `[seq, n_head, head_dim]`.
 pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]) {
     let d = s.head_dim;
-    let n_rep = s.n_head / s.n_kv_head;
+    let krows = key_rows(s.capacity);
     assert_eq!(q.len(), s.n_head * s.seq * d);
     assert_eq!(out.len(), s.n_head * s.seq * d);
-    assert!(k.len() >= s.n_kv_head * s.capacity * d && v.len() >= s.n_kv_head * s.capacity * d);
+    assert!(k.len() >= s.n_kv_head * krows * d && v.len() >= s.n_kv_head * s.capacity * d);
+    assert!(s.pos + s.seq <= s.capacity);
+    let ops = ops();
     // One task per (query position, head): rows of `out` are disjoint.
     out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
         let (i, h) = (row / s.n_head, row % s.n_head);
-        let kvh = h / n_rep;
+        let kvh = h / (s.n_head / s.n_kv_head);
+        let qrow = &q[(h * s.seq + i) * d..][..d];
+        let (kh, vh) = (&k[kvh * krows * d..][..krows * d], &v[kvh * s.capacity * d..][..s.capacity * d]);
         let qp = s.pos + i;
         let first = s.window.map_or(0, |w| (qp + 1).saturating_sub(w));
-        let qrow = &q[(h * s.seq + i) * d..(h * s.seq + i + 1) * d];
-        let q16: Vec<f32> = qrow.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
-        let base = kvh * s.capacity * d;
-        let scores: Vec<f32> = (first..=qp)
-            .map(|kp| {
-                let krow = &k[base + kp * d..base + (kp + 1) * d];
-                let mut dot = 0f32;
-                for (a, b) in q16.iter().zip(krow) {
-                    dot += a * b.to_f32();
-                }
-                dot * s.scale
-            })
-            .collect();
-        let mx = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = scores.iter().map(|x| (x - mx).exp()).collect();
-        let sum: f64 = e.iter().map(|&x| x as f64).sum();
-        let inv = (1.0 / sum) as f32;
-        o.fill(0.0);
-        for (kp, w) in (first..=qp).zip(&e) {
-            let w16 = f16::from_f32(w * inv).to_f32();
-            let vrow = &v[base + kp * d..base + (kp + 1) * d];
-            for (o, b) in o.iter_mut().zip(vrow) {
-                *o += w16 * b.to_f32();
-            }
-        }
+        SCRATCH.with_borrow_mut(|buf| attend_row(ops, s, qrow, kh, vh, first, qp, buf, o));
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Plain softmax attention in f64 over the same (f16-rounded) inputs.
-    fn reference(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16]) -> Vec<f32> {
-        let d = s.head_dim;
-        let mut out = vec![0f32; s.seq * s.n_head * d];
-        for i in 0..s.seq {
-            for h in 0..s.n_head {
-                let kvh = h / (s.n_head / s.n_kv_head);
-                let qp = s.pos + i;
-                let first = s.window.map_or(0, |w| (qp + 1).saturating_sub(w));
-                let qr = &q[(h * s.seq + i) * d..][..d];
-                let scores: Vec<f64> = (first..=qp)
-                    .map(|kp| {
-                        let kr = &k[(kvh * s.capacity + kp) * d..][..d];
-                        qr.iter().zip(kr).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * s.scale as f64
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
-                let tot: f64 = w.iter().sum();
-                for j in 0..d {
-                    let val: f64 = (first..=qp).zip(&w).map(|(kp, wi)| wi * v[(kvh * s.capacity + kp) * d + j].to_f64()).sum();
-                    out[(i * s.n_head + h) * d + j] = (val / tot) as f32;
-                }
-            }
-        }
-        out
+/// One query row against positions `first..=qp` of one KV head.
+#[allow(clippy::too_many_arguments)]
+fn attend_row(ops: Ops, s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], first: usize, qp: usize, buf: &mut Vec<f32>, out: &mut [f32]) {
+    let d = s.head_dim;
+    let (b0, b1) = (first / KEY_BLOCK, (qp + 1).div_ceil(KEY_BLOCK));
+    buf.clear();
+    buf.resize(d + (b1 - b0) * KEY_BLOCK, 0.0);
+    let (q16, scores) = buf.split_at_mut(d);
+    for (a, &x) in q16.iter_mut().zip(q) {
+        *a = f16::from_f32(x).to_f32();
     }
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
+    (ops.dots)(q16, &k[b0 * KEY_BLOCK * d..b1 * KEY_BLOCK * d], scores);
+    let e = &mut scores[first - b0 * KEY_BLOCK..qp + 1 - b0 * KEY_BLOCK];
+    let mut mx = f32::NEG_INFINITY;
+    for x in e.iter_mut() {
+        *x *= s.scale;
+        mx = mx.max(*x);
     }
+    let mut sum = 0f64;
+    for x in e.iter_mut() {
+        *x = (*x - mx).exp();
+        sum += *x as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in e.iter_mut() {
+        *x = f16::from_f32(*x * inv).to_f32();
+    }
+    out.fill(0.0);
+    (ops.accumulate)(e, &v[first * d..(qp + 1) * d], out);
+}
 
-    #[test]
-    fn matches_plain_softmax_attention_with_gqa_and_windows() {
-        for (window, pos, seq) in [(None, 0, 5), (None, 7, 1), (Some(3), 2, 6), (Some(4), 9, 1)] {
-            let s = AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, capacity: 16, seq, pos, window, scale: 0.35 };
-            let q = pseudo(s.n_head * seq * 8, 1);
-            let k: Vec<f16> = pseudo(2 * 16 * 8, 2).into_iter().map(f16::from_f32).collect();
-            let v: Vec<f16> = pseudo(2 * 16 * 8, 3).into_iter().map(f16::from_f32).collect();
-            let mut out = vec![0f32; q.len()];
-            attention(&s, &q, &k, &v, &mut out);
-            let r = reference(&s, &q, &k, &v);
-            for (a, b) in out.iter().zip(&r) {
-                assert!((a - b).abs() < 5e-3, "window {window:?} pos {pos}: {a} vs {b}");
+pub(super) fn dots_scalar(q: &[f32], k: &[f16], out: &mut [f32]) {
+    let d = q.len();
+    for (blk, o) in k.chunks_exact(d * KEY_BLOCK).zip(out.chunks_exact_mut(KEY_BLOCK)) {
+        for (t, o) in o.iter_mut().enumerate() {
+            let mut dot = 0f32;
+            for (j, &a) in q.iter().enumerate() {
+                dot += a * blk[j * KEY_BLOCK + t].to_f32();
             }
+            *o = dot;
         }
     }
 }
+
+pub(super) fn accumulate_scalar(w: &[f32], v: &[f16], out: &mut [f32]) {
+    let d = out.len();
+    for (&wp, row) in w.iter().zip(v.chunks_exact(d)) {
+        for (o, b) in out.iter_mut().zip(row) {
+            *o += wp * b.to_f32();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

@@ -1,6 +1,8 @@
 //! Per-sequence KV cache in f16 (as llama.cpp keeps it), preallocated to the capacity the
 //! generation needs (prompt + max tokens) and written in place. On CPU it is plain memory read by
-//! [`crate::engine::attention`]; on other devices it is a pair of device tensors per layer.
+//! [`crate::engine::attention`]: values row by row, keys in blocks of [`KEY_BLOCK`] positions
+//! stored dimension-major, so one load gives a dimension of 8 positions; on other devices it is a
+//! pair of device tensors per layer.
 //! Weights are shared between sequences, caches never are; a cache can be forked so that several
 //! samples reuse one prefill.
 
@@ -9,8 +11,23 @@ use half::f16;
 
 use crate::error::{Error, Result};
 
+/// Positions per key block on CPU: keys are `[n_kv_head, capacity / 8, head_dim, 8]`.
+pub const KEY_BLOCK: usize = 8;
+
+/// Key rows allocated per KV head for `capacity` positions (whole blocks).
+pub fn key_rows(capacity: usize) -> usize {
+    capacity.div_ceil(KEY_BLOCK) * KEY_BLOCK
+}
+
+/// Index of (KV head `h`, position `p`, dimension `j`) in a CPU key store.
+#[inline]
+pub fn key_index(h: usize, p: usize, j: usize, head_dim: usize, capacity: usize) -> usize {
+    (h * key_rows(capacity) + p / KEY_BLOCK * KEY_BLOCK) * head_dim + j * KEY_BLOCK + p % KEY_BLOCK
+}
+
 enum Store {
-    /// Per layer (k, v), each `[n_kv_head, capacity, head_dim]`.
+    /// Per layer (k, v): k blocked `[n_kv_head, key_rows / 8, head_dim, 8]`, v
+    /// `[n_kv_head, capacity, head_dim]`.
     Cpu(Vec<(Vec<f16>, Vec<f16>)>),
     /// Per layer (k, v), each `[1, n_kv_head, capacity, head_dim]` f16 tensors.
     Device(Vec<(Tensor, Tensor)>),
@@ -27,8 +44,9 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
         let per = n_kv_head * capacity * head_dim;
+        let per_k = n_kv_head * key_rows(capacity) * head_dim;
         let store = if device.is_cpu() {
-            Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per], vec![f16::ZERO; per])).collect())
+            Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per_k], vec![f16::ZERO; per])).collect())
         } else {
             let shape = (1, n_kv_head, capacity, head_dim);
             let layers = (0..n_layers)
@@ -68,7 +86,7 @@ impl KvCache {
     }
 
     /// CPU: write `k`, `v` (`[n_kv_head, seq, head_dim]`, f32) for `layer` at the current
-    /// position and return the whole layer's (k, v) memory. The position moves on
+    /// position and return the whole layer's (k, v) memory (layouts as in `Store::Cpu`). The position moves on
     /// [`KvCache::advance`], once every layer has been written.
     pub fn append_cpu(&mut self, layer: usize, k: &[f32], v: &[f32], seq: usize) -> Result<(&[f16], &[f16])> {
         self.check_room(seq)?;
@@ -82,7 +100,7 @@ impl KvCache {
                 let src = (h * seq + i) * d;
                 let dst = (h * cap + len + i) * d;
                 for j in 0..d {
-                    kc[dst + j] = f16::from_f32(k[src + j]);
+                    kc[key_index(h, len + i, j, d, cap)] = f16::from_f32(k[src + j]);
                     vc[dst + j] = f16::from_f32(v[src + j]);
                 }
             }
@@ -123,15 +141,16 @@ impl KvCache {
                 layers
                     .iter()
                     .map(|(k, v)| {
-                        let copy = |src: &Vec<f16>| {
-                            let mut dst = vec![f16::ZERO; h * capacity * d];
+                        // Rows per head before/after, rows to copy (keys: whole blocks).
+                        let copy = |src: &Vec<f16>, from: usize, to: usize, rows: usize| {
+                            let mut dst = vec![f16::ZERO; h * to * d];
                             for hh in 0..h {
-                                let s = hh * self.capacity * d;
-                                dst[hh * capacity * d..][..len * d].copy_from_slice(&src[s..s + len * d]);
+                                dst[hh * to * d..][..rows * d].copy_from_slice(&src[hh * from * d..][..rows * d]);
                             }
                             dst
                         };
-                        (copy(k), copy(v))
+                        let (kf, kt) = (key_rows(self.capacity), key_rows(capacity));
+                        (copy(k, kf, kt, key_rows(len)), copy(v, self.capacity, capacity, len))
                     })
                     .collect(),
             ),
@@ -162,13 +181,15 @@ mod tests {
         let mut c = KvCache::new(1, 2, 4, 8, &Device::Cpu)?;
         let k: Vec<f32> = (0..2 * 3 * 4).map(|x| x as f32).collect();
         let (kc, _) = c.append_cpu(0, &k, &k, 3)?;
-        // head 1, position 2, dim 3 lands at (1 * 8 + 2) * 4 + 3.
-        assert_eq!(kc[(8 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        // Key of head 1, position 2, dim 3: block 0 of head 1, dimension-major.
+        assert_eq!(kc[(8 * 4) + 3 * 8 + 2].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        assert_eq!(kc[key_index(1, 2, 3, 4, 8)], kc[(8 * 4) + 3 * 8 + 2]);
         c.advance(3);
         let f = c.fork(16)?;
         assert_eq!((f.len(), f.capacity()), (3, 16));
         let Store::Cpu(l) = &f.store else { unreachable!() };
-        assert_eq!(l[0].0[(16 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        assert_eq!(l[0].0[key_index(1, 2, 3, 4, 16)].to_f32(), ((3 + 2) * 4 + 3) as f32);
+        assert_eq!(l[0].1[(16 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
         let big = vec![0f32; 2 * 6 * 4];
         assert!(c.append_cpu(0, &big, &big, 6).is_err(), "overflow must be an error");
         Ok(())

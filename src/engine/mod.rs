@@ -2,6 +2,8 @@
 //! nothing about files, tokenizers or async runtimes (no tokio here).
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2;
 pub mod decode;
 pub mod kv_cache;
 pub mod sampler;
