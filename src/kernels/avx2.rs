@@ -201,6 +201,9 @@ impl<W: Small> Kern for SmallKern<W> {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
         let mut summs = [[0f32; R]; C];
+        // Several rows: the min terms of `C` weight rows x 8 activation rows in vector lanes
+        // (each lane the same in-order sum of exact products as the scalar form).
+        let mut summ_v = [_mm256_setzero_ps(); C];
         let qs: [*const i8; R] = std::array::from_fn(|r| a.qs.as_ptr().add((r0 + r) * nb * 32));
         let ds: [*const f32; R] = std::array::from_fn(|r| a.d.as_ptr().add((r0 + r) * nb));
         let ss: [*const f32; R] =
@@ -210,24 +213,30 @@ impl<W: Small> Kern for SmallKern<W> {
             let cnt = (nb - b0).min(8);
             // `Acts` pads `d` so the 8-wide load past a row's last block stays in bounds.
             let da: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(ds[r].add(b0)));
-            let mut s8 = [[_mm256_setzero_ps(); R]; C];
+            // The 8 blocks' scale products, broadcast from memory per block (a load, not a shuffle).
+            let mut s8 = [[[0f32; 8]; R]; C];
             let mut mins = [[0f32; 8]; C];
             for c in 0..C {
                 let dw = f16x8(w[c].add(b0 * W::BYTES), W::BYTES, cnt);
                 for r in 0..R {
-                    s8[c][r] = _mm256_mul_ps(dw, da[r]);
+                    _mm256_storeu_ps(s8[c][r].as_mut_ptr(), _mm256_mul_ps(dw, da[r]));
                 }
                 if !W::SIGNED {
                     _mm256_storeu_ps(mins[c].as_mut_ptr(), f16x8(w[c].add(b0 * W::BYTES + 2), W::BYTES, cnt));
                 }
             }
-            let mut idx = _mm256_setzero_si256();
             for i in 0..cnt {
                 let b = b0 + i;
                 if R == 1 {
                     // Decode streams the weights from DRAM: fetch the next tile's block now.
                     for c in 0..C {
                         _mm_prefetch::<_MM_HINT_T0>(w[c].add((C * nb + b) * W::BYTES) as *const i8);
+                    }
+                }
+                if !W::SIGNED && R > 1 {
+                    let sv = _mm256_loadu_ps(a.s_t.as_ptr().add(b * a.s_stride + r0));
+                    for c in 0..C {
+                        summ_v[c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&mins[c][i]), sv, summ_v[c]);
                     }
                 }
                 for c in 0..C {
@@ -237,19 +246,23 @@ impl<W: Small> Kern for SmallKern<W> {
                         let y = _mm256_loadu_si256(qs[r].add(b * 32) as *const __m256i);
                         let sy = if W::SIGNED { _mm256_sign_epi8(y, x) } else { y };
                         let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
-                        acc[c][r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s8[c][r], idx), q, acc[c][r]);
-                        if !W::SIGNED {
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[c][r][i]), q, acc[c][r]);
+                        if !W::SIGNED && R == 1 {
                             // m * s: both f16 values, so the product is exact and fusing is moot.
                             summs[c][r] += mins[c][i] * *ss[r].add(b);
                         }
                     }
                 }
-                idx = _mm256_add_epi32(idx, _mm256_set1_epi32(1));
             }
             b0 += 8;
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
+            if !W::SIGNED && R > 1 {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), summ_v[c]);
+                summs[c].copy_from_slice(&lanes[..R]);
+            }
             for r in 0..R {
                 out[c][r] = hsum8(acc[c][r]) + summs[c][r];
             }

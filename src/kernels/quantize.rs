@@ -30,13 +30,17 @@ pub struct Acts {
     pub d: Vec<f32>,
     /// q8_1: `m * nb` f16-rounded `d * sum(q)`.
     pub s: Vec<f32>,
+    /// q8_1 with m > 1: `s` transposed, block-major with `s_stride` (≥ m + 8) per block, so a
+    /// kernel loads one block's sums of 8 consecutive rows in one vector.
+    pub s_t: Vec<f32>,
+    pub s_stride: usize,
     /// q8_K: `m * nb * 16` sums of 16 quants.
     pub bsums: Vec<i16>,
 }
 
 impl Default for Acts {
     fn default() -> Self {
-        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), bsums: Vec::new() }
+        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), s_t: Vec::new(), s_stride: 0, bsums: Vec::new() }
     }
 }
 
@@ -57,6 +61,22 @@ impl Acts {
         let dst = self.prepare(isa, kind, x, k);
         // SAFETY: `prepare` sized every buffer for all blocks of `x`.
         unsafe { quantize_blocks(isa, dst, x, 0, self.m * self.nb) };
+        self.transpose_sums();
+    }
+
+    /// Fill `s_t` from `s` (q8_1, several rows).
+    fn transpose_sums(&mut self) {
+        if self.kind != ActType::Q8_1 || self.m < 2 {
+            return;
+        }
+        let (m, nb) = (self.m, self.nb);
+        self.s_stride = m + 8;
+        grow(&mut self.s_t, nb * self.s_stride);
+        for r in 0..m {
+            for b in 0..nb {
+                self.s_t[b * self.s_stride + r] = self.s[r * nb + b];
+            }
+        }
     }
 
     /// [`Acts::quantize`] with the rows split over the kernel thread pool.
@@ -72,6 +92,7 @@ impl Acts {
             unsafe { quantize_blocks(isa, dst, x, r0 * nb, r1 * nb) };
         };
         pool.run(m.div_ceil(rows), &task);
+        self.transpose_sums();
     }
 
     /// Size the buffers for `x` and return where the blocks go.
