@@ -44,6 +44,13 @@ fn cache(model: &Model, cap: usize) -> Result<KvCache> {
     model.transformer.new_cache(cap)
 }
 
+/// The largest KV cache the tests allocate: pp `pp`, tg `tg`, or `batch` caches of tg `tg`.
+pub fn largest_kv_bytes(model: &Model, pp: usize, tg: usize, batch: usize) -> u64 {
+    let c = model.cfg();
+    let kv = |cap: usize| KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, cap);
+    kv(pp).max(kv(tg) * batch.max(1) as u64)
+}
+
 /// Prefill `n` tokens in one forward, `reps` times (after one warm-up).
 pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 1);
@@ -106,6 +113,39 @@ pub struct ModelBench {
     pub threads: usize,
     pub synthetic: bool,
     pub results: Vec<TestResult>,
+    pub memory: Option<MemoryAfterLoad>,
+}
+
+/// Resident memory once the model is loaded, against the GGUF file plus the KV cache the tests
+/// used (the target is a ratio ≤ 1.1: weights stay quantized, no f32 copies).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryAfterLoad {
+    /// VmRSS before loading: the executable, its libraries and threads.
+    pub rss_before_load_bytes: u64,
+    /// VmRSS right after loading.
+    pub rss_after_load_bytes: u64,
+    /// VmHWM over the tests, counted from the end of loading.
+    pub peak_rss_bytes: u64,
+    /// The largest KV cache a test allocated.
+    pub kv_bytes: u64,
+    /// `peak_rss_bytes / (file_bytes + kv_bytes)`: the whole process.
+    pub ratio: f64,
+    /// `(peak_rss_bytes - rss_before_load_bytes) / (file_bytes + kv_bytes)`: what the model adds.
+    pub model_ratio: f64,
+}
+
+impl MemoryAfterLoad {
+    pub fn line(&self, model: &str) -> String {
+        format!(
+            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB = {:.3} x (GGUF + KV cache {:.1} MiB); the model's part {:.3} x",
+            self.rss_before_load_bytes as f64 / 1048576.0,
+            self.rss_after_load_bytes as f64 / 1048576.0,
+            self.peak_rss_bytes as f64 / 1048576.0,
+            self.ratio,
+            self.kv_bytes as f64 / 1048576.0,
+            self.model_ratio
+        )
+    }
 }
 
 /// llama-bench style markdown table.

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use moa_local::bench::{bench_pp, bench_tg, bench_tg_batch, markdown, ModelBench};
+use moa_local::bench::{bench_pp, bench_tg, bench_tg_batch, largest_kv_bytes, markdown, MemoryAfterLoad, ModelBench};
+use moa_local::runtime::estimate;
 use moa_local::model::catalog::Catalog;
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
 use moa_local::model::{Message, Model};
@@ -81,7 +82,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut rows = Vec::new();
     for (name, path, synthetic) in files {
+        let rss_before_load = estimate::rss_bytes();
         let model = Model::load(&path, &device)?;
+        let rss_after_load = estimate::rss_bytes();
+        let peak_tracked = device.is_cpu() && estimate::reset_peak_rss();
         let mut results = Vec::new();
         if a.pp > 0 {
             results.push(bench_pp(&model, a.pp, a.reps)?);
@@ -92,6 +96,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 results.push(bench_tg_batch(&model, a.tg, b, a.reps)?);
             }
         }
+        let kv_bytes = largest_kv_bytes(&model, a.pp, a.tg, a.batch.unwrap_or(1));
+        let memory = match (rss_before_load, rss_after_load, estimate::peak_rss_bytes()) {
+            (Some(before), Some(after), Some(peak)) if peak_tracked => Some(MemoryAfterLoad {
+                rss_before_load_bytes: before,
+                rss_after_load_bytes: after,
+                peak_rss_bytes: peak,
+                kv_bytes,
+                ratio: peak as f64 / (model.file_size + kv_bytes) as f64,
+                model_ratio: peak.saturating_sub(before) as f64 / (model.file_size + kv_bytes) as f64,
+            }),
+            _ => None,
+        };
         rows.push(ModelBench {
             model: name,
             file: path.display().to_string(),
@@ -101,12 +117,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             threads,
             synthetic,
             results,
+            memory,
         });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{}", markdown(&rows));
+        let mem: Vec<String> = rows.iter().filter_map(|r| r.memory.as_ref().map(|m| m.line(&r.model))).collect();
+        if !mem.is_empty() {
+            println!("\nmemory (CPU): {}", mem.join("; "));
+        }
         if rows.iter().any(|r| r.synthetic) {
             println!("\nSynthetic rows use random weights with the real architecture's shapes: timings are true for dense models, outputs are meaningless.");
         }

@@ -24,7 +24,7 @@ fn dots(q: &[f32], k: &[f16], out: &mut [f32]) {
 
 fn accumulate(w: &[f32], v: &[f16], out: &mut [f32]) {
     let d = out.len();
-    if d % 8 != 0 {
+    if !d.is_multiple_of(8) {
         return (SCALAR.accumulate)(w, v, out);
     }
     assert!(v.len() >= w.len() * d);

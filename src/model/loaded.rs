@@ -64,12 +64,17 @@ impl Model {
 
     /// Load without consulting the registry (always reads the file).
     pub fn load_uncached(path: &Path, device: &Device) -> Result<Model> {
+        return_freed_memory_to_the_os();
         let start = Instant::now();
         let g = GgufFile::open(path)?;
+        let file_size = g.file_size;
         let cfg = Config::from_gguf(&g)?;
         let tokenizer = GgufTokenizer::from_gguf(&g)?;
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
         let transformer = Transformer::load(&g, cfg, device)?;
+        drop(g);
+        release_freed_memory();
+
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Model {
             name,
@@ -77,7 +82,7 @@ impl Model {
             transformer,
             tokenizer,
             template,
-            file_size: g.file_size,
+            file_size,
             load_secs: start.elapsed().as_secs_f64(),
             sha256: OnceLock::new(),
         })
@@ -103,5 +108,30 @@ impl Model {
         }
         let s = sha256_file(&self.path)?;
         Ok(self.sha256.get_or_init(|| s).clone())
+    }
+}
+
+/// Hand the heap memory freed after a load (metadata arrays, tokenizer build temporaries: many
+/// small blocks) back to the OS, so resident memory reflects what the model keeps.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Weights are large allocations freed when a model is evicted. glibc raises its mmap threshold
+/// after the first large free and then serves later tensors from per-thread heaps that it never
+/// returns, so an evicted model would keep its memory. A fixed threshold keeps every tensor-sized
+/// allocation in its own mapping, returned to the OS when freed.
+pub(crate) fn return_freed_memory_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator tuning parameters.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        });
     }
 }

@@ -274,9 +274,24 @@ impl Transformer {
             x = (x * s as f64)?;
         }
         let eps = c.rms_eps as f32;
+        // Only each segment's last position needs logits: after the last layer's attention (which
+        // still reads and writes every position's K/V) the other rows are dropped, as llama.cpp
+        // does with its output ids.
+        let mut last_rows = Vec::with_capacity(segs.len());
+        let mut off = 0;
+        for sg in segs.iter() {
+            off += sg.tokens.len();
+            last_rows.push((off - 1) as u32);
+        }
+        let keep = (last_rows.len() < all.len()).then(|| Tensor::new(last_rows.as_slice(), &self.device)).transpose()?;
+        let n_layers = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
             let mut h = self.attention(l, li, &h, segs)?;
+            if let (Some(idx), true) = (&keep, li + 1 == n_layers) {
+                h = h.index_select(idx, 1)?;
+                x = x.index_select(idx, 1)?;
+            }
             if let Some(n) = &l.post_attn_norm {
                 h = candle_nn::ops::rms_norm(&h, n, eps)?;
             }
@@ -288,16 +303,10 @@ impl Transformer {
             }
             x = (x + h)?;
         }
-        let mut last_rows = Vec::with_capacity(segs.len());
-        let mut off = 0;
         for sg in segs.iter_mut() {
-            off += sg.tokens.len();
-            last_rows.push((off - 1) as u32);
             sg.cache.advance(sg.tokens.len());
         }
-        let idx = Tensor::new(last_rows.as_slice(), &self.device)?;
-        let last = x.squeeze(0)?.index_select(&idx, 0)?.unsqueeze(0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        let last = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         let logits = mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
         logits.to_vec2::<f32>()
     }

@@ -13,9 +13,14 @@ use crate::model::gguf::{tensor_bytes, GgufFile};
 /// Prompt tokens per prefill step (the decode loop's chunk).
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Bytes per tokenizer entry (vocabulary token or merge) — strings, maps, caches, and the
-/// header's copy of the vocabulary alive while loading — calibrated on the three test models.
-const TOKENIZER_BYTES_PER_ENTRY: u64 = 300;
+/// Bytes per tokenizer entry (vocabulary token or merge) once loaded: the compact vocabulary
+/// (texts, offsets, hash index), merge table or scores, rendered pieces — calibrated on the three
+/// test models (measured 40–51).
+const TOKENIZER_BYTES_PER_ENTRY: u64 = 48;
+
+/// Bytes per tokenizer entry of the header's metadata arrays (token and merge strings), alive
+/// while the weights load and freed after (measured 79–122).
+const METADATA_BYTES_PER_ENTRY: u64 = 100;
 
 /// Fixed process overhead (runtime, allocator arenas, code).
 const BASE_BYTES: u64 = 8 << 20;
@@ -23,9 +28,8 @@ const BASE_BYTES: u64 = 8 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEstimate {
     pub weights: u64,
-    /// Transient while loading: the raw copy of the tensor being read. At the measured peak
-    /// about half of the largest tensor's size is resident on top of the weights (calibrated on
-    /// the three test models with `tests/memory.rs`).
+    /// Transient while loading, above the loaded weights: the raw copy of the tensor being read
+    /// (the worst point of the load order) and the header's tokenizer metadata.
     pub load_transient: u64,
     pub tokenizer: u64,
     /// Per sequence, at the planned context.
@@ -55,7 +59,10 @@ impl MemoryEstimate {
 pub struct ModelShape {
     pub cfg: Config,
     pub weights: u64,
-    pub largest_tensor: u64,
+    /// The most the load goes above the final weights: reading a tensor holds its raw bytes
+    /// beside the converted copy, so at tensor `i` of the load order (embedding, layers, the
+    /// rest) `loaded_before_i + 2 * size_i` is resident.
+    pub load_overshoot: u64,
     pub tokenizer_entries: u64,
 }
 
@@ -63,17 +70,34 @@ impl ModelShape {
     pub fn read(path: &Path) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let cfg = Config::from_gguf(&g)?;
-        let largest_tensor = g
+        // The loader's order: the embedding, the layers in order, then everything else.
+        let mut sized: Vec<(u64, u64)> = g
             .content
             .tensor_infos
-            .values()
-            .map(|i| tensor_bytes(i.ggml_dtype, i.shape.elem_count()))
-            .max()
-            .unwrap_or(0);
+            .iter()
+            .map(|(name, i)| {
+                let rank = if name.starts_with("token_embd.") {
+                    0
+                } else if let Some(n) = name.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<u64>().ok()) {
+                    1 + n
+                } else {
+                    u64::MAX
+                };
+                (rank, tensor_bytes(i.ggml_dtype, i.shape.elem_count()) as u64)
+            })
+            .collect();
+        sized.sort_unstable();
+        let total: u64 = sized.iter().map(|s| s.1).sum();
+        let mut before = 0u64;
+        let mut load_overshoot = 0u64;
+        for (_, size) in sized {
+            load_overshoot = load_overshoot.max((before + 2 * size).saturating_sub(total));
+            before += size;
+        }
         let merges = g.str_array("tokenizer.ggml.merges").map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             weights: g.tensor_data_bytes(),
-            largest_tensor,
+            load_overshoot,
             tokenizer_entries: (cfg.vocab_size + merges) as u64,
             cfg,
         })
@@ -91,7 +115,7 @@ impl ModelShape {
         let logits = 2 * c.vocab_size * 4;
         MemoryEstimate {
             weights: self.weights,
-            load_transient: self.largest_tensor / 2,
+            load_transient: self.load_overshoot + self.tokenizer_entries * METADATA_BYTES_PER_ENTRY,
             tokenizer: self.tokenizer_entries * TOKENIZER_BYTES_PER_ENTRY,
             kv_per_sequence: KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, context),
             buffers: (acts + logits) as u64,
@@ -101,7 +125,22 @@ impl ModelShape {
 
 /// The peak resident memory of this process so far (Linux VmHWM), if known.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_kib("VmHWM:").map(|k| k * 1024)
+}
+
+/// The resident memory of this process now (Linux VmRSS), if known.
+pub fn rss_bytes() -> Option<u64> {
+    status_kib("VmRSS:").map(|k| k * 1024)
+}
+
+/// Restart the peak (VmHWM) from the current resident memory, so that a later
+/// [`peak_rss_bytes`] covers only what follows (Linux `clear_refs` 5). False where unsupported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    let l = s.lines().find(|l| l.starts_with(field))?;
+    l.split_whitespace().nth(1)?.parse::<u64>().ok()
 }

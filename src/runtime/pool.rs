@@ -41,7 +41,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(spec: DeviceSpec) -> Result<Self> {
-        return_freed_memory_to_the_os();
+        crate::model::loaded::return_freed_memory_to_the_os();
         Ok(Self {
             catalog: Catalog::load()?,
             device: spec.open()?,
@@ -188,17 +188,3 @@ impl Runtime {
     }
 }
 
-/// Weights are large allocations freed when a model is evicted. glibc raises its mmap threshold
-/// after the first large free and then serves later tensors from per-thread heaps that it never
-/// returns, so an evicted model would keep its memory. A fixed threshold keeps every tensor-sized
-/// allocation in its own mapping, returned to the OS when freed.
-fn return_freed_memory_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only changes allocator tuning parameters.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        });
-    }
-}

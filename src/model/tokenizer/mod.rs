@@ -5,9 +5,9 @@
 //!
 //! * `gpt2` — byte-level BPE. The text is split by the pre-tokenizer regexes that llama.cpp picks
 //!   for `tokenizer.ggml.pre` (see [`SUPPORTED_PRE`]), then byte-level encoded and merged by the
-//!   ranks of `tokenizer.ggml.merges`. This runs on a `tokenizers::Tokenizer` (a `Sequence` of
-//!   `Split(regex, Isolated)` pre-tokenizers, then `ByteLevel` without regex or prefix space, and a
-//!   BPE model; `ignore_merges` for the llama3 family, as llama.cpp does).
+//!   ranks of `tokenizer.ggml.merges` ([`bpe`]: `tokenizers`' pre-tokenizers, then its BPE merge
+//!   loop over the compact [`vocab::Vocab`]; `ignore_merges` for the llama3 family, as llama.cpp
+//!   does).
 //! * `llama` — SentencePiece (Llama 2, Mistral, Gemma). llama.cpp does not run SentencePiece's own
 //!   algorithm but its "SPM" tokenizer: spaces become `▁` (with a leading `▁` when
 //!   `tokenizer.ggml.add_space_prefix`, default true, asks and the fragment follows a special token
@@ -36,20 +36,17 @@
 //! whose parts or result are not in the vocabulary are dropped (llama.cpp would keep merging into a
 //! non-token and then drop its bytes); a duplicated token text keeps its last id.
 
-use std::collections::{HashMap, HashSet};
+mod bpe;
+pub mod vocab;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
+use bpe::Bpe;
+use vocab::Vocab;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
-
-/// String → id map with a fast hasher (the `tokenizers` BPE vocabulary type, an `AHashMap`).
-type TokenMap = tokenizers::models::bpe::Vocab;
 
 // Token attributes (llama.cpp's `llama_token_attr`, as bit flags).
 const ATTR_UNKNOWN: u16 = 1 << 0;
@@ -318,17 +315,17 @@ struct Specials {
 }
 
 impl Specials {
-    fn build(texts: &[String], attrs: &[u16]) -> Self {
-        let mut order: Vec<u32> = (0..texts.len() as u32)
+    fn build(vocab: &Vocab, attrs: &[u16]) -> Self {
+        let mut order: Vec<u32> = (0..vocab.len() as u32)
             .filter(|&id| attrs[id as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0)
             .collect();
         // Stable sort: equal lengths keep id order.
-        order.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()));
+        order.sort_by_key(|&id| std::cmp::Reverse(vocab.text(id).len()));
         let mut edges = HashMap::new();
         let mut terminal: Vec<Vec<u32>> = vec![Vec::new()];
         let mut first_byte = [false; 256];
         for (rank, &id) in order.iter().enumerate() {
-            let bytes = texts[id as usize].as_bytes();
+            let bytes = vocab.text(id).as_bytes();
             let Some(&b0) = bytes.first() else { continue };
             first_byte[b0 as usize] = true;
             let mut node = 0u32;
@@ -438,7 +435,7 @@ pub enum VocabKind {
 }
 
 enum Algo {
-    Bpe(Box<tokenizers::Tokenizer>),
+    Bpe(Box<Bpe>),
     Spm { scores: Vec<f32>, byte_tokens: Vec<Option<u32>> },
 }
 
@@ -471,12 +468,11 @@ pub struct GgufTokenizer {
     kind: VocabKind,
     pre: String,
     algo: Algo,
-    texts: Vec<String>,
+    vocab: Vocab,
     attrs: Vec<u16>,
-    token_to_id: TokenMap,
     /// Concatenated rendered bytes of all tokens; token `i` is `pieces[offsets[i]..offsets[i+1]]`.
     pieces: Vec<u8>,
-    piece_offsets: Vec<usize>,
+    piece_offsets: Vec<u32>,
     specials: Specials,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -493,7 +489,7 @@ impl std::fmt::Debug for GgufTokenizer {
             .field("path", &self.path)
             .field("kind", &self.kind)
             .field("pre", &self.pre)
-            .field("vocab_size", &self.texts.len())
+            .field("vocab_size", &self.vocab.len())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
@@ -545,17 +541,15 @@ impl GgufTokenizer {
             }
         }
 
-        // Texts (llama.cpp renames empty tokens) and the text → id map (last id wins).
-        let texts: Vec<String> = spec
-            .tokens
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t })
-            .collect();
-        let mut token_to_id = TokenMap::with_capacity(n);
-        for (i, t) in texts.iter().enumerate() {
-            token_to_id.insert(t.clone(), i as u32);
+        // Texts (llama.cpp renames empty tokens) and the text → id index (last id wins).
+        let mut tokens = spec.tokens;
+        for (i, t) in tokens.iter_mut().enumerate() {
+            if t.is_empty() {
+                *t = format!("[EMPTY_{i}]");
+            }
         }
+        let vocab = Vocab::new(tokens.iter().map(String::as_str)).map_err(&err)?;
+        drop(tokens);
         let mut attrs: Vec<u16> = match &spec.types {
             Some(t) => t[..n].iter().map(|&x| attr_from_type(x)).collect(),
             None => vec![ATTR_NORMAL; n],
@@ -604,7 +598,7 @@ impl GgufTokenizer {
         }
 
         // End of generation, as llama.cpp determines it (forcing those tokens to CONTROL).
-        let find_first = |list: &[&str]| -> Option<u32> { list.iter().filter_map(|t| token_to_id.get(*t).copied()).min() };
+        let find_first = |list: &[&str]| -> Option<u32> { list.iter().filter_map(|t| vocab.get(t)).min() };
         // Ids from the metadata win; otherwise found by text, and then forced to CONTROL.
         let mut detect = |meta: Option<u32>, list: &[&str]| -> Option<u32> {
             if let Some(id) = in_range(meta) {
@@ -621,14 +615,14 @@ impl GgufTokenizer {
         let fim_sep = detect(spec.fim_sep, FIM_SEP_TEXTS);
         let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
         for t in EOG_TEXTS {
-            if let Some(&id) = token_to_id.get(*t) {
+            if let Some(id) = vocab.get(t) {
                 eog.push(id);
                 attrs[id as usize] |= ATTR_CONTROL;
             }
         }
         // gpt-oss: these structural tokens are always rendered.
         for t in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
-            if let Some(&id) = token_to_id.get(t) {
+            if let Some(id) = vocab.get(t) {
                 attrs[id as usize] = ATTR_USER_DEFINED;
             }
         }
@@ -636,18 +630,18 @@ impl GgufTokenizer {
         eog.sort_unstable();
         eog.dedup();
         // o200k_harmony / solar-open: `<|end|>` is not end of generation there.
-        let has = |eog: &[u32], t: &str| eog.iter().any(|&id| texts[id as usize] == t);
+        let has = |eog: &[u32], t: &str| eog.iter().any(|&id| vocab.text(id) == t);
         if (has(&eog, "<|return|>") && has(&eog, "<|call|>") || has(&eog, "<|calls|>") && has(&eog, "<|flush|>"))
             && has(&eog, "<|end|>")
         {
-            if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "<|end|>") {
+            if let Some(pos) = eog.iter().position(|&id| vocab.text(id) == "<|end|>") {
                 attrs[eog[pos] as usize] = ATTR_USER_DEFINED;
                 eog.remove(pos);
             }
         }
         // gemma4 / paddleocr: `</s>` is not end of generation when `<|tool_response>` is.
         if has(&eog, "<|tool_response>") {
-            if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "</s>") {
+            if let Some(pos) = eog.iter().position(|&id| vocab.text(id) == "</s>") {
                 attrs[eog[pos] as usize] = ATTR_NORMAL;
                 eog.remove(pos);
             }
@@ -660,11 +654,11 @@ impl GgufTokenizer {
                     *a |= ATTR_RSTRIP;
                 }
             }
-            if let Some(&id) = token_to_id.get("</s>") {
+            if let Some(id) = vocab.get("</s>") {
                 attrs[id as usize] |= ATTR_RSTRIP;
             }
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                if let Some(&id) = token_to_id.get(t) {
+                if let Some(id) = vocab.get(t) {
                     attrs[id as usize] &= !ATTR_RSTRIP;
                 }
             }
@@ -672,10 +666,11 @@ impl GgufTokenizer {
 
         // Rendered bytes of every token (llama.cpp's token_to_piece with special = false).
         let inv = unicode_to_byte_table();
-        let mut pieces = Vec::with_capacity(texts.iter().map(String::len).sum());
+        let mut pieces = Vec::with_capacity(vocab.heap_bytes() / 2);
         let mut piece_offsets = Vec::with_capacity(n + 1);
-        piece_offsets.push(0);
-        for (t, &a) in texts.iter().zip(&attrs) {
+        piece_offsets.push(0u32);
+        for (id, &a) in attrs.iter().enumerate() {
+            let t = vocab.text(id as u32);
             if a & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
                 // renders as nothing
             } else if a & ATTR_USER_DEFINED != 0 {
@@ -690,10 +685,11 @@ impl GgufTokenizer {
                     pieces.push(b);
                 }
             }
-            piece_offsets.push(pieces.len());
+            piece_offsets.push(u32::try_from(pieces.len()).map_err(|_| err("token texts exceed 4 GiB".into()))?);
         }
+        pieces.shrink_to_fit();
 
-        let specials = Specials::build(&texts, &attrs);
+        let specials = Specials::build(&vocab, &attrs);
 
         let algo = match spec.kind {
             VocabKind::SentencePiece => {
@@ -704,10 +700,9 @@ impl GgufTokenizer {
                 let scores = scores.unwrap_or_else(|| vec![0.0; n]);
                 let byte_tokens = (0..=255u8)
                     .map(|b| {
-                        token_to_id
+                        vocab
                             .get(&format!("<0x{b:02X}>"))
-                            .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| token_to_id.get(s)))
-                            .copied()
+                            .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| vocab.get(s)))
                             .or(unk)
                     })
                     .collect();
@@ -715,7 +710,7 @@ impl GgufTokenizer {
             }
             VocabKind::BytePairEncoding => {
                 let pre = pre.expect("gpt2 vocabularies always have a pre-tokenizer spec");
-                Algo::Bpe(Box::new(build_bpe(&token_to_id, &spec.merges, &pre).map_err(&err)?))
+                Algo::Bpe(Box::new(Bpe::new(&vocab, &spec.merges, &pre.regexes, pre.ignore_merges).map_err(&err)?))
             }
         };
 
@@ -724,9 +719,8 @@ impl GgufTokenizer {
             kind: spec.kind,
             pre: spec.pre,
             algo,
-            texts,
+            vocab,
             attrs,
-            token_to_id,
             pieces,
             piece_offsets,
             specials,
@@ -779,11 +773,8 @@ impl GgufTokenizer {
                 for f in frags {
                     match f {
                         Frag::Raw(a, b) => {
-                            let enc = tk.encode_fast(&text[a..b], false).map_err(|e| Error::Tokenizer {
-                                path: self.path.clone(),
-                                reason: format!("encoding failed: {e}"),
-                            })?;
-                            out.extend_from_slice(enc.get_ids());
+                            tk.encode(&self.vocab, &text[a..b], &mut out)
+                                .map_err(|reason| Error::Tokenizer { path: self.path.clone(), reason })?;
                         }
                         Frag::Token(t) => out.push(t),
                     }
@@ -807,7 +798,7 @@ impl GgufTokenizer {
         let mut frags = vec![Frag::Raw(0, text.len())];
         for rank in self.specials.present(bytes) {
             let id = self.specials.order[rank as usize];
-            let needle = self.texts[id as usize].as_str();
+            let needle = self.vocab.text(id);
             let attr = self.attrs[id as usize];
             let mut next = Vec::with_capacity(frags.len() + 2);
             for f in frags {
@@ -866,7 +857,7 @@ impl GgufTokenizer {
             let (l, r) = (l as usize, r as usize);
             let start = syms[l].start;
             let size = syms[l].len + syms[r].len;
-            if let Some(&id) = self.token_to_id.get(&text[start..start + size]) {
+            if let Some(id) = self.vocab.get(&text[start..start + size]) {
                 heap.push(SpmBigram { score: scores[id as usize], left: l, right: r, size });
             }
         };
@@ -893,8 +884,8 @@ impl GgufTokenizer {
         while i >= 0 {
             let s = syms[i as usize];
             let piece = &text[s.start..s.start + s.len];
-            match self.token_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match self.vocab.get(piece) {
+                Some(id) => out.push(id),
                 None => {
                     for &b in piece.as_bytes() {
                         if let Some(id) = byte_tokens[b as usize] {
@@ -914,7 +905,7 @@ impl GgufTokenizer {
         if i + 1 >= self.piece_offsets.len() {
             return &[];
         }
-        &self.pieces[self.piece_offsets[i]..self.piece_offsets[i + 1]]
+        &self.pieces[self.piece_offsets[i] as usize..self.piece_offsets[i + 1] as usize]
     }
 
     /// Text of `ids` (their [`token_bytes`](Self::token_bytes) concatenated, lossy UTF-8).
@@ -960,12 +951,12 @@ impl GgufTokenizer {
 
     /// Id of the token whose text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.vocab.get(text)
     }
 
     /// Stored text of token `id` (as in the vocabulary: `Ġ`/`▁` markers, `<0x0A>`…).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(String::as_str)
+        ((id as usize) < self.vocab.len()).then(|| self.vocab.text(id))
     }
 
     /// Whether `id` is a control token (renders as nothing, e.g. `<|im_start|>`).
@@ -974,7 +965,7 @@ impl GgufTokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.texts.len()
+        self.vocab.len()
     }
 
     pub fn kind(&self) -> VocabKind {
@@ -985,49 +976,6 @@ impl GgufTokenizer {
     pub fn pre(&self) -> &str {
         &self.pre
     }
-}
-
-/// A `tokenizers` pipeline for a byte-level BPE vocabulary: the pre-tokenizer regexes, byte-level
-/// encoding, and the merges. Special tokens are not registered (they are cut out beforehand).
-fn build_bpe(
-    token_to_id: &TokenMap,
-    merges: &[String],
-    pre: &PreSpec,
-) -> std::result::Result<tokenizers::Tokenizer, String> {
-    let mut pairs: Vec<(String, String)> = Vec::with_capacity(merges.len());
-    let mut seen: HashSet<(u32, u32)> = HashSet::with_capacity(merges.len());
-    let mut joined = String::new();
-    for m in merges {
-        // llama.cpp splits at the first space after the first byte.
-        let Some(pos) = m.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
-            continue;
-        };
-        let (a, b) = (&m[..pos], &m[pos + 1..]);
-        let (Some(&ia), Some(&ib)) = (token_to_id.get(a), token_to_id.get(b)) else { continue };
-        joined.clear();
-        joined.push_str(a);
-        joined.push_str(b);
-        if !token_to_id.contains_key(&joined) || !seen.insert((ia, ib)) {
-            continue;
-        }
-        pairs.push((a.to_string(), b.to_string()));
-    }
-    let vocab = token_to_id.clone();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, pairs)
-        .ignore_merges(pre.ignore_merges)
-        .build()
-        .map_err(|e| format!("cannot build the BPE model: {e}"))?;
-    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
-    for re in &pre.regexes {
-        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| format!("bad pre-tokenizer regex {re:?}: {e}"))?;
-        steps.push(split.into());
-    }
-    steps.push(ByteLevel::new(false, false, false).into());
-    let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_pre_tokenizer(Some(Sequence::new(steps)));
-    Ok(tk)
 }
 
 /// Read the tokenizer metadata of `g`.
