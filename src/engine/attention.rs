@@ -12,8 +12,9 @@
 //! Memory is O(context) per query row, taken from a per-thread scratch buffer.
 
 use half::f16;
-use rayon::prelude::*;
 use std::cell::RefCell;
+
+use crate::kernels::pool::pool;
 
 use super::kv_cache::{key_rows, KEY_BLOCK};
 
@@ -67,16 +68,39 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]
     assert!(k.len() >= s.n_kv_head * krows * d && v.len() >= s.n_kv_head * s.capacity * d);
     assert!(s.pos + s.seq <= s.capacity);
     let ops = ops();
-    // One task per (query position, head): rows of `out` are disjoint.
-    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
-        let (i, h) = (row / s.n_head, row % s.n_head);
-        let kvh = h / (s.n_head / s.n_kv_head);
-        let qrow = &q[(h * s.seq + i) * d..][..d];
-        let (kh, vh) = (&k[kvh * krows * d..][..krows * d], &v[kvh * s.capacity * d..][..s.capacity * d]);
-        let qp = s.pos + i;
-        let first = s.window.map_or(0, |w| (qp + 1).saturating_sub(w));
-        SCRATCH.with_borrow_mut(|buf| attend_row(ops, s, qrow, kh, vh, first, qp, buf, o));
-    });
+    // Rows (query position, head) of `out` are disjoint; tasks take contiguous runs of rows on
+    // the kernels' pool (the threads that are already awake for the matmuls around this).
+    let rows = s.seq * s.n_head;
+    let per_task = rows.div_ceil(pool().threads() * 4).max(1);
+    let o = RowsPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        for row in t * per_task..((t + 1) * per_task).min(rows) {
+            let (i, h) = (row / s.n_head, row % s.n_head);
+            let kvh = h / (s.n_head / s.n_kv_head);
+            let qrow = &q[(h * s.seq + i) * d..][..d];
+            let (kh, vh) = (&k[kvh * krows * d..][..krows * d], &v[kvh * s.capacity * d..][..s.capacity * d]);
+            let qp = s.pos + i;
+            let first = s.window.map_or(0, |w| (qp + 1).saturating_sub(w));
+            // SAFETY: each row index is visited by exactly one task; `out` has `rows * d` values.
+            let orow = unsafe { std::slice::from_raw_parts_mut(o.get().add(row * d), d) };
+            SCRATCH.with_borrow_mut(|buf| attend_row(ops, s, qrow, kh, vh, first, qp, buf, orow));
+        }
+    };
+    pool().run(rows.div_ceil(per_task), &task);
+}
+
+/// The output rows, shared by the tasks that write disjoint parts of them.
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// SAFETY: tasks write disjoint rows.
+unsafe impl Sync for RowsPtr {}
+unsafe impl Send for RowsPtr {}
+
+impl RowsPtr {
+    /// By method, so closures capture the `Sync` wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// One query row against positions `first..=qp` of one KV head.
