@@ -133,11 +133,6 @@ fn helper(s: &'static Shared) {
                 break e;
             }
             spins += 1;
-            if spins > 256 {
-                // Past a few microseconds, let other runnable threads (rayon's, during attention)
-                // have the core while we wait.
-                std::thread::yield_now();
-            }
             if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut l = s.lock.lock().unwrap();
                 s.sleepers.fetch_add(1, SeqCst);
