@@ -64,7 +64,13 @@ impl Model {
 
     /// Load without consulting the registry (always reads the file).
     pub fn load_uncached(path: &Path, device: &Device) -> Result<Model> {
-        return_freed_memory_to_the_os();
+        weights_in_own_mappings(true);
+        let m = Self::read(path, device);
+        weights_in_own_mappings(false);
+        m
+    }
+
+    fn read(path: &Path, device: &Device) -> Result<Model> {
         let start = Instant::now();
         let g = GgufFile::open(path)?;
         let file_size = g.file_size;
@@ -113,7 +119,7 @@ impl Model {
 
 /// Hand the heap memory freed after a load (metadata arrays, tokenizer build temporaries: many
 /// small blocks) back to the OS, so resident memory reflects what the model keeps.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {
@@ -122,16 +128,17 @@ fn release_freed_memory() {
 }
 
 /// Weights are large allocations freed when a model is evicted. glibc raises its mmap threshold
-/// after the first large free and then serves later tensors from per-thread heaps that it never
-/// returns, so an evicted model would keep its memory. A fixed threshold keeps every tensor-sized
-/// allocation in its own mapping, returned to the OS when freed.
-pub(crate) fn return_freed_memory_to_the_os() {
+/// after the first large free and then serves later tensors from heaps it never returns, so an
+/// evicted model would keep its memory. While a model loads (loads are serialised by the
+/// registry lock) the threshold is 1 MiB, so every tensor gets its own mapping, returned to the OS
+/// when freed; afterwards it is 32 MiB (glibc's ceiling), so the megabyte-sized activations of a
+/// forward pass are reused from the heap instead of being mapped, faulted in and unmapped per op.
+fn weights_in_own_mappings(on: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only changes allocator tuning parameters.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        });
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, if on { 1 << 20 } else { 32 << 20 });
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = on;
 }

@@ -41,7 +41,6 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(spec: DeviceSpec) -> Result<Self> {
-        crate::model::loaded::return_freed_memory_to_the_os();
         Ok(Self {
             catalog: Catalog::load()?,
             device: spec.open()?,
@@ -141,7 +140,12 @@ impl Runtime {
     /// Drop the runtime's reference to a model (it is freed once no generation uses it).
     pub fn unload(&self, name: &str) -> bool {
         let Ok(path) = self.resolve(name) else { return false };
-        self.models.lock().unwrap_or_else(|p| p.into_inner()).remove(&path).is_some()
+        let removed = self.models.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        let unloaded = removed.is_some();
+        // The last holder frees the weights (their own mappings) and the tokenizer (heap).
+        drop(removed);
+        crate::model::loaded::release_freed_memory();
+        unloaded
     }
 
     /// Models currently held, as report entries.
