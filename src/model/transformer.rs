@@ -8,6 +8,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::attention::{self, AttnShape};
+use crate::model::activation;
 use crate::engine::{Forward, KvCache};
 use crate::error::{Error, Result};
 use crate::model::arch::{Activation, Config, RopeStyle};
@@ -254,13 +255,15 @@ impl Transformer {
     }
 
     fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = mm(&l.gate, x)?;
-        let gate = match self.cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh if self.device.is_cpu() => gelu_f16_table(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
+        let (gate, up) = (mm(&l.gate, x)?, mm(&l.up, x)?);
+        let cpu = self.device.is_cpu();
+        let h = match self.cfg.activation {
+            Activation::Silu if cpu => activation::swiglu(&gate, &up)?,
+            Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+            Activation::GeluTanh if cpu => (activation::gelu_f16_table(&gate)? * up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
         };
-        mm(&l.down, &(gate * mm(&l.up, x)?)?)
+        mm(&l.down, &h)
     }
 
     /// One step over several sequences: every segment's tokens are fed at its cache's position;
@@ -349,38 +352,6 @@ impl Forward for Transformer {
             Error::Candle { context: "forward pass".into(), source: e }
         })
     }
-}
-
-/// GELU (tanh form) the way llama.cpp's CPU backend computes it: the input rounded to f16 and
-/// looked up in a table of f16 results (ggml's `GGML_GELU_FP16`), saturating outside ±10.
-fn gelu_f16_table(x: &Tensor) -> candle_core::Result<Tensor> {
-    use half::f16;
-    use std::sync::OnceLock;
-    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        (0..=u16::MAX)
-            .map(|bits| {
-                let v = f16::from_bits(bits).to_f32();
-                let g = 0.5 * v * (1.0 + (0.797_884_6 * v * (1.0 + 0.044_715 * v * v)).tanh());
-                f16::from_f32(g)
-            })
-            .collect()
-    });
-    let vals: Vec<f32> = x
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(|v| {
-            if v <= -10.0 {
-                0.0
-            } else if v >= 10.0 {
-                v
-            } else {
-                table[f16::from_f32(v).to_bits() as usize].to_f32()
-            }
-        })
-        .collect();
-    Tensor::from_vec(vals, x.shape(), x.device())
 }
 
 /// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of the
