@@ -108,6 +108,14 @@ impl KvCache {
         Ok((kc.as_slice(), vc.as_slice()))
     }
 
+    /// CPU: the whole layer's (k, v) memory (layouts as in `Store::Cpu`).
+    pub fn cpu_layer(&self, layer: usize) -> Result<(&[f16], &[f16])> {
+        match &self.store {
+            Store::Cpu(layers) => Ok((layers[layer].0.as_slice(), layers[layer].1.as_slice())),
+            Store::Device(_) => Err(Error::Other("cpu_layer on a device cache".into())),
+        }
+    }
+
     /// Device: write `k`, `v` (`[1, n_kv_head, seq, head_dim]`) for `layer` and return every
     /// position so far as f32 tensors.
     pub fn append_device(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -219,6 +219,16 @@ pub fn qtype_of(d: GgmlDType) -> Option<QType> {
     })
 }
 
+/// Run `f` on the f32 values of a CPU tensor in place (no copy when it is contiguous f32).
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = if t.dtype() == DType::F32 { t.contiguous()? } else { t.to_dtype(DType::F32)?.contiguous()? };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => candle_core::bail!("with_cpu_f32: not a contiguous CPU f32 tensor"),
+    }
+}
+
 /// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
 pub fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     if let QMatMul::QTensor(t) = w {

@@ -24,5 +24,5 @@ mod avx2_k;
 mod tests;
 
 pub use blocks::{ActType, QType};
-pub use matmul::{forward, qmatmul, qmatmul_with, qtype_of, Isa, QWeight};
+pub use matmul::{with_cpu_f32, forward, qmatmul, qmatmul_with, qtype_of, Isa, QWeight};
 pub use quantize::Acts;

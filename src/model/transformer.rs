@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::engine::attention::{self, AttnShape};
 use crate::model::activation;
+use crate::kernels::with_cpu_f32;
 use crate::engine::{Forward, KvCache};
 use crate::error::{Error, Result};
 use crate::model::arch::{Activation, Config, RopeStyle};
@@ -205,8 +206,6 @@ impl Transformer {
     fn attention_cpu(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let (b, _, seq, _) = q.dims4()?;
-        let to_vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-        let (qv, kv, vv) = (to_vec(q)?, to_vec(k)?, to_vec(v)?);
         let shape = AttnShape {
             n_head: c.n_head,
             n_kv_head: c.n_kv_head,
@@ -217,9 +216,14 @@ impl Transformer {
             window: l.window,
             scale: c.attn_scale,
         };
-        let (kc, vc) = cache.append_cpu(li, &kv, &vv, seq).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let mut out = vec![0f32; qv.len()];
-        attention::attention(&shape, &qv, kc, vc, &mut out);
+        let appended = with_cpu_f32(k, |kv| with_cpu_f32(v, |vv| cache.append_cpu(li, kv, vv, seq).map(|_| ())))??;
+        appended.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (kc, vc) = cache.cpu_layer(li).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let out = with_cpu_f32(q, |qv| {
+            let mut out = vec![0f32; qv.len()];
+            attention::attention(&shape, qv, kc, vc, &mut out);
+            out
+        })?;
         Tensor::from_vec(out, (b, seq, c.n_head * c.head_dim), &self.device)
     }
 
