@@ -22,12 +22,12 @@ pub(crate) trait Kern {
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C];
 }
 
-/// Drive `K` over `nw` weight rows x `nr` activation rows: tiles of 6 activation rows x 1 weight
-/// row (prefill), or 2 weight rows at a time for a single activation row (decode).
+/// Drive `K` over `nw` weight rows x `nr` activation rows: tiles of `ROWS` activation rows x 1
+/// weight row (prefill), or 2 weight rows at a time for a single activation row (decode).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn drive<K: Kern>(w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+pub(crate) unsafe fn drive<K: Kern, const ROWS: usize>(w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
     #[inline(always)]
     unsafe fn store<const C: usize, const R: usize>(v: [[f32; R]; C], out: *mut f32, ldo: usize, j: usize) {
         for (c, col) in v.iter().enumerate() {
@@ -53,20 +53,23 @@ pub(crate) unsafe fn drive<K: Kern>(w: *const u8, row_bytes: usize, nw: usize, a
                 }
                 r += 1;
             }
-            // Prefill: 6 activation rows per unpacked weight block (measured best on Zen 3 for
-            // every type), the 1..5 left over as one narrower tile.
-            2..=5 => {
+            // Prefill: `ROWS` activation rows per unpacked weight block (6 for the K-quants, 8
+            // for the 32-element types, which keep their block scales in memory), the rows left
+            // over as one narrower tile.
+            _ if left < ROWS => {
                 match left {
                     2 => (0..nw).for_each(|j| store(K::run::<1, 2>([row(j)], a, r0 + r), o, ldo, j)),
                     3 => (0..nw).for_each(|j| store(K::run::<1, 3>([row(j)], a, r0 + r), o, ldo, j)),
                     4 => (0..nw).for_each(|j| store(K::run::<1, 4>([row(j)], a, r0 + r), o, ldo, j)),
-                    _ => (0..nw).for_each(|j| store(K::run::<1, 5>([row(j)], a, r0 + r), o, ldo, j)),
+                    5 => (0..nw).for_each(|j| store(K::run::<1, 5>([row(j)], a, r0 + r), o, ldo, j)),
+                    6 => (0..nw).for_each(|j| store(K::run::<1, 6>([row(j)], a, r0 + r), o, ldo, j)),
+                    _ => (0..nw).for_each(|j| store(K::run::<1, 7>([row(j)], a, r0 + r), o, ldo, j)),
                 }
                 r += left;
             }
             _ => {
-                (0..nw).for_each(|j| store(K::run::<1, 6>([row(j)], a, r0 + r), o, ldo, j));
-                r += 6;
+                (0..nw).for_each(|j| store(K::run::<1, ROWS>([row(j)], a, r0 + r), o, ldo, j));
+                r += ROWS;
             }
         }
     }

@@ -91,7 +91,7 @@ type TileFn = unsafe fn(QType, *const u8, usize, usize, &Acts, usize, usize, *mu
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn avx2_tile<K: super::avx2::Kern>(
+unsafe fn avx2_tile<K: super::avx2::Kern, const ROWS: usize>(
     _: QType,
     w: *const u8,
     row_bytes: usize,
@@ -102,7 +102,7 @@ unsafe fn avx2_tile<K: super::avx2::Kern>(
     out: *mut f32,
     ldo: usize,
 ) {
-    super::avx2::drive::<K>(w, row_bytes, nw, a, r0, nr, out, ldo)
+    super::avx2::drive::<K, ROWS>(w, row_bytes, nw, a, r0, nr, out, ldo)
 }
 
 fn tile_fn(t: QType, isa: Isa) -> TileFn {
@@ -113,14 +113,14 @@ fn tile_fn(t: QType, isa: Isa) -> TileFn {
             use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
             use super::avx2_k::{Q45K, Q6K};
             match t {
-                QType::Q4_0 => avx2_tile::<SmallKern<Q4_0>>,
-                QType::Q4_1 => avx2_tile::<SmallKern<Q4_1>>,
-                QType::Q5_0 => avx2_tile::<SmallKern<Q5_0>>,
-                QType::Q5_1 => avx2_tile::<SmallKern<Q5_1>>,
-                QType::Q8_0 => avx2_tile::<SmallKern<Q8_0>>,
-                QType::Q4K => avx2_tile::<Q45K<false>>,
-                QType::Q5K => avx2_tile::<Q45K<true>>,
-                QType::Q6K => avx2_tile::<Q6K>,
+                QType::Q4_0 => avx2_tile::<SmallKern<Q4_0>, 8>,
+                QType::Q4_1 => avx2_tile::<SmallKern<Q4_1>, 8>,
+                QType::Q5_0 => avx2_tile::<SmallKern<Q5_0>, 8>,
+                QType::Q5_1 => avx2_tile::<SmallKern<Q5_1>, 8>,
+                QType::Q8_0 => avx2_tile::<SmallKern<Q8_0>, 8>,
+                QType::Q4K => avx2_tile::<Q45K<false>, 6>,
+                QType::Q5K => avx2_tile::<Q45K<true>, 6>,
+                QType::Q6K => avx2_tile::<Q6K, 6>,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
