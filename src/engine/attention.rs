@@ -29,6 +29,10 @@ pub struct AttnShape {
     /// Queries in this call, at positions `pos..pos + seq`.
     pub seq: usize,
     pub pos: usize,
+    /// Rows per head in `q` (≥ `seq`: a batch may hold other sequences' rows) and the first of
+    /// this call's.
+    pub q_rows: usize,
+    pub q_off: usize,
     pub window: Option<usize>,
     pub scale: f32,
 }
@@ -57,13 +61,13 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `q`: `[n_head, seq, head_dim]`; `k`: key blocks `[n_kv_head, key_rows(capacity) / 8,
+/// `q`: `[n_head, q_rows, head_dim]` (this call's rows at `q_off..q_off + seq`); `k`: key blocks `[n_kv_head, key_rows(capacity) / 8,
 /// head_dim, 8]`, `v`: `[n_kv_head, capacity, head_dim]`, both holding every position up to
 /// `pos + seq`; `out`: `[seq, n_head, head_dim]`.
 pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]) {
     let d = s.head_dim;
     let krows = key_rows(s.capacity);
-    assert_eq!(q.len(), s.n_head * s.seq * d);
+    assert!(q.len() >= s.n_head * s.q_rows * d && s.q_off + s.seq <= s.q_rows);
     assert_eq!(out.len(), s.n_head * s.seq * d);
     assert!(k.len() >= s.n_kv_head * krows * d && v.len() >= s.n_kv_head * s.capacity * d);
     assert!(s.pos + s.seq <= s.capacity);
@@ -77,7 +81,7 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]
         for row in t * per_task..((t + 1) * per_task).min(rows) {
             let (i, h) = (row / s.n_head, row % s.n_head);
             let kvh = h / (s.n_head / s.n_kv_head);
-            let qrow = &q[(h * s.seq + i) * d..][..d];
+            let qrow = &q[(h * s.q_rows + s.q_off + i) * d..][..d];
             let (kh, vh) = (&k[kvh * krows * d..][..krows * d], &v[kvh * s.capacity * d..][..s.capacity * d]);
             let qp = s.pos + i;
             let first = s.window.map_or(0, |w| (qp + 1).saturating_sub(w));

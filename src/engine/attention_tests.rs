@@ -74,11 +74,11 @@ fn check(s: AttnShape, tol: f32) -> Vec<f32> {
 #[test]
 fn matches_plain_softmax_attention_with_gqa_and_windows() {
     for (window, pos, seq) in [(None, 0, 5), (None, 7, 1), (Some(3), 2, 6), (Some(4), 9, 1)] {
-        check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, capacity: 16, seq, pos, window, scale: 0.35 }, 5e-3);
+        check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, capacity: 16, seq, pos, q_rows: seq, q_off: 0, window, scale: 0.35 }, 5e-3);
     }
     // Long context, window ending mid-block, capacity not a multiple of the key block.
-    check(AttnShape { n_head: 2, n_kv_head: 1, head_dim: 64, capacity: 301, seq: 3, pos: 290, window: Some(37), scale: 0.125 }, 5e-3);
-    check(AttnShape { n_head: 6, n_kv_head: 2, head_dim: 128, capacity: 75, seq: 70, pos: 0, window: None, scale: 0.09 }, 5e-3);
+    check(AttnShape { n_head: 2, n_kv_head: 1, head_dim: 64, capacity: 301, seq: 3, pos: 290, q_rows: 3, q_off: 0, window: Some(37), scale: 0.125 }, 5e-3);
+    check(AttnShape { n_head: 6, n_kv_head: 2, head_dim: 128, capacity: 75, seq: 70, pos: 0, q_rows: 70, q_off: 0, window: None, scale: 0.09 }, 5e-3);
 }
 
 #[test]

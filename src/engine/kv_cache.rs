@@ -86,18 +86,28 @@ impl KvCache {
     }
 
     /// CPU: write `k`, `v` (`[n_kv_head, seq, head_dim]`, f32) for `layer` at the current
-    /// position and return the whole layer's (k, v) memory (layouts as in `Store::Cpu`). The position moves on
-    /// [`KvCache::advance`], once every layer has been written.
+    /// position and return the whole layer's (k, v) memory (layouts as in `Store::Cpu`).
+    /// The position moves on [`KvCache::advance`], once every layer has been written.
     pub fn append_cpu(&mut self, layer: usize, k: &[f32], v: &[f32], seq: usize) -> Result<(&[f16], &[f16])> {
+        self.append_cpu_rows(layer, k, v, 0, seq, seq)?;
+        self.cpu_layer(layer)
+    }
+
+    /// CPU: as [`KvCache::append_cpu`] from rows `off..off + seq` of `k`, `v` laid out
+    /// `[n_kv_head, rows, head_dim]` (a batch holding several sequences' rows).
+    pub fn append_cpu_rows(&mut self, layer: usize, k: &[f32], v: &[f32], off: usize, seq: usize, rows: usize) -> Result<()> {
         self.check_room(seq)?;
         let (d, cap, len) = (self.head_dim, self.capacity, self.len);
+        if off + seq > rows || k.len() < self.n_kv_head * rows * d || v.len() < self.n_kv_head * rows * d {
+            return Err(Error::Other(format!("append_cpu_rows: rows {off}..{} of {rows} do not fit the K/V data", off + seq)));
+        }
         let Store::Cpu(layers) = &mut self.store else {
             return Err(Error::Other("append_cpu on a device cache".into()));
         };
         let (kc, vc) = &mut layers[layer];
         for h in 0..self.n_kv_head {
             for i in 0..seq {
-                let src = (h * seq + i) * d;
+                let src = (h * rows + off + i) * d;
                 let dst = (h * cap + len + i) * d;
                 for j in 0..d {
                     kc[key_index(h, len + i, j, d, cap)] = f16::from_f32(k[src + j]);
@@ -105,7 +115,7 @@ impl KvCache {
                 }
             }
         }
-        Ok((kc.as_slice(), vc.as_slice()))
+        Ok(())
     }
 
     /// CPU: the whole layer's (k, v) memory (layouts as in `Store::Cpu`).

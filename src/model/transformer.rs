@@ -128,19 +128,19 @@ impl Transformer {
     }
 
     /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
-    fn rope_tables(&self, base: f32, pos: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, base: f32, positions: impl Iterator<Item = usize>, rows: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in pos..pos + seq {
-            for i in 0..half {
-                let freq = (base as f64).powf(-2.0 * i as f64 / self.cfg.head_dim as f64);
+        let freqs: Vec<f64> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / self.cfg.head_dim as f64)).collect();
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for p in positions {
+            for &freq in &freqs {
                 let (s, c) = (p as f64 * freq).sin_cos();
                 cos.push(c as f32);
                 sin.push(s as f32);
             }
         }
-        Ok((Tensor::from_vec(cos, (seq, half), &self.device)?, Tensor::from_vec(sin, (seq, half), &self.device)?))
+        Ok((Tensor::from_vec(cos, (rows, half), &self.device)?, Tensor::from_vec(sin, (rows, half), &self.device)?))
     }
 
     /// Additive mask `[n_rep * seq, kv_len]` for queries at `pos..pos+seq` over keys `0..kv_len`.
@@ -170,61 +170,74 @@ impl Transformer {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let mut outs = Vec::with_capacity(segs.len());
-        let mut off = 0;
-        for sg in segs.iter_mut() {
-            let (seq, pos) = (sg.tokens.len(), sg.cache.len());
-            let part = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
-                t.narrow(1, off, seq)?.reshape((1, seq, heads, c.head_dim))?.transpose(1, 2)?.contiguous()
-            };
-            let (q, k, v) = (part(&q, c.n_head)?, part(&k, c.n_kv_head)?, part(&v, c.n_kv_head)?);
-            let (q, k) = match &l.qk_norm {
-                Some((qn, kn)) => (
-                    candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?,
-                    candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?,
-                ),
-                None => (q, k),
-            };
-            let (cos, sin) = self.rope_tables(l.rope_base, pos, seq)?;
-            let (q, k) = match c.rope_style {
-                RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
-                RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
-            };
-            outs.push(if self.device.is_cpu() {
-                self.attention_cpu(l, li, &q, &k, &v, pos, sg.cache)?
-            } else {
-                self.attention_device(l, li, &q, &k, &v, pos, sg.cache)?
-            });
-            off += seq;
-        }
-        let out = if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? };
+        // Every segment's rows at once: heads first, norms and RoPE (per-row positions) in one
+        // pass each, then attention per segment over its own cache.
+        let rows = x.dim(1)?;
+        let heads = |t: &Tensor, n: usize| t.reshape((1, rows, n, c.head_dim))?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (heads(&q, c.n_head)?, heads(&k, c.n_kv_head)?, heads(&v, c.n_kv_head)?);
+        let (q, k) = match &l.qk_norm {
+            Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?, candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?),
+            None => (q, k),
+        };
+        let positions = segs.iter().flat_map(|sg| sg.cache.len()..sg.cache.len() + sg.tokens.len());
+        let (cos, sin) = self.rope_tables(l.rope_base, positions, rows)?;
+        let (q, k) = match c.rope_style {
+            RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
+            RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
+        };
+        let out = if self.device.is_cpu() {
+            self.attention_cpu(l, li, &q, &k, &v, segs)?
+        } else {
+            let mut outs = Vec::with_capacity(segs.len());
+            let mut off = 0;
+            for sg in segs.iter_mut() {
+                let (seq, pos) = (sg.tokens.len(), sg.cache.len());
+                let part = |t: &Tensor| t.narrow(2, off, seq)?.contiguous();
+                outs.push(self.attention_device(l, li, &part(&q)?, &part(&k)?, &part(&v)?, pos, sg.cache)?);
+                off += seq;
+            }
+            if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? }
+        };
         mm(&l.wo, &out)
     }
 
-    /// CPU: llama.cpp-style attention straight over the f16 cache (see engine::attention).
+    /// CPU: llama.cpp-style attention straight over the f16 cache (see engine::attention), each
+    /// segment reading its rows of the batch's `q`, `k`, `v` (`[1, heads, rows, head_dim]`) in place.
     #[allow(clippy::too_many_arguments)]
-    fn attention_cpu(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    fn attention_cpu(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, segs: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
-        let (b, _, seq, _) = q.dims4()?;
-        let shape = AttnShape {
-            n_head: c.n_head,
-            n_kv_head: c.n_kv_head,
-            head_dim: c.head_dim,
-            capacity: cache.capacity(),
-            seq,
-            pos,
-            window: l.window,
-            scale: c.attn_scale,
-        };
-        let appended = with_cpu_f32(k, |kv| with_cpu_f32(v, |vv| cache.append_cpu(li, kv, vv, seq).map(|_| ())))??;
-        appended.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let (kc, vc) = cache.cpu_layer(li).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let out = with_cpu_f32(q, |qv| {
-            let mut out = vec![0f32; qv.len()];
-            attention::attention(&shape, qv, kc, vc, &mut out);
-            out
-        })?;
-        Tensor::from_vec(out, (b, seq, c.n_head * c.head_dim), &self.device)
+        let rows = q.dim(2)?;
+        let width = c.n_head * c.head_dim;
+        let mut out = vec![0f32; rows * width];
+        let err = |e: crate::error::Error| candle_core::Error::Msg(e.to_string());
+        with_cpu_f32(q, |qv| {
+            with_cpu_f32(k, |kv| {
+                with_cpu_f32(v, |vv| {
+                    let mut off = 0;
+                    for sg in segs.iter_mut() {
+                        let (seq, pos) = (sg.tokens.len(), sg.cache.len());
+                        sg.cache.append_cpu_rows(li, kv, vv, off, seq, rows).map_err(err)?;
+                        let (kc, vc) = sg.cache.cpu_layer(li).map_err(err)?;
+                        let shape = AttnShape {
+                            n_head: c.n_head,
+                            n_kv_head: c.n_kv_head,
+                            head_dim: c.head_dim,
+                            capacity: sg.cache.capacity(),
+                            seq,
+                            pos,
+                            q_rows: rows,
+                            q_off: off,
+                            window: l.window,
+                            scale: c.attn_scale,
+                        };
+                        attention::attention(&shape, qv, kc, vc, &mut out[off * width..(off + seq) * width]);
+                        off += seq;
+                    }
+                    Ok::<(), candle_core::Error>(())
+                })
+            })
+        })????;
+        Tensor::from_vec(out, (1, rows, width), &self.device)
     }
 
     /// Other devices: the same attention with candle's tensor ops (mask + softmax).
