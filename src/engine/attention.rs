@@ -14,7 +14,7 @@
 use half::f16;
 use std::cell::RefCell;
 
-use crate::kernels::pool::pool;
+use crate::kernels::pool::{pool, SyncPtr};
 
 use super::kv_cache::{key_rows, KEY_BLOCK};
 
@@ -76,7 +76,7 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]
     // the kernels' pool (the threads that are already awake for the matmuls around this).
     let rows = s.seq * s.n_head;
     let per_task = rows.div_ceil(pool().threads() * 4).max(1);
-    let o = RowsPtr(out.as_mut_ptr());
+    let o = SyncPtr::new(out.as_mut_ptr());
     let task = |t: usize| {
         for row in t * per_task..((t + 1) * per_task).min(rows) {
             let (i, h) = (row / s.n_head, row % s.n_head);
@@ -91,20 +91,6 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], out: &mut [f32]
         }
     };
     pool().run(rows.div_ceil(per_task), &task);
-}
-
-/// The output rows, shared by the tasks that write disjoint parts of them.
-#[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: tasks write disjoint rows.
-unsafe impl Sync for RowsPtr {}
-unsafe impl Send for RowsPtr {}
-
-impl RowsPtr {
-    /// By method, so closures capture the `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One query row against positions `first..=qp` of one KV head.

@@ -18,7 +18,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
 use super::blocks::{tile_scalar, QType};
-use super::pool::pool;
+use super::pool::{pool, SyncPtr};
 use super::quantize::Acts;
 
 /// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major.
@@ -132,19 +132,6 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of the output.
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
-
-impl OutPtr {
-    /// By method, so closures capture the `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[m, n] = x[m, k] · Wᵀ` with the best kernels for this machine.
 pub fn qmatmul(w: &QWeight, x: &[f32], out: &mut [f32]) {
     qmatmul_with(Isa::best(), w, x, out)
@@ -190,7 +177,7 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
         (16384 / rb).clamp(1, n.div_ceil(threads * 4).max(1))
     };
     let tasks = n.div_ceil(rows);
-    let o = OutPtr(out.as_mut_ptr());
+    let o = SyncPtr::new(out.as_mut_ptr());
     let task = |t: usize| {
         let j0 = t * rows;
         let nw = rows.min(n - j0);

@@ -34,6 +34,24 @@ pub struct Pool {
     threads: usize,
 }
 
+/// An output buffer shared by the tasks of one job, each of which writes its own disjoint part.
+#[derive(Clone, Copy)]
+pub struct SyncPtr(*mut f32);
+// SAFETY: only handed to tasks that write disjoint ranges, and the job ends before the buffer does.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    pub fn new(p: *mut f32) -> Self {
+        Self(p)
+    }
+
+    /// By method, so closures capture the `Sync` wrapper rather than the raw field.
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// The process-wide pool.
 pub fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();

@@ -10,7 +10,7 @@ use candle_core::{Tensor, D};
 use half::f16;
 use std::sync::OnceLock;
 
-use crate::kernels::pool::pool;
+use crate::kernels::pool::{pool, SyncPtr};
 use crate::kernels::with_cpu_f32;
 
 fn swiglu_rows(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -23,7 +23,7 @@ fn swiglu_rows(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// whole rows (ggml restarts its vector loop at each row).
 fn par_rows(rows: usize, width: usize, out: &mut [f32], f: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync)) {
     let per = if rows * width < 1 << 15 { rows } else { rows.div_ceil(pool().threads() * 2).max(1) };
-    let o = OutRows(out.as_mut_ptr());
+    let o = SyncPtr::new(out.as_mut_ptr());
     let task = |t: usize| {
         let r = t * per..((t + 1) * per).min(rows);
         // SAFETY: each task owns rows `r` of `out`.
@@ -31,17 +31,6 @@ fn par_rows(rows: usize, width: usize, out: &mut [f32], f: &(dyn Fn(std::ops::Ra
         f(r.start * width..r.end * width, dst);
     };
     pool().run(rows.div_ceil(per), &task);
-}
-
-#[derive(Clone, Copy)]
-struct OutRows(*mut f32);
-// SAFETY: tasks write disjoint rows.
-unsafe impl Sync for OutRows {}
-unsafe impl Send for OutRows {}
-impl OutRows {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `silu(gate) * up` (same shapes, f32, CPU).
