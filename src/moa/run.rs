@@ -325,7 +325,7 @@ async fn run_samples(
             return Control::Stop;
         }
         pieces[s] += 1;
-        if pieces[s] % 8 == 0 {
+        if pieces[s].is_multiple_of(8) {
             sink(MoaEvent::AgentProgress { layer, index: idx[s], pieces: pieces[s], secs: t0.elapsed().as_secs_f64() });
         }
         Control::Continue
@@ -376,7 +376,7 @@ async fn run_agent(
         pieces += 1;
         if stream {
             sink(MoaEvent::AggregateText(piece.to_string()));
-        } else if pieces % 8 == 0 {
+        } else if pieces.is_multiple_of(8) {
             sink(MoaEvent::AgentProgress { layer, index, pieces, secs: t0.elapsed().as_secs_f64() });
         }
         Control::Continue

@@ -75,7 +75,7 @@ impl Config {
         let n_embd = g.u32(&k("embedding_length"))? as usize;
         let n_head = g.u32(&k("attention.head_count"))? as usize;
         let n_kv_head = g.u32_or(&k("attention.head_count_kv"), n_head as u32)? as usize;
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+        if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(g.field_err(
                 &k("attention.head_count_kv"),
                 &format!("{n_kv_head} must be > 0 and divide head_count {n_head}"),
@@ -129,7 +129,7 @@ impl Config {
 
     /// Whether layer `i` attends through a sliding window, and its size.
     pub fn window_of(&self, layer: usize) -> Option<usize> {
-        self.sliding_window.and_then(|(w, period)| ((layer + 1) % period != 0).then_some(w))
+        self.sliding_window.and_then(|(w, period)| (!(layer + 1).is_multiple_of(period)).then_some(w))
     }
 
     pub fn kv_bytes_per_token(&self, dtype_bytes: usize) -> u64 {

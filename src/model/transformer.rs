@@ -359,7 +359,7 @@ impl Forward for Transformer {
             self.check(t)?;
         }
         let before: Vec<usize> = segs.iter().map(|(_, c)| c.len()).collect();
-        let mut parts: Vec<Segment<'_>> = segs.iter_mut().map(|(t, c)| Segment { tokens: t, cache: &mut **c }).collect();
+        let mut parts: Vec<Segment<'_>> = segs.iter_mut().map(|(t, c)| Segment { tokens: t, cache: c }).collect();
         let r = self.forward_inner(&mut parts);
         drop(parts);
         r.map_err(|e| {

@@ -83,7 +83,7 @@ impl ModelShape {
                 } else {
                     u64::MAX
                 };
-                (rank, tensor_bytes(i.ggml_dtype, i.shape.elem_count()) as u64)
+                (rank, tensor_bytes(i.ggml_dtype, i.shape.elem_count()))
             })
             .collect();
         sized.sort_unstable();
