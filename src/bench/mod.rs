@@ -2,7 +2,7 @@
 //! generate N tokens one at a time, repeated R times, mean ± sd tokens/s; plus a MoA bench (per
 //! layer wall time, aggregate tok/s, time to the aggregator's first token, peak memory).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -51,35 +51,36 @@ pub fn largest_kv_bytes(model: &Model, pp: usize, tg: usize, batch: usize) -> u6
     kv(pp).max(kv(tg) * batch.max(1) as u64)
 }
 
+/// Tokens per second of `reps` timed runs after one warm-up; `run` sets up untimed and returns
+/// the duration of its timed part.
+fn sample(reps: usize, tokens: usize, mut run: impl FnMut() -> Result<Duration>) -> Result<Vec<f64>> {
+    run()?;
+    (0..reps).map(|_| Ok(tokens as f64 / run()?.as_secs_f64())).collect()
+}
+
 /// Prefill `n` tokens in one forward, `reps` times (after one warm-up).
 pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 1);
-    let mut samples = Vec::new();
-    for r in 0..=reps {
+    let samples = sample(reps, n, || {
         let mut c = cache(model, n)?;
         let t = Instant::now();
         model.transformer.forward(&toks, &mut c)?;
-        if r > 0 {
-            samples.push(n as f64 / t.elapsed().as_secs_f64());
-        }
-    }
+        Ok(t.elapsed())
+    })?;
     Ok(stats(format!("pp{n}"), n, samples))
 }
 
 /// Generate `n` tokens one at a time from an empty cache, `reps` times (after one warm-up).
 pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 2);
-    let mut samples = Vec::new();
-    for r in 0..=reps {
+    let samples = sample(reps, n, || {
         let mut c = cache(model, n)?;
         let t = Instant::now();
         for tok in &toks {
             model.transformer.forward(std::slice::from_ref(tok), &mut c)?;
         }
-        if r > 0 {
-            samples.push(n as f64 / t.elapsed().as_secs_f64());
-        }
-    }
+        Ok(t.elapsed())
+    })?;
     Ok(stats(format!("tg{n}"), n, samples))
 }
 
@@ -87,8 +88,7 @@ pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
 /// one model); reports aggregate tokens/s over all sequences.
 pub fn bench_tg_batch(model: &Model, n: usize, batch: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 3);
-    let mut samples = Vec::new();
-    for r in 0..=reps {
+    let samples = sample(reps, n * batch, || {
         let mut caches = (0..batch).map(|_| cache(model, n)).collect::<Result<Vec<_>>>()?;
         let t = Instant::now();
         for tok in &toks {
@@ -96,10 +96,8 @@ pub fn bench_tg_batch(model: &Model, n: usize, batch: usize, reps: usize) -> Res
             let mut segs: Vec<(&[u32], &mut KvCache)> = caches.iter_mut().map(|c| (&one[..], c)).collect();
             model.transformer.forward_batch(&mut segs)?;
         }
-        if r > 0 {
-            samples.push((n * batch) as f64 / t.elapsed().as_secs_f64());
-        }
-    }
+        Ok(t.elapsed())
+    })?;
     Ok(stats(format!("tg{n} x{batch}"), n * batch, samples))
 }
 

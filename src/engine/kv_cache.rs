@@ -85,21 +85,15 @@ impl KvCache {
         Ok(())
     }
 
-    /// CPU: write `k`, `v` (`[n_kv_head, seq, head_dim]`, f32) for `layer` at the current
-    /// position and return the whole layer's (k, v) memory (layouts as in `Store::Cpu`).
-    /// The position moves on [`KvCache::advance`], once every layer has been written.
-    pub fn append_cpu(&mut self, layer: usize, k: &[f32], v: &[f32], seq: usize) -> Result<(&[f16], &[f16])> {
-        self.append_cpu_rows(layer, k, v, 0, seq, seq)?;
-        self.cpu_layer(layer)
-    }
-
-    /// CPU: as [`KvCache::append_cpu`] from rows `off..off + seq` of `k`, `v` laid out
-    /// `[n_kv_head, rows, head_dim]` (a batch holding several sequences' rows).
-    pub fn append_cpu_rows(&mut self, layer: usize, k: &[f32], v: &[f32], off: usize, seq: usize, rows: usize) -> Result<()> {
+    /// CPU: write rows `off..off + seq` of `k`, `v` (f32, `[n_kv_head, rows, head_dim]`: a batch
+    /// may hold several sequences' rows) for `layer` at the current position; read them back with
+    /// [`KvCache::cpu_layer`]. The position moves on [`KvCache::advance`], once every layer has
+    /// been written.
+    pub fn append_cpu(&mut self, layer: usize, k: &[f32], v: &[f32], off: usize, seq: usize, rows: usize) -> Result<()> {
         self.check_room(seq)?;
         let (d, cap, len) = (self.head_dim, self.capacity, self.len);
         if off + seq > rows || k.len() < self.n_kv_head * rows * d || v.len() < self.n_kv_head * rows * d {
-            return Err(Error::Other(format!("append_cpu_rows: rows {off}..{} of {rows} do not fit the K/V data", off + seq)));
+            return Err(Error::Other(format!("append_cpu: rows {off}..{} of {rows} do not fit the K/V data", off + seq)));
         }
         let Store::Cpu(layers) = &mut self.store else {
             return Err(Error::Other("append_cpu on a device cache".into()));
@@ -198,7 +192,8 @@ mod tests {
     fn append_fork_and_overflow() -> Result<()> {
         let mut c = KvCache::new(1, 2, 4, 8, &Device::Cpu)?;
         let k: Vec<f32> = (0..2 * 3 * 4).map(|x| x as f32).collect();
-        let (kc, _) = c.append_cpu(0, &k, &k, 3)?;
+        c.append_cpu(0, &k, &k, 0, 3, 3)?;
+        let (kc, _) = c.cpu_layer(0)?;
         // Key of head 1, position 2, dim 3: block 0 of head 1, dimension-major.
         assert_eq!(kc[(8 * 4) + 3 * 8 + 2].to_f32(), ((3 + 2) * 4 + 3) as f32);
         assert_eq!(kc[key_index(1, 2, 3, 4, 8)], kc[(8 * 4) + 3 * 8 + 2]);
@@ -209,7 +204,7 @@ mod tests {
         assert_eq!(l[0].0[key_index(1, 2, 3, 4, 16)].to_f32(), ((3 + 2) * 4 + 3) as f32);
         assert_eq!(l[0].1[(16 + 2) * 4 + 3].to_f32(), ((3 + 2) * 4 + 3) as f32);
         let big = vec![0f32; 2 * 6 * 4];
-        assert!(c.append_cpu(0, &big, &big, 6).is_err(), "overflow must be an error");
+        assert!(c.append_cpu(0, &big, &big, 0, 6, 6).is_err(), "overflow must be an error");
         Ok(())
     }
 }

@@ -128,12 +128,12 @@ impl Transformer {
     }
 
     /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
-    fn rope_tables(&self, base: f32, positions: impl Iterator<Item = usize>, rows: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.cfg.head_dim / 2;
+    fn rope_tables(&self, base: f32, positions: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
+        let (half, rows) = (self.cfg.head_dim / 2, positions.len());
         let freqs: Vec<f64> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / self.cfg.head_dim as f64)).collect();
         let mut cos = Vec::with_capacity(rows * half);
         let mut sin = Vec::with_capacity(rows * half);
-        for p in positions {
+        for &p in positions {
             for &freq in &freqs {
                 let (s, c) = (p as f64 * freq).sin_cos();
                 cos.push(c as f32);
@@ -162,7 +162,7 @@ impl Transformer {
 
     /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
     /// projections run once over all rows, each segment attends over its own cache.
-    fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
+    fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let (mut q, mut k, mut v) = (mm(&l.wq, x)?, mm(&l.wk, x)?, mm(&l.wv, x)?);
         if let Some((bq, bk, bv)) = &l.bias {
@@ -179,11 +179,10 @@ impl Transformer {
             Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, c.rms_eps as f32)?, candle_nn::ops::rms_norm(&k, kn, c.rms_eps as f32)?),
             None => (q, k),
         };
-        let positions = segs.iter().flat_map(|sg| sg.cache.len()..sg.cache.len() + sg.tokens.len());
-        let (cos, sin) = self.rope_tables(l.rope_base, positions, rows)?;
+        let (cos, sin) = rope;
         let (q, k) = match c.rope_style {
-            RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?, candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?),
-            RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, &cos, &sin)?, candle_nn::rotary_emb::rope(&k, &cos, &sin)?),
+            RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?),
+            RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
         };
         let out = if self.device.is_cpu() {
             self.attention_cpu(l, li, &q, &k, &v, segs)?
@@ -203,7 +202,6 @@ impl Transformer {
 
     /// CPU: llama.cpp-style attention straight over the f16 cache (see engine::attention), each
     /// segment reading its rows of the batch's `q`, `k`, `v` (`[1, heads, rows, head_dim]`) in place.
-    #[allow(clippy::too_many_arguments)]
     fn attention_cpu(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, segs: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let rows = q.dim(2)?;
@@ -216,7 +214,7 @@ impl Transformer {
                     let mut off = 0;
                     for sg in segs.iter_mut() {
                         let (seq, pos) = (sg.tokens.len(), sg.cache.len());
-                        sg.cache.append_cpu_rows(li, kv, vv, off, seq, rows).map_err(err)?;
+                        sg.cache.append_cpu(li, kv, vv, off, seq, rows).map_err(err)?;
                         let (kc, vc) = sg.cache.cpu_layer(li).map_err(err)?;
                         let shape = AttnShape {
                             n_head: c.n_head,
@@ -304,10 +302,20 @@ impl Transformer {
             last_rows.push((off - 1) as u32);
         }
         let keep = (last_rows.len() < all.len()).then(|| Tensor::new(last_rows.as_slice(), &self.device)).transpose()?;
+        // RoPE tables for every row's position, once per distinct base (Gemma 3 has two), shared
+        // by all layers.
+        let positions: Vec<usize> = segs.iter().flat_map(|sg| sg.cache.len()..sg.cache.len() + sg.tokens.len()).collect();
+        let mut ropes: Vec<(f32, (Tensor, Tensor))> = Vec::new();
+        for l in &self.layers {
+            if !ropes.iter().any(|(b, _)| *b == l.rope_base) {
+                ropes.push((l.rope_base, self.rope_tables(l.rope_base, &positions)?));
+            }
+        }
         let n_layers = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
-            let mut h = self.attention(l, li, &h, segs)?;
+            let rope = &ropes.iter().find(|(b, _)| *b == l.rope_base).expect("a table per base").1;
+            let mut h = self.attention(l, li, &h, segs, rope)?;
             if let (Some(idx), true) = (&keep, li + 1 == n_layers) {
                 h = h.index_select(idx, 1)?;
                 x = x.index_select(idx, 1)?;

@@ -367,7 +367,7 @@ impl GgufTokenizer {
 
         // Rendered bytes of every token (llama.cpp's token_to_piece with special = false).
         let inv = unicode_to_byte_table();
-        let mut pieces = Vec::with_capacity(vocab.heap_bytes() / 2);
+        let mut pieces = Vec::new();
         let mut piece_offsets = Vec::with_capacity(n + 1);
         piece_offsets.push(0u32);
         for (id, &a) in attrs.iter().enumerate() {

@@ -77,6 +77,7 @@ impl Vocab {
     }
 
     /// Bytes held (texts, offsets, index).
+    #[cfg(test)]
     pub fn heap_bytes(&self) -> usize {
         self.text.capacity() + 4 * (self.offsets.capacity() + self.index.capacity())
     }
