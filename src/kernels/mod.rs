@@ -19,6 +19,8 @@ pub mod quantize;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_prefill;
 
 #[cfg(test)]
 mod tests;

@@ -36,11 +36,16 @@ pub struct Acts {
     pub s_stride: usize,
     /// q8_K: `m * nb * 16` sums of 16 quants.
     pub bsums: Vec<i16>,
+    /// After [`Acts::prepare_unsigned`]: the quants as unsigned bytes `q + 128` (same layout).
+    pub qu: Vec<u8>,
+    /// After [`Acts::prepare_unsigned`]: `d` transposed, block-major with `d_stride` (≥ m + 8).
+    pub d_t: Vec<f32>,
+    pub d_stride: usize,
 }
 
 impl Default for Acts {
     fn default() -> Self {
-        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), s_t: Vec::new(), s_stride: 0, bsums: Vec::new() }
+        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), s_t: Vec::new(), s_stride: 0, bsums: Vec::new(), qu: Vec::new(), d_t: Vec::new(), d_stride: 0 }
     }
 }
 
@@ -79,6 +84,22 @@ impl Acts {
         }
     }
 
+    /// Fill `qu` and `d_t` (the prefill kernel of Q4_0/Q5_0 reads them).
+    pub fn prepare_unsigned(&mut self) {
+        let (m, nb, be) = (self.m, self.nb, self.kind.block_elems());
+        grow(&mut self.qu, m * nb * be);
+        for (u, &q) in self.qu.iter_mut().zip(&self.qs[..m * nb * be]) {
+            *u = q as u8 ^ 0x80;
+        }
+        self.d_stride = m + 8;
+        grow(&mut self.d_t, nb * self.d_stride);
+        for r in 0..m {
+            for b in 0..nb {
+                self.d_t[b * self.d_stride + r] = self.d[r * nb + b];
+            }
+        }
+    }
+
     /// [`Acts::quantize`] with the rows split over the kernel thread pool.
     pub fn quantize_par(&mut self, kind: ActType, x: &[f32], k: usize) {
         let isa = Isa::best();
@@ -105,6 +126,7 @@ impl Acts {
         self.kind = kind;
         self.m = m;
         self.nb = nb;
+        self.d_stride = 0; // `qu` / `d_t` are stale until `prepare_unsigned`
         grow(&mut self.qs, m * k);
         // 8 spare scales: kernels load scales 8 blocks at a time.
         grow(&mut self.d, m * nb + 8);

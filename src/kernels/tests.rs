@@ -185,7 +185,7 @@ fn check_type(t: QType, isa: Isa, rng: &mut StdRng) {
     let blocks: &[usize] = if be == QK { &[1, 3, 7, 28] } else { &[1, 3, 19] };
     for &nb in blocks {
         let k = nb * be;
-        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (4, 3), (5, 9), (6, 2), (9, 3), (10, 2), (13, 3)] {
+        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (4, 3), (5, 9), (6, 2), (9, 3), (10, 2), (13, 3), (16, 2), (21, 5)] {
             let w = random_weight(t, n, k, rng);
             let x = random_acts(m, k, rng);
             let qw = QWeight::new(t, n, k, &w).unwrap();
@@ -232,7 +232,7 @@ fn large_shapes_use_threads_and_agree_across_isas() {
         let (n, k) = (301, 2 * QK_K);
         let w = random_weight(t, n, k, &mut rng);
         let qw = QWeight::new(t, n, k, &w).unwrap();
-        for m in [1, 7] {
+        for m in [1, 7, 37] {
             let x = random_acts(m, k, &mut rng);
             let mut fast = vec![0f32; m * n];
             qmatmul_with(Isa::best(), &qw, &x, &mut fast);

@@ -1,0 +1,110 @@
+//! AVX2 prefill kernel for Q4_0 and Q5_0 (most of Qwen2.5's weights): several activation rows at
+//! once, bit-identical to the per-tile kernel in `avx2` (and so to llama.cpp's vec_dot).
+//!
+//! Two changes against `SmallKern`, both about the operations per block and activation row:
+//! - The weight chunk is unpacked once per call into signed bytes and f32 scales in a per-thread
+//!   scratch, instead of once per tile of activation rows (16 times for a 128-token prompt).
+//! - The activations come as unsigned bytes `y + 128` (`Acts::qu`), so `maddubs(y + 128, x)`
+//!   needs no `sign` per activation block; the integer sum `sum(y*x) + 128*sum(x)` is corrected
+//!   by the weight block's own `128*sum(x)` per lane, computed once per block and shared by all
+//!   rows. The lanes hold exactly the integers of the sign trick, so every rounding after them
+//!   (the convert, the `fma` with the exact product of the scales, `hsum8`) is the same.
+//!   `|x| <= 16` keeps the pair sums below i16 saturation (255 * 16 * 2), which is why Q8_0
+//!   stays on the sign trick.
+
+#![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::avx2::{f16_to_f32, hsum8, Small};
+use super::quantize::Acts;
+
+/// Bytes of scratch per weight block: 32 signed quants and the f32 scale.
+pub(crate) const SCRATCH_PER_BLOCK: usize = 36;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[r * ldo + j]` for weight rows `j < nw` and activation rows `r0..r0 + nr` (`a` prepared
+/// with [`Acts::prepare_unsigned`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<W: Small>(w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+    let nb = a.nb;
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let need = nw * nb * SCRATCH_PER_BLOCK;
+        if s.len() < need {
+            s.resize(need, 0);
+        }
+        let xs = s.as_mut_ptr();
+        let ds = xs.add(nw * nb * 32) as *mut f32;
+        for j in 0..nw {
+            let row = w.add(j * row_bytes);
+            for b in 0..nb {
+                let p = row.add(b * W::BYTES);
+                _mm256_storeu_si256(xs.add((j * nb + b) * 32) as *mut __m256i, W::unpack(p));
+                ds.add(j * nb + b).write_unaligned(f16_to_f32(p));
+            }
+        }
+        let (xs, ds) = (xs as *const u8, ds as *const f32);
+        let mut r = 0;
+        while r < nr {
+            let o = out.add(r * ldo);
+            let left = nr - r;
+            match left.min(8) {
+                8 => rows::<8>(xs, ds, nw, a, r0 + r, o, ldo),
+                7 => rows::<7>(xs, ds, nw, a, r0 + r, o, ldo),
+                6 => rows::<6>(xs, ds, nw, a, r0 + r, o, ldo),
+                5 => rows::<5>(xs, ds, nw, a, r0 + r, o, ldo),
+                4 => rows::<4>(xs, ds, nw, a, r0 + r, o, ldo),
+                3 => rows::<3>(xs, ds, nw, a, r0 + r, o, ldo),
+                2 => rows::<2>(xs, ds, nw, a, r0 + r, o, ldo),
+                _ => rows::<1>(xs, ds, nw, a, r0 + r, o, ldo),
+            }
+            r += left.min(8);
+        }
+    })
+}
+
+/// `R` activation rows from `r0` against every unpacked weight row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize) {
+    let nb = a.nb;
+    let ones = _mm256_set1_epi16(1);
+    let c128 = _mm256_set1_epi8(-128);
+    let ys: [*const u8; R] = std::array::from_fn(|r| a.qu.as_ptr().add((r0 + r) * nb * 32));
+    let mut s8 = [[0f32; 8]; 8];
+    for j in 0..nw {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut b0 = 0;
+        while b0 < nb {
+            let cnt = (nb - b0).min(8);
+            // The scale products of the next (up to) 8 blocks for 8 consecutive rows (`d_t` is
+            // padded), exact; written ahead so the broadcasts below read settled memory.
+            for i in 0..cnt {
+                let b = b0 + i;
+                let da = _mm256_loadu_ps(a.d_t.as_ptr().add(b * a.d_stride + r0));
+                _mm256_storeu_ps(s8[i].as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(*ds.add(j * nb + b)), da));
+            }
+            for i in 0..cnt {
+                let b = b0 + i;
+                let x = _mm256_loadu_si256(xs.add((j * nb + b) * 32) as *const __m256i);
+                // 128 * (pair sums of x), summed to 8 lanes exactly as the rows' products are.
+                let k = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(c128, x));
+                for r in 0..R {
+                    let y = _mm256_loadu_si256(ys[r].add(b * 32) as *const __m256i);
+                    let dot = _mm256_sub_epi32(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(y, x)), k);
+                    acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[i][r]), _mm256_cvtepi32_ps(dot), acc[r]);
+                }
+            }
+            b0 += 8;
+        }
+        for r in 0..R {
+            *out.add(r * ldo + j) = hsum8(acc[r]);
+        }
+    }
+}
