@@ -36,6 +36,9 @@ pub struct DecodeStats {
     pub decode_secs: f64,
     /// From the start of the call to the first sampled token.
     pub ttft_secs: f64,
+    /// CPU kernel threads when the prefill started: the generation's share of the cores while
+    /// others run beside it (see `kernels::pool::Tenant`).
+    pub threads: usize,
 }
 
 impl DecodeStats {
@@ -75,7 +78,8 @@ pub fn decode_loop(
     if cache.len() >= prompt.len() {
         cache.truncate(prompt.len() - 1);
     }
-    let mut stats = DecodeStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let threads = crate::kernels::pool::pool().threads();
+    let mut stats = DecodeStats { prompt_tokens: prompt.len(), threads, ..Default::default() };
     let chunk = opts.prefill_chunk.max(1);
     let mut logits = Vec::new();
     let first = cache.len();
@@ -120,6 +124,7 @@ pub fn decode_samples(
         return Err(Error::InvalidRequest("the prompt is empty (no tokens to start from)".into()));
     }
     let n = samplers.len();
+    let threads = crate::kernels::pool::pool().threads();
     let start = Instant::now();
     let mut logits = Vec::new();
     let mut prefilled = 0;
@@ -185,6 +190,7 @@ pub fn decode_samples(
                 prefill_secs,
                 decode_secs,
                 ttft_secs: ttft[i],
+                threads,
             };
             (ids, stats)
         })

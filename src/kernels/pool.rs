@@ -1,10 +1,18 @@
-//! The kernels' persistent thread pool: `threads - 1` helper threads plus the calling thread run
+//! The kernels' persistent thread pools: `threads - 1` helper threads plus the calling thread run
 //! the tasks `0..n` of one job, claimed one at a time from a shared counter. Helpers spin briefly
 //! after a job (the next matmul of a forward pass usually follows within microseconds), then
-//! yield the core while polling, then sleep on a condvar. One job at a time: a caller that finds the pool busy (another model's
-//! forward on another thread) runs its tasks itself, so concurrent callers never wait on each
-//! other. The thread count is `MOA_THREADS`, else `RAYON_NUM_THREADS`, else the machine's.
+//! sleep on a condvar. One job at a time per pool: a caller that finds a pool busy runs its tasks
+//! itself, so concurrent callers never wait on each other.
+//!
+//! Concurrent generations split the cores: a thread that holds a [`Tenant`] (the runtime gives
+//! one to every generation) runs its kernels on a pool of its own with `threads / tenants`
+//! threads (at least 1), re-read at every call, so two models decoding side by side on 8 cores
+//! take 4 each instead of 8 each, and the survivor widens back when the other ends. Other
+//! threads (a lone `generate`, `bench`) use the process-wide pool with every thread. The thread
+//! count is `MOA_THREADS`, else `RAYON_NUM_THREADS`, else the machine's.
 
+use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -52,8 +60,84 @@ impl SyncPtr {
     }
 }
 
-/// The process-wide pool.
+/// The pool for kernels called on this thread: the tenant's own (see [`Tenant`]) or the
+/// process-wide one.
 pub fn pool() -> &'static Pool {
+    MINE.with(|m| {
+        let mut m = m.borrow_mut();
+        let Some(mine) = m.as_mut() else { return global() };
+        let n = share();
+        if let Some(p) = mine.pools.iter().find(|p| p.threads == n) {
+            return *p;
+        }
+        let spare = {
+            let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+            spare.iter().position(|p| p.threads == n).map(|i| spare.swap_remove(i))
+        };
+        let p = spare.unwrap_or_else(|| Box::leak(Box::new(Pool::new(n))));
+        mine.pools.push(p);
+        p
+    })
+}
+
+/// Live tenants (generations splitting the cores).
+static TENANTS: AtomicUsize = AtomicUsize::new(0);
+/// Pools handed back by ended tenants, for later ones (their helpers sleep meanwhile).
+static SPARE: std::sync::Mutex<Vec<&'static Pool>> = std::sync::Mutex::new(Vec::new());
+
+struct TenantPools {
+    /// Nested `Tenant::enter` calls on this thread.
+    depth: usize,
+    /// One pool per share size this tenant has run at; only this thread submits to them.
+    pools: Vec<&'static Pool>,
+}
+
+thread_local! {
+    static MINE: RefCell<Option<TenantPools>> = const { RefCell::new(None) };
+}
+
+/// Threads each live tenant gets now: the machine's threads split evenly (at least one each).
+pub fn share() -> usize {
+    (global().threads() / TENANTS.load(SeqCst).max(1)).max(1)
+}
+
+/// A generation sharing the cores with the other live tenants, bound to the thread that entered
+/// (not `Send`); kernels called on that thread use its share until it is dropped.
+pub struct Tenant(PhantomData<*const ()>);
+
+impl Tenant {
+    pub fn enter() -> Tenant {
+        MINE.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.as_mut() {
+                Some(t) => t.depth += 1,
+                None => {
+                    *m = Some(TenantPools { depth: 1, pools: Vec::new() });
+                    TENANTS.fetch_add(1, SeqCst);
+                }
+            }
+        });
+        Tenant(PhantomData)
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let ended = MINE.with(|m| {
+            let mut m = m.borrow_mut();
+            let t = m.as_mut().expect("a tenant is dropped on the thread that entered");
+            t.depth -= 1;
+            if t.depth == 0 { m.take() } else { None }
+        });
+        if let Some(t) = ended {
+            TENANTS.fetch_sub(1, SeqCst);
+            SPARE.lock().unwrap_or_else(|p| p.into_inner()).extend(t.pools);
+        }
+    }
+}
+
+/// The process-wide pool.
+fn global() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);

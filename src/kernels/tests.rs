@@ -349,3 +349,43 @@ fn pool_runs_every_task_once_under_concurrency() {
         }
     });
 }
+
+#[test]
+fn concurrent_tenants_split_the_threads() {
+    use crate::kernels::pool::{share, Tenant};
+    let total = pool().threads();
+    let (ready, done) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    let shares: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let _t = Tenant::enter();
+                    ready.wait();
+                    // Both tenants are live: each runs on its own pool of its share.
+                    let (mine, now) = (pool().threads(), share());
+                    // Entering again on the same thread is the same tenant, not another one.
+                    let nested = {
+                        let _again = Tenant::enter();
+                        share()
+                    };
+                    assert_eq!(nested, now, "a nested enter changed the share");
+                    // A job on the tenant's pool still runs every task once.
+                    let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+                    pool().run(100, &|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    done.wait();
+                    (mine, now)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (mine, now) in shares {
+        assert_eq!(mine, now, "a tenant's pool has its share of threads");
+        assert!(now >= 1 && now <= (total / 2).max(1), "two tenants on {total} threads got {now} each");
+    }
+    // Threads that are not tenants keep the whole machine.
+    assert_eq!(pool().threads(), total);
+}

@@ -38,6 +38,8 @@ pub struct AgentStats {
     /// Seconds since the start of the run when this generation started and ended.
     pub start_secs: f64,
     pub end_secs: f64,
+    /// CPU kernel threads it started with (its share of the cores beside concurrent agents).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

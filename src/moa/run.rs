@@ -411,6 +411,7 @@ fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: 
                 decode_tps: s.decode_tps(),
                 start_secs: start,
                 end_secs: end,
+                threads: s.threads,
             };
             a.stop_reason = Some(g.stop_reason);
             a.prompt = g.prompt_text;

@@ -1,6 +1,7 @@
 //! The runtime's model pool: resolves names through the catalog, loads each file once per
 //! device (every role a model plays shares one copy), and runs generations on blocking worker
-//! threads so async callers (MoA, the server) can run several at once.
+//! threads so async callers (MoA, the server) can run several at once. Each generation is a
+//! kernel-pool tenant: generations running at the same time split the CPU cores between them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use candle_core::Device;
 
 use crate::engine::Control;
 use crate::error::{Error, Result};
+use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
 use crate::model::{GenerateRequest, Generation, Model};
 use crate::runtime::device::DeviceSpec;
@@ -175,7 +177,10 @@ impl Runtime {
         seeds: Vec<u64>,
         mut on_text: impl FnMut(usize, &str) -> Control + Send + 'static,
     ) -> Result<Vec<Generation>> {
-        tokio::task::spawn_blocking(move || model.generate_samples(&req, &seeds, &mut on_text))
+        tokio::task::spawn_blocking(move || {
+            let _cores = Tenant::enter();
+            model.generate_samples(&req, &seeds, &mut on_text)
+        })
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
@@ -186,7 +191,10 @@ impl Runtime {
         req: GenerateRequest,
         mut on_text: impl FnMut(&str) -> Control + Send + 'static,
     ) -> Result<Generation> {
-        tokio::task::spawn_blocking(move || model.generate(&req, &mut on_text))
+        tokio::task::spawn_blocking(move || {
+            let _cores = Tenant::enter();
+            model.generate(&req, &mut on_text)
+        })
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
