@@ -133,7 +133,8 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
         use super::avx2::{Q4_0, Q5_0};
         return if t == QType::Q4_0 { avx2_prefill::<Q4_0> } else { avx2_prefill::<Q5_0> };
     }
-    let _ = prepared;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (t, prepared);
     match isa {
         Isa::Scalar => tile_scalar,
         #[cfg(target_arch = "x86_64")]

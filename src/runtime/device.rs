@@ -73,9 +73,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => cpu_available_memory(),
             DeviceSpec::Cuda(_) => cuda_free_memory(self),
-            DeviceSpec::Metal => Err(Error::InvalidRequest(
-                "reading Metal's free memory is not supported in this build; pass --memory-budget".into(),
-            )),
+            DeviceSpec::Metal => metal_free_memory(self),
         }
     }
 }
@@ -92,6 +90,24 @@ fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Metal: the device's recommended working set less what is allocated on it now.
+#[cfg(feature = "metal")]
+fn metal_free_memory(spec: &DeviceSpec) -> Result<u64> {
+    let dev = spec.open()?;
+    let Device::Metal(metal) = &dev else {
+        return Err(Error::Other(format!("{spec} did not open as a Metal device")));
+    };
+    let d = metal.device();
+    Ok(d.recommended_max_working_set_size().saturating_sub(d.current_allocated_size()) as u64)
+}
+
+#[cfg(not(feature = "metal"))]
+fn metal_free_memory(spec: &DeviceSpec) -> Result<u64> {
+    Err(Error::InvalidRequest(format!(
+        "device {spec} requested but this build has no Metal support (rebuild with `cargo build --release --features metal`)"
+    )))
 }
 
 #[cfg(feature = "cuda")]
