@@ -206,7 +206,7 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
     let chunk_bytes = rb;
     let pool = pool();
     let threads = pool.threads();
-    // Rows per task: decode splits into a few contiguous chunks per thread; prefill keeps a chunk
+    // Rows per task: decode splits into contiguous chunks; prefill keeps a chunk
     // of weight rows within ~16 KiB so it stays cached across the activation row groups.
     let work = m * n * w.k;
     let rows = if chunk_bytes != rb {
@@ -215,7 +215,9 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
     } else if threads == 1 || work < 1 << 16 {
         n
     } else if m == 1 {
-        n.div_ceil(threads * 4).next_multiple_of(2)
+        // Contiguous chunks of at most ~256 KiB of weights: a few per thread for small matrices,
+        // hundreds for the output projection, so no thread is left finishing a 20 MB chunk alone.
+        n.div_ceil(threads * 4).min((262144 / rb).max(2)).next_multiple_of(2)
     } else {
         (16384 / chunk_bytes).clamp(1, n.div_ceil(threads * 4).max(1))
     };
