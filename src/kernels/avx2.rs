@@ -117,8 +117,13 @@ unsafe fn bits32(p: *const u8) -> __m256i {
 /// A 32-element weight type: how to unpack one block's quants into bytes.
 pub(crate) trait Small {
     const BYTES: usize;
-    /// Signed quants (no min, q8_0 activations) vs unsigned quants plus a min (q8_1).
+    /// No min (q8_0 activations) vs unsigned quants plus a min (q8_1).
     const SIGNED: bool;
+    /// Q4_0 / Q5_0: `unpack` gives the unsigned quants `q + OFFSET`; the kernel subtracts the
+    /// activations' `OFFSET * (sums of 4)` per lane (`Acts::corr`), which leaves exactly the
+    /// lanes of the sign trick without its two `sign` ops. 0: `unpack` gives the quants as
+    /// stored (signed for Q8_0, unsigned for the types with a min).
+    const OFFSET: i32 = 0;
     unsafe fn unpack(p: *const u8) -> __m256i;
 }
 
@@ -131,10 +136,11 @@ pub(crate) struct Q8_0;
 impl Small for Q4_0 {
     const BYTES: usize = 18;
     const SIGNED: bool = true;
+    const OFFSET: i32 = 8;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> __m256i {
-        _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))
+        nibbles(p.add(2))
     }
 }
 
@@ -151,11 +157,11 @@ impl Small for Q4_1 {
 impl Small for Q5_0 {
     const BYTES: usize = 22;
     const SIGNED: bool = true;
+    const OFFSET: i32 = 16;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> __m256i {
-        // q | 0xF0 where the 5th bit is clear == q - 16 as a signed byte.
-        let hi = _mm256_andnot_si256(bits32(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+        let hi = _mm256_and_si256(bits32(p.add(2)), _mm256_set1_epi8(0x10));
         _mm256_or_si256(nibbles(p.add(6)), hi)
     }
 }
@@ -210,6 +216,14 @@ impl<W: Small> Kern for SmallKern<W> {
         let mut summ_v = [_mm256_setzero_ps(); C];
         let qs: [*const i8; R] = std::array::from_fn(|r| a.qs.as_ptr().add((r0 + r) * nb * 32));
         let ds: [*const f32; R] = std::array::from_fn(|r| a.d.as_ptr().add((r0 + r) * nb));
+        let cs: [*const i32; R] = std::array::from_fn(|r| {
+            if W::OFFSET != 0 {
+                assert_eq!(a.corr_offset, W::OFFSET, "activations prepared for another offset");
+                a.corr.as_ptr().add((r0 + r) * nb * 8)
+            } else {
+                std::ptr::null()
+            }
+        });
         let ss: [*const f32; R] =
             std::array::from_fn(|r| if W::SIGNED { std::ptr::null() } else { a.s.as_ptr().add((r0 + r) * nb) });
         let mut b0 = 0;
@@ -245,11 +259,17 @@ impl<W: Small> Kern for SmallKern<W> {
                 }
                 for c in 0..C {
                     let x = W::unpack(w[c].add(b * W::BYTES));
-                    let ax = if W::SIGNED { _mm256_sign_epi8(x, x) } else { x };
+                    let ax = if W::SIGNED && W::OFFSET == 0 { _mm256_sign_epi8(x, x) } else { x };
                     for r in 0..R {
                         let y = _mm256_loadu_si256(qs[r].add(b * 32) as *const __m256i);
-                        let sy = if W::SIGNED { _mm256_sign_epi8(y, x) } else { y };
-                        let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                        let dot = if W::OFFSET != 0 {
+                            let c = _mm256_loadu_si256(cs[r].add(b * 8) as *const __m256i);
+                            _mm256_sub_epi32(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(x, y)), c)
+                        } else {
+                            let sy = if W::SIGNED { _mm256_sign_epi8(y, x) } else { y };
+                            _mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy))
+                        };
+                        let q = _mm256_cvtepi32_ps(dot);
                         acc[c][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[c][r][i]), q, acc[c][r]);
                         if !W::SIGNED && R == 1 {
                             // m * s: both f16 values, so the product is exact and fusing is moot.

@@ -20,7 +20,8 @@ use std::cell::RefCell;
 use super::avx2::{f16_to_f32, hsum8, Small};
 use super::quantize::Acts;
 
-/// Bytes of scratch per weight block: 32 signed quants and the f32 scale.
+/// Bytes of scratch per weight block: 32 signed quants and the f32 scale (`W` is Q4_0 or Q5_0,
+/// whose `unpack` gives `q + OFFSET`).
 pub(crate) const SCRATCH_PER_BLOCK: usize = 36;
 
 thread_local! {
@@ -45,7 +46,8 @@ pub(crate) unsafe fn tile<W: Small>(w: *const u8, row_bytes: usize, nw: usize, a
             let row = w.add(j * row_bytes);
             for b in 0..nb {
                 let p = row.add(b * W::BYTES);
-                _mm256_storeu_si256(xs.add((j * nb + b) * 32) as *mut __m256i, W::unpack(p));
+                let x = _mm256_sub_epi8(W::unpack(p), _mm256_set1_epi8(W::OFFSET as i8));
+                _mm256_storeu_si256(xs.add((j * nb + b) * 32) as *mut __m256i, x);
                 ds.add(j * nb + b).write_unaligned(f16_to_f32(p));
             }
         }

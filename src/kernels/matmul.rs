@@ -187,6 +187,8 @@ pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
         // (batched decode of 4 sequences was 20% slower through it).
         if m >= 16 && unsigned_prefill(w.ty, isa) {
             acts.prepare_unsigned();
+        } else if isa == Isa::Avx2 && matches!(w.ty, QType::Q4_0 | QType::Q5_0) {
+            acts.prepare_offset(if w.ty == QType::Q4_0 { 8 } else { 16 });
         }
         run(isa, w, &acts, m, out);
     });

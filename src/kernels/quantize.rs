@@ -36,6 +36,11 @@ pub struct Acts {
     pub s_stride: usize,
     /// q8_K: `m * nb * 16` sums of 16 quants.
     pub bsums: Vec<i16>,
+    /// After [`Acts::prepare_offset`]: per block, 8 lanes of `offset * (sum of 4 consecutive
+    /// quants)`, the correction the Q4_0/Q5_0 kernels subtract from unsigned-quant dot lanes.
+    pub corr: Vec<i32>,
+    /// The offset `corr` was made for (0: not made for the current quants).
+    pub corr_offset: i32,
     /// After [`Acts::prepare_unsigned`]: the quants as unsigned bytes `q + 128` (same layout).
     pub qu: Vec<u8>,
     /// After [`Acts::prepare_unsigned`]: `d` transposed, block-major with `d_stride` (≥ m + 8).
@@ -45,7 +50,7 @@ pub struct Acts {
 
 impl Default for Acts {
     fn default() -> Self {
-        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), s_t: Vec::new(), s_stride: 0, bsums: Vec::new(), qu: Vec::new(), d_t: Vec::new(), d_stride: 0 }
+        Self { kind: ActType::Q8_0, m: 0, nb: 0, qs: Vec::new(), d: Vec::new(), s: Vec::new(), s_t: Vec::new(), s_stride: 0, bsums: Vec::new(), corr: Vec::new(), corr_offset: 0, qu: Vec::new(), d_t: Vec::new(), d_stride: 0 }
     }
 }
 
@@ -82,6 +87,16 @@ impl Acts {
                 self.s_t[b * self.s_stride + r] = self.s[r * nb + b];
             }
         }
+    }
+
+    /// Fill `corr` for weights stored as `q + offset` (Q4_0: 8, Q5_0: 16).
+    pub fn prepare_offset(&mut self, offset: i32) {
+        let n = self.m * self.nb * self.kind.block_elems();
+        grow(&mut self.corr, n / 4);
+        for (c, q) in self.corr.iter_mut().zip(self.qs[..n].chunks_exact(4)) {
+            *c = offset * q.iter().map(|&v| v as i32).sum::<i32>();
+        }
+        self.corr_offset = offset;
     }
 
     /// Fill `qu` and `d_t` (the prefill kernel of Q4_0/Q5_0 reads them).
@@ -127,6 +142,7 @@ impl Acts {
         self.m = m;
         self.nb = nb;
         self.d_stride = 0; // `qu` / `d_t` are stale until `prepare_unsigned`
+        self.corr_offset = 0; // `corr` is stale until `prepare_offset`
         grow(&mut self.qs, m * k);
         // 8 spare scales: kernels load scales 8 blocks at a time.
         grow(&mut self.d, m * nb + 8);
