@@ -5,17 +5,13 @@
 //! (each thread streams its own part of the weight). Prefill (`m > 1`) splits by chunks of
 //! weight rows small enough to stay in L1/L2 while every group of 4 activation rows passes over
 //! them, so each weight block row is read from memory once per call and unpacked once per group.
-//!
-//! Candle integration: [`forward`] runs a `QMatMul` through the kernels when the weight is a CPU
-//! `QTensor` of a supported type and the input is f32, reading the weight's raw GGUF bytes in
-//! place (`QTensor::data` borrows the CPU storage; nothing is copied or dequantized), and falls
-//! back to candle's own `forward` for every other device, type or dtype.
+//! Several weights of one type over the same input ([`qmatmul_many`]) share one quantization and
+//! one pool job. Candle tensors come in through `kernels::tensor`.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
+use candle_core::quantized::GgmlDType;
 
 use super::blocks::{tile_scalar, QType};
 use super::pool::{pool, SyncPtr};
@@ -169,11 +165,28 @@ pub fn qmatmul(w: &QWeight, x: &[f32], out: &mut [f32]) {
 /// [`qmatmul`] on a chosen instruction set (which must be supported; activations are quantized
 /// with the best one, which gives identical results).
 pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
+    qmatmul_many_with(isa, std::slice::from_ref(w), x, &mut [out])
+}
+
+/// Several weights of one type and width against the same `x`: the activations are quantized
+/// once and every weight's row chunks go to the pool as one job (q/k/v, gate/up), so a decode
+/// step pays one quantization and one fork/join instead of one per weight.
+pub fn qmatmul_many(ws: &[QWeight], x: &[f32], outs: &mut [&mut [f32]]) {
+    qmatmul_many_with(Isa::best(), ws, x, outs)
+}
+
+/// [`qmatmul_many`] on a chosen instruction set.
+pub fn qmatmul_many_with(isa: Isa, ws: &[QWeight], x: &[f32], outs: &mut [&mut [f32]]) {
     assert!(isa.supported(), "{isa:?} is not supported on this CPU");
+    let Some(w) = ws.first() else { return };
+    assert!(ws.iter().all(|v| v.ty == w.ty && v.k == w.k), "fused weights must share type and k");
+    assert_eq!(ws.len(), outs.len(), "one output per weight");
     assert!(x.len().is_multiple_of(w.k), "x has {} values, not a multiple of k = {}", x.len(), w.k);
     let m = x.len() / w.k;
-    assert_eq!(out.len(), m * w.n, "out must be [m = {m}, n = {}]", w.n);
-    if m == 0 || w.n == 0 {
+    for (v, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(o.len(), m * v.n, "out must be [m = {m}, n = {}]", v.n);
+    }
+    if m == 0 {
         return;
     }
     ACTS.with(|acts| {
@@ -190,14 +203,24 @@ pub fn qmatmul_with(isa: Isa, w: &QWeight, x: &[f32], out: &mut [f32]) {
         } else if isa == Isa::Avx2 && matches!(w.ty, QType::Q4_0 | QType::Q5_0) {
             acts.prepare_offset(if w.ty == QType::Q4_0 { 8 } else { 16 });
         }
-        run(isa, w, &acts, m, out);
+        run_many(isa, ws, &acts, m, outs);
     });
 }
 
 /// Multiply already-quantized activations (`acts` must hold `m` rows of `w.ty.act()`).
 pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
+    run_many(isa, std::slice::from_ref(w), acts, m, &mut [out])
+}
+
+/// How one weight is cut into pool tasks.
+struct Split {
+    f: TileFn,
+    rows: usize,
+    tasks: usize,
+}
+
+fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split {
     assert!(acts.kind == w.ty.act() && acts.m >= m && acts.nb * acts.kind.block_elems() == w.k);
-    assert_eq!(out.len(), m * w.n);
     let prepared = acts.d_stride >= m + 8;
     let f = tile_fn(w.ty, isa, prepared);
     let (n, rb) = (w.n, w.row_bytes());
@@ -206,8 +229,6 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
     let chunk_bytes = if prepared && unsigned_prefill(w.ty, isa) { w.k / 32 * super::avx2_prefill::SCRATCH_PER_BLOCK } else { rb };
     #[cfg(not(target_arch = "x86_64"))]
     let chunk_bytes = rb;
-    let pool = pool();
-    let threads = pool.threads();
     // Rows per task: decode splits into contiguous chunks; prefill keeps a chunk
     // of weight rows within ~16 KiB so it stays cached across the activation row groups.
     let work = m * n * w.k;
@@ -222,19 +243,35 @@ pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
         n.div_ceil(threads * 4).min((262144 / rb).max(2)).next_multiple_of(2)
     } else {
         (16384 / chunk_bytes).clamp(1, n.div_ceil(threads * 4).max(1))
-    };
-    let tasks = n.div_ceil(rows);
-    let o = SyncPtr::new(out.as_mut_ptr());
+    }
+    .max(1);
+    Split { f, rows, tasks: n.div_ceil(rows) }
+}
+
+/// Several weights over the same quantized activations, as one pool job.
+fn run_many(isa: Isa, ws: &[QWeight], acts: &Acts, m: usize, outs: &mut [&mut [f32]]) {
+    let pool = pool();
+    let splits: Vec<Split> = ws.iter().map(|w| split(isa, w, acts, m, pool.threads())).collect();
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    first.push(0);
+    for s in &splits {
+        first.push(first.last().unwrap() + s.tasks);
+    }
+    let total = *first.last().unwrap();
+    let outs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr::new(o.as_mut_ptr())).collect();
     let task = |t: usize| {
-        let j0 = t * rows;
-        let nw = rows.min(n - j0);
-        // SAFETY: `w.data` holds n rows; task t writes columns j0..j0+nw of every output row.
-        unsafe { f(w.ty, w.data.as_ptr().add(j0 * rb), rb, nw, acts, 0, m, o.get().add(j0), n) }
+        let i = first.partition_point(|&f| f <= t) - 1;
+        let (w, s, o) = (&ws[i], &splits[i], outs[i]);
+        let (rb, j0) = (w.row_bytes(), (t - first[i]) * s.rows);
+        let nw = s.rows.min(w.n - j0);
+        // SAFETY: `w.data` holds n rows; this task writes columns j0..j0+nw of every output row
+        // of weight i's output, which no other task touches.
+        unsafe { (s.f)(w.ty, w.data.as_ptr().add(j0 * rb), rb, nw, acts, 0, m, o.get().add(j0), w.n) }
     };
-    if tasks == 1 {
-        task(0);
-    } else {
-        pool.run(tasks, &task);
+    match total {
+        0 => {}
+        1 => task(0),
+        _ => pool.run(total, &task),
     }
 }
 
@@ -251,50 +288,4 @@ pub fn qtype_of(d: GgmlDType) -> Option<QType> {
         GgmlDType::Q6K => QType::Q6K,
         _ => return None,
     })
-}
-
-/// Run `f` on the f32 values of a CPU tensor in place (no copy when it is contiguous f32).
-pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = if t.dtype() == DType::F32 { t.contiguous()? } else { t.to_dtype(DType::F32)?.contiguous()? };
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => candle_core::bail!("with_cpu_f32: not a contiguous CPU f32 tensor"),
-    }
-}
-
-/// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
-pub fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    if let QMatMul::QTensor(t) = w {
-        if let Some(y) = try_kernels(t, x)? {
-            return Ok(y);
-        }
-    }
-    w.forward(x)
-}
-
-/// `Ok(None)` when the kernels do not apply to this weight/input.
-pub fn try_kernels(t: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let Some(ty) = qtype_of(t.dtype()) else { return Ok(None) };
-    if !t.device().is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
-        return Ok(None);
-    }
-    let (n, k) = t.shape().dims2()?;
-    if x.dim(candle_core::D::Minus1)? != k || k % ty.block_elems() != 0 {
-        return Ok(None);
-    }
-    let data = t.data()?;
-    let qw = QWeight::new(ty, n, k, &data).map_err(candle_core::Error::Msg)?;
-    let x = x.contiguous()?;
-    let m = x.elem_count() / k;
-    let mut out = vec![0f32; m * n];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(v)) = &*storage else { return Ok(None) };
-        let start = layout.start_offset();
-        qmatmul(&qw, &v[start..start + m * k], &mut out);
-    }
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().unwrap() = n;
-    Tensor::from_vec(out, dims, x.device()).map(Some)
 }

@@ -4,8 +4,9 @@
 //! `QMatMul`s on the CPU through them.
 //!
 //! Module map: `blocks` (layouts, decode, portable scalar dots), `quantize` (activations),
-//! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `matmul` (`qmatmul`, threading,
-//! candle integration), `pool` (persistent threads).
+//! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `avx2_prefill` (Q4_0/Q5_0 over
+//! many rows), `matmul` (`qmatmul`, fused weights, threading), `tensor` (candle integration),
+//! `pool` (persistent threads, cores split between concurrent generations).
 //!
 //! Not done here: an AVX-512/VNNI path (the development machines are Zen 3, AVX2 only, so it
 //! could not be tested); AVX-512 machines take the AVX2 path.
@@ -14,6 +15,7 @@ pub mod blocks;
 pub mod matmul;
 pub mod pool;
 pub mod quantize;
+pub mod tensor;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -26,5 +28,6 @@ mod avx2_prefill;
 mod tests;
 
 pub use blocks::{ActType, QType};
-pub use matmul::{with_cpu_f32, forward, qmatmul, qmatmul_with, qtype_of, Isa, QWeight};
+pub use matmul::{qmatmul, qmatmul_many, qmatmul_many_with, qmatmul_with, qtype_of, Isa, QWeight};
+pub use tensor::{forward, forward_many, try_kernels, with_cpu_f32};
 pub use quantize::Acts;

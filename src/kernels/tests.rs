@@ -13,7 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::blocks::{decode_small, decode_super, dequantize_row, ActType, QType, QK, QK_K};
-use super::matmul::{forward, qtype_of, try_kernels};
+use super::matmul::{qmatmul_many_with, qtype_of};
+use super::tensor::{forward, forward_many, try_kernels};
 use super::pool::pool;
 use super::matmul::{qmatmul_with, Isa, QWeight};
 use super::quantize::Acts;
@@ -388,4 +389,51 @@ fn concurrent_tenants_split_the_threads() {
     }
     // Threads that are not tenants keep the whole machine.
     assert_eq!(pool().threads(), total);
+}
+
+#[test]
+fn fused_weights_match_separate_calls_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for isa in Isa::available() {
+        for t in [QType::Q5_0, QType::Q4_0, QType::Q8_0, QType::Q4_1, QType::Q4K, QType::Q6K] {
+            let k = 2 * QK_K;
+            let ns = [96, 16, 37];
+            let ws: Vec<Vec<u8>> = ns.iter().map(|&n| random_weight(t, n, k, &mut rng)).collect();
+            let qws: Vec<QWeight> = ws.iter().zip(ns).map(|(w, n)| QWeight::new(t, n, k, w).unwrap()).collect();
+            for m in [1, 3, 17, 40] {
+                let x = random_acts(m, k, &mut rng);
+                let mut fused: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+                let mut outs: Vec<&mut [f32]> = fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                qmatmul_many_with(isa, &qws, &x, &mut outs);
+                for (i, qw) in qws.iter().enumerate() {
+                    let mut one = vec![0f32; m * qw.n];
+                    qmatmul_with(isa, qw, &x, &mut one);
+                    assert_eq!(one, fused[i], "{t:?} {isa:?} m={m}: weight {i} differs when fused");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_many_groups_types_and_keeps_order() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let k = 64;
+    let specs = [(QType::Q5_0, 24), (QType::Q8_0, 8), (QType::Q5_0, 40), (QType::Q4_1, 8)];
+    let bytes: Vec<Vec<u8>> = specs.iter().map(|&(t, n)| random_weight(t, n, k, &mut rng)).collect();
+    let mms: Vec<QMatMul> = specs
+        .iter()
+        .zip(&bytes)
+        .map(|(&(t, n), b)| QMatMul::from_qtensor(qtensor(t, b, n, k)).unwrap())
+        .collect();
+    let x = Tensor::new(random_acts(5, k, &mut rng), &Device::Cpu).unwrap().reshape((1, 5, k)).unwrap();
+    let refs: Vec<&QMatMul> = mms.iter().collect();
+    let many = forward_many(&refs, &x).unwrap();
+    assert_eq!(many.len(), specs.len());
+    for (i, mm) in mms.iter().enumerate() {
+        let one = forward(mm, &x).unwrap();
+        assert_eq!(many[i].dims(), &[1, 5, specs[i].1]);
+        let (a, b) = (many[i].flatten_all().unwrap().to_vec1::<f32>().unwrap(), one.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(a, b, "weight {i} ({:?})", specs[i].0);
+    }
 }

@@ -164,7 +164,8 @@ impl Transformer {
     /// projections run once over all rows, each segment attends over its own cache.
     fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
-        let (mut q, mut k, mut v) = (mm(&l.wq, x)?, mm(&l.wk, x)?, mm(&l.wv, x)?);
+        let [mut q, mut k, mut v]: [Tensor; 3] =
+            crate::kernels::forward_many(&[&l.wq, &l.wk, &l.wv], x)?.try_into().expect("three projections");
         if let Some((bq, bk, bv)) = &l.bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -270,7 +271,7 @@ impl Transformer {
     }
 
     fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (gate, up) = (mm(&l.gate, x)?, mm(&l.up, x)?);
+        let [gate, up]: [Tensor; 2] = crate::kernels::forward_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
         let cpu = self.device.is_cpu();
         let h = match self.cfg.activation {
             Activation::Silu if cpu => activation::swiglu(&gate, &up)?,
