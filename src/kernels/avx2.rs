@@ -245,8 +245,9 @@ impl<W: Small> Kern for SmallKern<W> {
             }
             for i in 0..cnt {
                 let b = b0 + i;
-                if R == 1 {
-                    // Decode streams the weights from DRAM: fetch the next tile's block now.
+                if R <= 4 {
+                    // Decode (one row, or a few sequences batched) streams the weights from DRAM:
+                    // fetch the next tile's block now.
                     for c in 0..C {
                         _mm_prefetch::<_MM_HINT_T0>(w[c].add((C * nb + b) * W::BYTES) as *const i8);
                     }

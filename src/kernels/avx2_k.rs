@@ -126,7 +126,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * bytes);
-                if R == 1 {
+                if R <= 4 {
                     prefetch_block(p.add(C * a.nb * bytes), bytes);
                 }
                 let (dx, dminx) = (f16_to_f32(p), f16_to_f32(p.add(2)));
@@ -205,7 +205,7 @@ impl Kern for Q6K {
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * 210);
-                if R == 1 {
+                if R <= 4 {
                     prefetch_block(p.add(C * a.nb * 210), 210);
                 }
                 let dx = f16_to_f32(p.add(208));
