@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
-use super::matmul::{qmatmul, qmatmul_many, qtype_of, QWeight};
+use super::matmul::{qmatmul_many, qtype_of, QWeight};
 
 /// Run `f` on the f32 values of a CPU tensor in place (no copy when it is contiguous f32).
 pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -34,41 +34,19 @@ pub fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `Ok(None)` when the kernels do not apply to this weight/input.
 pub fn try_kernels(t: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let Some(ty) = qtype_of(t.dtype()) else { return Ok(None) };
-    if !t.device().is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
-        return Ok(None);
-    }
-    let (n, k) = t.shape().dims2()?;
-    if x.dim(candle_core::D::Minus1)? != k || k % ty.block_elems() != 0 {
-        return Ok(None);
-    }
-    let data = t.data()?;
-    let qw = QWeight::new(ty, n, k, &data).map_err(candle_core::Error::Msg)?;
-    let x = x.contiguous()?;
-    let m = x.elem_count() / k;
-    let mut out = vec![0f32; m * n];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(v)) = &*storage else { return Ok(None) };
-        let start = layout.start_offset();
-        qmatmul(&qw, &v[start..start + m * k], &mut out);
-    }
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().unwrap() = n;
-    Tensor::from_vec(out, dims, x.device()).map(Some)
+    Ok(fused(&[t], &x.contiguous()?)?.and_then(|mut ys| ys.pop()))
 }
 
 /// The weights of one kernel type over contiguous `x` as one fused call; `Ok(None)` when the
 /// kernels do not apply (another device, dtype or width).
-fn fused(ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
-    let ts: Vec<&QTensor> = ws.iter().filter_map(|w| if let QMatMul::QTensor(t) = w { Some(t.as_ref()) } else { None }).collect();
-    if ts.len() != ws.len() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
+fn fused(ts: &[&QTensor], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+    if ts.is_empty() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
         return Ok(None);
     }
     let Some(ty) = qtype_of(ts[0].dtype()) else { return Ok(None) };
     let k = x.dim(candle_core::D::Minus1)?;
     let mut shapes = Vec::with_capacity(ts.len());
-    for t in &ts {
+    for t in ts {
         let (n, tk) = t.shape().dims2()?;
         if !t.device().is_cpu() || t.dtype() != ts[0].dtype() || tk != k || k % ty.block_elems() != 0 {
             return Ok(None);
@@ -122,7 +100,9 @@ pub fn forward_many(ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Vec<Tens
             done[i] = true;
             continue;
         }
-        match fused(&group.iter().map(|&j| ws[j]).collect::<Vec<_>>(), &x)? {
+        let ts: Vec<&QTensor> =
+            group.iter().filter_map(|&j| if let QMatMul::QTensor(t) = ws[j] { Some(t.as_ref()) } else { None }).collect();
+        match fused(&ts, &x)? {
             Some(ys) => {
                 for (&j, y) in group.iter().zip(ys) {
                     outs[j] = Some(y);
