@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2::{f16_to_f32, hsum8, Small};
+use super::blocks::QType;
 use super::quantize::Acts;
 
 /// Bytes of scratch per weight block: 32 signed quants and the f32 scale (`W` is Q4_0 or Q5_0,
@@ -29,10 +30,10 @@ thread_local! {
 }
 
 /// `out[r * ldo + j]` for weight rows `j < nw` and activation rows `r0..r0 + nr` (`a` prepared
-/// with [`Acts::prepare_unsigned`]).
+/// with [`Acts::prepare_unsigned`]); the matmul's `TileFn` signature (the type is `W`'s).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile<W: Small>(w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+pub(crate) unsafe fn tile<W: Small>(_: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
     let nb = a.nb;
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();

@@ -101,22 +101,6 @@ unsafe fn avx2_tile<K: super::avx2::Kern, const ROWS: usize>(
     super::avx2::drive::<K, ROWS>(w, row_bytes, nw, a, r0, nr, out, ldo)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_prefill<W: super::avx2::Small>(
-    _: QType,
-    w: *const u8,
-    row_bytes: usize,
-    nw: usize,
-    a: &Acts,
-    r0: usize,
-    nr: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    super::avx2_prefill::tile::<W>(w, row_bytes, nw, a, r0, nr, out, ldo)
-}
-
 /// Whether `t` has a prefill kernel reading [`Acts::prepare_unsigned`]'s buffers on `isa`.
 fn unsigned_prefill(t: QType, isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && matches!(t, QType::Q4_0 | QType::Q5_0)
@@ -127,7 +111,8 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
     #[cfg(target_arch = "x86_64")]
     if prepared && unsigned_prefill(t, isa) {
         use super::avx2::{Q4_0, Q5_0};
-        return if t == QType::Q4_0 { avx2_prefill::<Q4_0> } else { avx2_prefill::<Q5_0> };
+        use super::avx2_prefill::tile;
+        return if t == QType::Q4_0 { tile::<Q4_0> } else { tile::<Q5_0> };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (t, prepared);
@@ -207,11 +192,6 @@ pub fn qmatmul_many_with(isa: Isa, ws: &[QWeight], x: &[f32], outs: &mut [&mut [
     });
 }
 
-/// Multiply already-quantized activations (`acts` must hold `m` rows of `w.ty.act()`).
-pub fn run(isa: Isa, w: &QWeight, acts: &Acts, m: usize, out: &mut [f32]) {
-    run_many(isa, std::slice::from_ref(w), acts, m, &mut [out])
-}
-
 /// How one weight is cut into pool tasks.
 struct Split {
     f: TileFn,
@@ -248,7 +228,8 @@ fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split 
     Split { f, rows, tasks: n.div_ceil(rows) }
 }
 
-/// Several weights over the same quantized activations, as one pool job.
+/// Several weights over the same quantized activations (`acts` holds `m` rows of their
+/// `ty.act()`), as one pool job.
 fn run_many(isa: Isa, ws: &[QWeight], acts: &Acts, m: usize, outs: &mut [&mut [f32]]) {
     let pool = pool();
     let splits: Vec<Split> = ws.iter().map(|w| split(isa, w, acts, m, pool.threads())).collect();

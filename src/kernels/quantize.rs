@@ -79,14 +79,7 @@ impl Acts {
         if self.kind != ActType::Q8_1 || self.m < 2 {
             return;
         }
-        let (m, nb) = (self.m, self.nb);
-        self.s_stride = m + 8;
-        grow(&mut self.s_t, nb * self.s_stride);
-        for r in 0..m {
-            for b in 0..nb {
-                self.s_t[b * self.s_stride + r] = self.s[r * nb + b];
-            }
-        }
+        self.s_stride = transpose_blocks(&self.s, self.m, self.nb, &mut self.s_t);
     }
 
     /// Fill `corr` for weights stored as `q + offset` (Q4_0: 8, Q5_0: 16).
@@ -106,13 +99,7 @@ impl Acts {
         for (u, &q) in self.qu.iter_mut().zip(&self.qs[..m * nb * be]) {
             *u = q as u8 ^ 0x80;
         }
-        self.d_stride = m + 8;
-        grow(&mut self.d_t, nb * self.d_stride);
-        for r in 0..m {
-            for b in 0..nb {
-                self.d_t[b * self.d_stride + r] = self.d[r * nb + b];
-            }
-        }
+        self.d_stride = transpose_blocks(&self.d, m, nb, &mut self.d_t);
     }
 
     /// [`Acts::quantize`] with the rows split over the kernel thread pool.
@@ -182,6 +169,19 @@ impl Acts {
     pub fn row_bsums(&self, r: usize) -> &[i16] {
         &self.bsums[r * self.nb * 16..(r + 1) * self.nb * 16]
     }
+}
+
+/// Per-row, per-block values `src[r * nb + b]` to block-major `dst[b * stride + r]` with
+/// `stride = m + 8` (so 8-wide loads from any row stay in bounds); returns the stride.
+fn transpose_blocks(src: &[f32], m: usize, nb: usize, dst: &mut Vec<f32>) -> usize {
+    let stride = m + 8;
+    grow(dst, nb * stride);
+    for r in 0..m {
+        for b in 0..nb {
+            dst[b * stride + r] = src[r * nb + b];
+        }
+    }
+    stride
 }
 
 /// f32 to i32 rounding to nearest even, as `cvtps2dq` does it: NaN and out-of-range values give
