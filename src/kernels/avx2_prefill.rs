@@ -11,6 +11,10 @@
 //!   (the convert, the `fma` with the exact product of the scales, `hsum8`) is the same.
 //!   `|x| <= 16` keeps the pair sums below i16 saturation (255 * 16 * 2), which is why Q8_0
 //!   stays on the sign trick.
+//!
+//! With AVX-512 VNNI (+VL), [`Vnni`] computes the same lanes with one `vpdpbusd` per row and block:
+//! `dpbusd(-128*sum(x), y + 128, x)` adds the four byte products of each lane without the i16
+//! step, so it equals `madd(maddubs(y + 128, x)) - 128*sum(x)` exactly (no saturation either way).
 
 #![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
 
@@ -33,7 +37,7 @@ thread_local! {
 /// with [`Acts::prepare_unsigned`]); the matmul's `TileFn` signature (the type is `W`'s).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile<W: Small>(_: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+pub(crate) unsafe fn tile<W: Small, K: Rows>(_: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
     let nb = a.nb;
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
@@ -58,56 +62,100 @@ pub(crate) unsafe fn tile<W: Small>(_: QType, w: *const u8, row_bytes: usize, nw
             let o = out.add(r * ldo);
             let left = nr - r;
             match left.min(8) {
-                8 => rows::<8>(xs, ds, nw, a, r0 + r, o, ldo),
-                7 => rows::<7>(xs, ds, nw, a, r0 + r, o, ldo),
-                6 => rows::<6>(xs, ds, nw, a, r0 + r, o, ldo),
-                5 => rows::<5>(xs, ds, nw, a, r0 + r, o, ldo),
-                4 => rows::<4>(xs, ds, nw, a, r0 + r, o, ldo),
-                3 => rows::<3>(xs, ds, nw, a, r0 + r, o, ldo),
-                2 => rows::<2>(xs, ds, nw, a, r0 + r, o, ldo),
-                _ => rows::<1>(xs, ds, nw, a, r0 + r, o, ldo),
+                8 => K::rows::<8>(xs, ds, nw, a, r0 + r, o, ldo),
+                7 => K::rows::<7>(xs, ds, nw, a, r0 + r, o, ldo),
+                6 => K::rows::<6>(xs, ds, nw, a, r0 + r, o, ldo),
+                5 => K::rows::<5>(xs, ds, nw, a, r0 + r, o, ldo),
+                4 => K::rows::<4>(xs, ds, nw, a, r0 + r, o, ldo),
+                3 => K::rows::<3>(xs, ds, nw, a, r0 + r, o, ldo),
+                2 => K::rows::<2>(xs, ds, nw, a, r0 + r, o, ldo),
+                _ => K::rows::<1>(xs, ds, nw, a, r0 + r, o, ldo),
             }
             r += left.min(8);
         }
     })
 }
 
-/// `R` activation rows from `r0` against every unpacked weight row.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize) {
-    let nb = a.nb;
-    let ones = _mm256_set1_epi16(1);
-    let c128 = _mm256_set1_epi8(-128);
-    let ys: [*const u8; R] = std::array::from_fn(|r| a.qu.as_ptr().add((r0 + r) * nb * 32));
-    let mut s8 = [[0f32; 8]; 8];
-    for j in 0..nw {
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut b0 = 0;
-        while b0 < nb {
-            let cnt = (nb - b0).min(8);
-            // The scale products of the next (up to) 8 blocks for 8 consecutive rows (`d_t` is
-            // padded), exact; written ahead so the broadcasts below read settled memory.
-            for i in 0..cnt {
-                let b = b0 + i;
-                let da = _mm256_loadu_ps(a.d_t.as_ptr().add(b * a.d_stride + r0));
-                _mm256_storeu_ps(s8[i].as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(*ds.add(j * nb + b)), da));
-            }
-            for i in 0..cnt {
-                let b = b0 + i;
-                let x = _mm256_loadu_si256(xs.add((j * nb + b) * 32) as *const __m256i);
-                // 128 * (pair sums of x), summed to 8 lanes exactly as the rows' products are.
-                let k = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(c128, x));
-                for r in 0..R {
-                    let y = _mm256_loadu_si256(ys[r].add(b * 32) as *const __m256i);
-                    let dot = _mm256_sub_epi32(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(y, x)), k);
-                    acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[i][r]), _mm256_cvtepi32_ps(dot), acc[r]);
-                }
-            }
-            b0 += 8;
-        }
-        for r in 0..R {
-            *out.add(r * ldo + j) = hsum8(acc[r]);
-        }
+/// The inner product kernel of [`tile`]: `R` activation rows from `r0` against every unpacked
+/// weight row.
+pub(crate) trait Rows {
+    /// # Safety
+    /// The CPU has the implementation's features; the pointers cover `nw` rows of `a.nb` blocks.
+    unsafe fn rows<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize);
+}
+
+/// AVX2: `maddubs` + `madd` per row and block.
+pub(crate) struct Madd;
+/// AVX-512 VNNI (256-bit, VL): one `dpbusd` per row and block.
+pub(crate) struct Vnni;
+
+impl Rows for Madd {
+    unsafe fn rows<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize) {
+        rows_madd::<R>(xs, ds, nw, a, r0, out, ldo)
     }
 }
+
+impl Rows for Vnni {
+    unsafe fn rows<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize) {
+        rows_vnni::<R>(xs, ds, nw, a, r0, out, ldo)
+    }
+}
+
+/// One `rows` function: `$k` (from the block's `x`) is computed once per weight block and
+/// `$dot` (from `$k`, an activation row's `y` and `x`) once per row; both give i32 lanes.
+macro_rules! rows_fn {
+    ($name:ident, $features:literal, |$x:ident| $k:expr, |$kk:ident, $y:ident| $dot:expr) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(xs: *const u8, ds: *const f32, nw: usize, a: &Acts, r0: usize, out: *mut f32, ldo: usize) {
+            let nb = a.nb;
+            let ys: [*const u8; R] = std::array::from_fn(|r| a.qu.as_ptr().add((r0 + r) * nb * 32));
+            let mut s8 = [[0f32; 8]; 8];
+            for j in 0..nw {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut b0 = 0;
+                while b0 < nb {
+                    let cnt = (nb - b0).min(8);
+                    // The scale products of the next (up to) 8 blocks for 8 consecutive rows
+                    // (`d_t` is padded), exact; written ahead so the broadcasts below read
+                    // settled memory.
+                    for i in 0..cnt {
+                        let b = b0 + i;
+                        let da = _mm256_loadu_ps(a.d_t.as_ptr().add(b * a.d_stride + r0));
+                        _mm256_storeu_ps(s8[i].as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(*ds.add(j * nb + b)), da));
+                    }
+                    for i in 0..cnt {
+                        let b = b0 + i;
+                        let $x = _mm256_loadu_si256(xs.add((j * nb + b) * 32) as *const __m256i);
+                        let $kk = $k;
+                        for r in 0..R {
+                            let $y = _mm256_loadu_si256(ys[r].add(b * 32) as *const __m256i);
+                            let dot = $dot;
+                            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[i][r]), _mm256_cvtepi32_ps(dot), acc[r]);
+                        }
+                    }
+                    b0 += 8;
+                }
+                for r in 0..R {
+                    *out.add(r * ldo + j) = hsum8(acc[r]);
+                }
+            }
+        }
+    };
+}
+
+// 128 * (pair sums of x), summed to 8 lanes exactly as the rows' products are; subtracted per row.
+rows_fn!(
+    rows_madd,
+    "avx2,fma,f16c",
+    |x| _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(_mm256_set1_epi8(-128), x)),
+    |k, y| _mm256_sub_epi32(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(y, x)), k)
+);
+
+// The row's dot product accumulates onto -128 * sum(x) directly.
+rows_fn!(
+    rows_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    |x| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), x)),
+    |nk, y| _mm256_dpbusd_epi32(nk, y, x)
+);

@@ -49,6 +49,8 @@ impl<'a> QWeight<'a> {
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 kernels, with AVX-512 VNNI (256-bit, VL) in the Q4_0/Q5_0 prefill kernel.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -59,24 +61,36 @@ impl Isa {
             Isa::Avx2 => {
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.supported() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512Vnni => false,
         }
+    }
+
+    /// Whether this path runs the AVX2 kernels (every x86 SIMD path does).
+    pub fn avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     /// Every path this machine can run, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.supported()).collect()
     }
 
-    /// The best path here (`MOA_KERNEL_ISA=scalar` forces the fallback).
+    /// The best path here (`MOA_KERNEL_ISA=scalar` or `=avx2` caps it).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            if std::env::var("MOA_KERNEL_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
-                return Isa::Scalar;
+            let cap = std::env::var("MOA_KERNEL_ISA").unwrap_or_default().to_ascii_lowercase();
+            let avail = Isa::available();
+            match cap.as_str() {
+                "scalar" => Isa::Scalar,
+                "avx2" if avail.contains(&Isa::Avx2) => Isa::Avx2,
+                _ => *avail.last().unwrap(),
             }
-            *Isa::available().last().unwrap()
         })
     }
 }
@@ -103,7 +117,7 @@ unsafe fn avx2_tile<K: super::avx2::Kern, const ROWS: usize>(
 
 /// Whether `t` has a prefill kernel reading [`Acts::prepare_unsigned`]'s buffers on `isa`.
 fn unsigned_prefill(t: QType, isa: Isa) -> bool {
-    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && matches!(t, QType::Q4_0 | QType::Q5_0)
+    cfg!(target_arch = "x86_64") && isa.avx2() && matches!(t, QType::Q4_0 | QType::Q5_0)
 }
 
 /// The kernel for `t` on `isa`; `prepared` when the activations hold the unsigned copy.
@@ -111,15 +125,20 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
     #[cfg(target_arch = "x86_64")]
     if prepared && unsigned_prefill(t, isa) {
         use super::avx2::{Q4_0, Q5_0};
-        use super::avx2_prefill::tile;
-        return if t == QType::Q4_0 { tile::<Q4_0> } else { tile::<Q5_0> };
+        use super::avx2_prefill::{tile, Madd, Vnni};
+        return match (t == QType::Q4_0, isa == Isa::Avx512Vnni) {
+            (true, false) => tile::<Q4_0, Madd>,
+            (false, false) => tile::<Q5_0, Madd>,
+            (true, true) => tile::<Q4_0, Vnni>,
+            (false, true) => tile::<Q5_0, Vnni>,
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (t, prepared);
     match isa {
         Isa::Scalar => tile_scalar,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
             use super::avx2_k::{Q45K, Q6K};
             match t {
@@ -134,7 +153,7 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => unreachable!("AVX2 on a non-x86 target"),
+        Isa::Avx2 | Isa::Avx512Vnni => unreachable!("AVX2 on a non-x86 target"),
     }
 }
 
@@ -185,7 +204,7 @@ pub fn qmatmul_many_with(isa: Isa, ws: &[QWeight], x: &[f32], outs: &mut [&mut [
         // (batched decode of 4 sequences was 20% slower through it).
         if m >= 16 && unsigned_prefill(w.ty, isa) {
             acts.prepare_unsigned();
-        } else if isa == Isa::Avx2 && matches!(w.ty, QType::Q4_0 | QType::Q5_0) {
+        } else if isa.avx2() && matches!(w.ty, QType::Q4_0 | QType::Q5_0) {
             acts.prepare_offset(if w.ty == QType::Q4_0 { 8 } else { 16 });
         }
         run_many(isa, ws, &acts, m, outs);

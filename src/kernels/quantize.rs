@@ -265,7 +265,7 @@ unsafe impl Sync for Dst {}
 /// `dst` must have room for block `i1 - 1`; `isa` must be supported.
 unsafe fn quantize_blocks(isa: Isa, dst: Dst, x: &[f32], i0: usize, i1: usize) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.avx2() {
         return quantize_avx2(dst, x, i0, i1);
     }
     let _ = isa;

@@ -437,3 +437,26 @@ fn forward_many_groups_types_and_keeps_order() {
         assert_eq!(a, b, "weight {i} ({:?})", specs[i].0);
     }
 }
+
+/// The VNNI prefill kernel gives the AVX2 kernel's integer lanes, so its outputs are the same
+/// bits (skipped, and said so, on a CPU without AVX-512 VNNI).
+#[test]
+fn vnni_prefill_is_bit_identical_to_avx2() {
+    if !Isa::Avx512Vnni.supported() {
+        eprintln!("no AVX-512 VNNI on this CPU: the VNNI prefill path is not exercised here");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(12);
+    for t in [QType::Q4_0, QType::Q5_0] {
+        for (m, n, nb) in [(16, 37, 28), (23, 5, 3), (64, 130, 9)] {
+            let k = nb * QK;
+            let w = random_weight(t, n, k, &mut rng);
+            let qw = QWeight::new(t, n, k, &w).unwrap();
+            let x = random_acts(m, k, &mut rng);
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            qmatmul_with(Isa::Avx2, &qw, &x, &mut a);
+            qmatmul_with(Isa::Avx512Vnni, &qw, &x, &mut b);
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{t:?} m={m} n={n} k={k}");
+        }
+    }
+}
