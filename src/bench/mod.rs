@@ -126,6 +126,8 @@ pub struct MemoryAfterLoad {
     pub peak_rss_bytes: u64,
     /// The largest KV cache a test allocated.
     pub kv_bytes: u64,
+    /// The GGUF file's size.
+    pub file_bytes: u64,
     /// `peak_rss_bytes / (file_bytes + kv_bytes)`: the whole process.
     pub ratio: f64,
     /// `(peak_rss_bytes - rss_before_load_bytes) / (file_bytes + kv_bytes)`: what the model adds.
@@ -135,11 +137,12 @@ pub struct MemoryAfterLoad {
 impl MemoryAfterLoad {
     pub fn line(&self, model: &str) -> String {
         format!(
-            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB = {:.3} x (GGUF + KV cache {:.1} MiB); the model's part {:.3} x",
+            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB = {:.3} x (GGUF {:.1} MiB + KV cache {:.1} MiB); the model's part {:.3} x",
             self.rss_before_load_bytes as f64 / 1048576.0,
             self.rss_after_load_bytes as f64 / 1048576.0,
             self.peak_rss_bytes as f64 / 1048576.0,
             self.ratio,
+            self.file_bytes as f64 / 1048576.0,
             self.kv_bytes as f64 / 1048576.0,
             self.model_ratio
         )

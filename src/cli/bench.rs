@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Args;
 use moa_local::bench::{bench_pp, bench_tg, bench_tg_batch, largest_kv_bytes, markdown, MemoryAfterLoad, ModelBench};
 use moa_local::runtime::estimate;
@@ -23,6 +24,10 @@ pub struct BenchArgs {
     /// ARCH:SIZE:QUANT, e.g. qwen2:7b:q4_k_m, llama:7b:q4_k_m (repeatable).
     #[arg(long)]
     pub synthetic: Vec<String>,
+    /// Keep the synthetic files in this directory (as ARCH-SIZE-QUANT.gguf) and reuse them when
+    /// present, e.g. to run llama-bench on the same files (default: a temporary directory).
+    #[arg(long)]
+    pub synthetic_dir: Option<std::path::PathBuf>,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long, default_value_t = 128)]
     pub pp: usize,
@@ -75,9 +80,17 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for s in &a.synthetic {
         let sp = SyntheticSpec::parse(s)?;
-        let path = tmp.join(format!("{}.gguf", s.replace(':', "-")));
-        eprintln!("writing synthetic {s} (random weights) to {}…", path.display());
-        write_synthetic(&sp, &path, 1)?;
+        let dir = a.synthetic_dir.as_deref().unwrap_or(&tmp);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --synthetic-dir {}", dir.display()))?;
+        let path = dir.join(format!("{}.gguf", s.to_lowercase().replace(':', "-")));
+        if a.synthetic_dir.is_some() && path.exists() {
+            eprintln!("using synthetic {s} (random weights) at {}", path.display());
+        } else {
+            eprintln!("writing synthetic {s} (random weights) to {}…", path.display());
+            let t0 = std::time::Instant::now();
+            write_synthetic(&sp, &path, 1)?;
+            eprintln!("  written in {:.1}s", t0.elapsed().as_secs_f64());
+        }
         files.push((s.clone(), path, true));
     }
     let mut rows = Vec::new();
@@ -103,6 +116,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 rss_after_load_bytes: after,
                 peak_rss_bytes: peak,
                 kv_bytes,
+                file_bytes: model.file_size,
                 ratio: peak as f64 / (model.file_size + kv_bytes) as f64,
                 model_ratio: peak.saturating_sub(before) as f64 / (model.file_size + kv_bytes) as f64,
             }),
