@@ -45,17 +45,21 @@ impl KvCache {
     pub fn new(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
         let per = n_kv_head * capacity * head_dim;
         let per_k = n_kv_head * key_rows(capacity) * head_dim;
-        let store = if device.is_cpu() {
-            Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per_k], vec![f16::ZERO; per])).collect())
-        } else {
-            let shape = (1, n_kv_head, capacity, head_dim);
-            let layers = (0..n_layers)
-                .map(|_| Ok((Tensor::zeros(shape, DType::F16, device)?, Tensor::zeros(shape, DType::F16, device)?)))
-                .collect::<candle_core::Result<Vec<_>>>()
-                .map_err(Error::candle("allocating the KV cache"))?;
-            Store::Device(layers)
-        };
+        if !device.is_cpu() {
+            return Self::new_tensors(n_layers, n_kv_head, head_dim, capacity, device);
+        }
+        let store = Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per_k], vec![f16::ZERO; per])).collect());
         Ok(Self { store, n_kv_head, head_dim, len: 0, capacity })
+    }
+
+    /// A cache of f16 tensors on `device` (any device, CPU included), for candle's tensor ops.
+    pub fn new_tensors(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
+        let shape = (1, n_kv_head, capacity, head_dim);
+        let layers = (0..n_layers)
+            .map(|_| Ok((Tensor::zeros(shape, DType::F16, device)?, Tensor::zeros(shape, DType::F16, device)?)))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(Error::candle("allocating the KV cache"))?;
+        Ok(Self { store: Store::Device(layers), n_kv_head, head_dim, len: 0, capacity })
     }
 
     /// Bytes a cache of this geometry takes.

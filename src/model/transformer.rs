@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::engine::attention::{self, AttnShape};
 use crate::model::activation;
@@ -40,6 +40,30 @@ pub struct Transformer {
     norm: Tensor,
     output: QMatMul,
     device: Device,
+    /// The CPU fast path: the project's kernels, f16 cache attention and fused activations.
+    /// False on other devices, and on CPU when `MOA_GENERIC_OPS=1` (candle's ops only, the code
+    /// path a GPU runs, so it can be checked on a machine without one).
+    fast_cpu: bool,
+    /// GPU ordinal whose step lock each forward holds (`MOA_CUDA_CONCURRENCY=steps`).
+    step_lock: Option<usize>,
+}
+
+/// One lock per GPU: with `MOA_CUDA_CONCURRENCY=steps` concurrent generations on a GPU take turns
+/// per forward step (they still interleave token by token) instead of overlapping on separate
+/// streams. benches/README.md has what each gave on an H100.
+static GPU_STEP_LOCKS: [std::sync::Mutex<()>; 16] = [const { std::sync::Mutex::new(()) }; 16];
+
+fn step_lock_for(device: &Device) -> Option<usize> {
+    let steps = std::env::var("MOA_CUDA_CONCURRENCY").is_ok_and(|v| v == "steps");
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } if steps => Some(gpu_id % GPU_STEP_LOCKS.len()),
+        _ => None,
+    }
+}
+
+/// `MOA_GENERIC_OPS=1`: run CPU models through candle's generic ops (the GPU code path).
+pub fn generic_ops_requested() -> bool {
+    std::env::var("MOA_GENERIC_OPS").is_ok_and(|v| v == "1")
 }
 
 impl Transformer {
@@ -114,7 +138,8 @@ impl Transformer {
         } else {
             QMatMul::from_arc(embed.clone()).map_err(Error::candle("tying the output to the embedding"))?
         };
-        Ok(Self { cfg, embed, layers, norm, output, device: device.clone() })
+        let fast_cpu = device.is_cpu() && !generic_ops_requested();
+        Ok(Self { cfg, embed, layers, norm, output, device: device.clone(), fast_cpu, step_lock: step_lock_for(device) })
     }
 
     pub fn device(&self) -> &Device {
@@ -124,7 +149,11 @@ impl Transformer {
     /// A KV cache for one sequence of up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let c = &self.cfg;
-        KvCache::new(c.n_layer, c.n_kv_head, c.head_dim, capacity, &self.device)
+        if self.fast_cpu {
+            KvCache::new(c.n_layer, c.n_kv_head, c.head_dim, capacity, &self.device)
+        } else {
+            KvCache::new_tensors(c.n_layer, c.n_kv_head, c.head_dim, capacity, &self.device)
+        }
     }
 
     /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
@@ -165,7 +194,7 @@ impl Transformer {
     fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let [mut q, mut k, mut v]: [Tensor; 3] =
-            crate::kernels::forward_many(&[&l.wq, &l.wk, &l.wv], x)?.try_into().expect("three projections");
+            self.mm_many(&[&l.wq, &l.wk, &l.wv], x)?.try_into().expect("three projections");
         if let Some((bq, bk, bv)) = &l.bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -185,7 +214,7 @@ impl Transformer {
             RopeStyle::Interleaved => (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?),
             RopeStyle::Neox => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
         };
-        let out = if self.device.is_cpu() {
+        let out = if self.fast_cpu {
             self.attention_cpu(l, li, &q, &k, &v, segs)?
         } else {
             let mut outs = Vec::with_capacity(segs.len());
@@ -198,7 +227,7 @@ impl Transformer {
             }
             if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? }
         };
-        mm(&l.wo, &out)
+        self.mm(&l.wo, &out)
     }
 
     /// CPU: llama.cpp-style attention straight over the f16 cache (see engine::attention), each
@@ -271,15 +300,15 @@ impl Transformer {
     }
 
     fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = crate::kernels::forward_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
-        let cpu = self.device.is_cpu();
+        let [gate, up]: [Tensor; 2] = self.mm_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
+        let cpu = self.fast_cpu;
         let h = match self.cfg.activation {
             Activation::Silu if cpu => activation::swiglu(&gate, &up)?,
             Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
             Activation::GeluTanh if cpu => (activation::gelu_f16_table(&gate)? * up)?,
             Activation::GeluTanh => (gate.gelu()? * up)?,
         };
-        mm(&l.down, &h)
+        self.mm(&l.down, &h)
     }
 
     /// One step over several sequences: every segment's tokens are fed at its cache's position;
@@ -336,7 +365,7 @@ impl Transformer {
             sg.cache.advance(sg.tokens.len());
         }
         let last = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        let logits = mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = self.mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
         logits.to_vec2::<f32>()
     }
 
@@ -367,6 +396,7 @@ impl Forward for Transformer {
         for (t, _) in segs.iter() {
             self.check(t)?;
         }
+        let _turn = self.step_lock.map(|i| GPU_STEP_LOCKS[i].lock().unwrap_or_else(|p| p.into_inner()));
         let before: Vec<usize> = segs.iter().map(|(_, c)| c.len()).collect();
         let mut parts: Vec<Segment<'_>> = segs.iter_mut().map(|(t, c)| Segment { tokens: t, cache: c }).collect();
         let r = self.forward_inner(&mut parts);
@@ -380,8 +410,23 @@ impl Forward for Transformer {
     }
 }
 
-/// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of the
-/// types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
-fn mm(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    crate::kernels::forward(w, x)
+impl Transformer {
+    /// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of
+    /// the types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
+    fn mm(&self, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.fast_cpu {
+            crate::kernels::forward(w, x)
+        } else {
+            w.forward(x)
+        }
+    }
+
+    /// Several weights over one input (q/k/v, gate/up): fused on the CPU fast path.
+    fn mm_many(&self, ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        if self.fast_cpu {
+            crate::kernels::forward_many(ws, x)
+        } else {
+            ws.iter().map(|w| w.forward(x)).collect()
+        }
+    }
 }
