@@ -44,7 +44,41 @@ fn bad_device(s: &str) -> Error {
     Error::InvalidRequest(format!("unknown device `{s}` (expected cpu, cuda, cuda:N or metal)"))
 }
 
+/// How work on one CUDA device is spread over streams (`MOA_CUDA_STREAMS`):
+/// - `thread` (default): candle's per-thread default stream, so each generation (each runs on its
+///   own worker thread) issues its kernels on its own stream;
+/// - `model`: one explicit stream per loaded model, shared by that model's generations;
+/// - `shared`: one stream for everything on the device (work of concurrent models serializes).
+///
+/// Measured on an H100 with 3 concurrent proposers (benches/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaStreams {
+    PerThread,
+    PerModel,
+    Shared,
+}
+
+impl CudaStreams {
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("MOA_CUDA_STREAMS").as_deref() {
+            Err(_) | Ok("") | Ok("thread") => Ok(Self::PerThread),
+            Ok("model") => Ok(Self::PerModel),
+            Ok("shared") => Ok(Self::Shared),
+            Ok(other) => Err(Error::InvalidRequest(format!("MOA_CUDA_STREAMS={other}: expected thread, model or shared"))),
+        }
+    }
+}
+
 impl DeviceSpec {
+    /// The device a model is loaded on, given the runtime's `shared` one: on CUDA with
+    /// `MOA_CUDA_STREAMS=model` a new handle with its own stream, otherwise `shared` itself.
+    pub fn open_for_model(&self, shared: &Device) -> Result<Device> {
+        match self {
+            DeviceSpec::Cuda(_) if CudaStreams::from_env()? == CudaStreams::PerModel => self.open(),
+            _ => Ok(shared.clone()),
+        }
+    }
+
     /// Open the device through candle.
     pub fn open(&self) -> Result<Device> {
         match self {
@@ -55,7 +89,11 @@ impl DeviceSpec {
                         "device {self} requested but this build has no CUDA support (rebuild with `cargo build --release --features cuda`)"
                     )));
                 }
-                Device::new_cuda(*i).map_err(Error::candle(format!("opening {self}")))
+                let d = match CudaStreams::from_env()? {
+                    CudaStreams::PerThread => Device::new_cuda(*i),
+                    CudaStreams::PerModel | CudaStreams::Shared => Device::new_cuda_with_stream(*i),
+                };
+                d.map_err(Error::candle(format!("opening {self}")))
             }
             DeviceSpec::Metal => {
                 if !cfg!(feature = "metal") {

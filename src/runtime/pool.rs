@@ -125,7 +125,7 @@ impl Runtime {
         if let Some(m) = self.models.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
             return Ok(m.clone());
         }
-        let m = Model::load(&path, &self.device)?;
+        let m = Model::load(&path, &self.spec.open_for_model(&self.device)?)?;
         self.models.lock().unwrap_or_else(|p| p.into_inner()).insert(path, m.clone());
         Ok(m)
     }
