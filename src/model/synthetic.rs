@@ -10,7 +10,8 @@
 //! not a multiple of 256 fall back to Q5_0 (for Q4_K) / Q8_0 (for Q6_K); `output` (or the tied
 //! embedding) is Q6_K in `q4_0` files too. The tokenizer is a byte-level `gpt2` vocabulary: the
 //! 256 GPT-2 byte tokens, filler tokens `tok<id>`, and the control tokens `<|endoftext|>`,
-//! `<|im_start|>`, `<|im_end|>` (end of generation) last, no merges, and a ChatML template.
+//! `<|im_start|>`, `<|im_end|>` (end of generation) last, one merge (two spaces, token 256; llama.cpp
+//! needs a string array there), and a ChatML template: files llama.cpp loads too.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -159,7 +160,9 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
     let n = sh.vocab;
     let n_normal = n - CONTROL_TOKENS.len();
     let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_to_unicode(b).to_string())).collect();
-    tokens.extend((256..n_normal).map(|i| Value::String(format!("tok{i}"))));
+    // One merge (two spaces) whose result is token 256: llama.cpp wants a string array of merges.
+    tokens.push(Value::String("\u{120}\u{120}".into()));
+    tokens.extend((257..n_normal).map(|i| Value::String(format!("tok{i}"))));
     tokens.extend(CONTROL_TOKENS.iter().map(|t| Value::String(t.to_string())));
     let types: Vec<Value> = (0..n).map(|i| Value::I32(if i < n_normal { 1 } else { 3 })).collect();
     let mut m = vec![
@@ -180,7 +183,7 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
         ("tokenizer.ggml.pre".into(), Value::String(if a == "qwen2" { "qwen2" } else { "default" }.into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(Vec::new())),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("\u{120} \u{120}".into())])),
         ("tokenizer.ggml.bos_token_id".into(), u(n - 3)),
         ("tokenizer.ggml.eos_token_id".into(), u(n - 1)),
         ("tokenizer.ggml.padding_token_id".into(), u(n - 3)),
@@ -420,6 +423,8 @@ mod tests {
         let g = model.generate(&req, &mut |_| Control::Continue).unwrap();
         assert!(g.prompt_text.starts_with("<|im_start|>user\nHello there<|im_end|>"), "{}", g.prompt_text);
         assert_eq!(g.prompt_ids[0], sh.vocab as u32 - 2, "<|im_start|> is one control token");
+        // llama.cpp loads only a string array of merges; ours merges two spaces into token 256.
+        assert_eq!(model.tokenizer.encode("a   b", false).unwrap()[1], 256, "two of three spaces are one token");
         match g.stop_reason {
             StopReason::MaxTokens => assert_eq!(g.ids.len(), 4),
             StopReason::EndOfGeneration => assert!(g.ids.len() <= 4),
