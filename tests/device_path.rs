@@ -19,6 +19,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use moa_local::engine::decode::{decode_loop, DecodeOptions};
+use moa_local::engine::sampler::argmax;
 use moa_local::engine::{Control, Forward, Sampler, SamplingParams};
 use moa_local::model::arch::Config;
 use moa_local::model::gguf::GgufFile;
@@ -43,10 +44,6 @@ fn load(path: &Path, device: &Device, generic: bool) -> Transformer {
     t
 }
 
-fn argmax(l: &[f32]) -> usize {
-    (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap()
-}
-
 fn greedy(model: &Transformer, prompt: &[u32]) -> Vec<u32> {
     let mut cache = model.new_cache(prompt.len() + STEPS).unwrap();
     let mut sampler = Sampler::new(SamplingParams::greedy());
@@ -66,7 +63,7 @@ fn compare(label: &str, reference: &Transformer, other: &Transformer, prompt: &[
         (s / n as f64).sqrt() as f32
     };
     let rel = rms(&mut a.iter().zip(&b).map(|(x, y)| x - y)) / rms(&mut a.iter().copied());
-    let (ta, tb) = (argmax(&a), argmax(&b));
+    let (ta, tb) = (argmax(&a) as usize, argmax(&b) as usize);
     let top_rel = (a[ta] - b[ta]).abs() / a[ta].abs();
     let max = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     println!("{label}: prompt logits rms diff / rms {rel:.2e}, top logit {:.3} vs {:.3} (rel {top_rel:.2e}), max |diff| {max:.3}", a[ta], b[ta]);
@@ -84,7 +81,7 @@ fn compare(label: &str, reference: &Transformer, other: &Transformer, prompt: &[
         let mut cache = other.new_cache(prompt.len() + STEPS).unwrap();
         let mut logits = other.forward(prompt, &mut cache).unwrap();
         for (step, &want) in ga.iter().enumerate() {
-            let top = argmax(&logits);
+            let top = argmax(&logits) as usize;
             if top as u32 != want {
                 let gap = logits[top] - logits[want as usize];
                 println!("   step {step}: reference {want} vs {top}, gap {gap:.4}");

@@ -13,6 +13,7 @@ mod common;
 
 use candle_core::Device;
 use moa_local::engine::decode::{decode_loop, DecodeOptions};
+use moa_local::engine::sampler::argmax;
 use moa_local::engine::{Control, Forward, Sampler, SamplingParams};
 use moa_local::model::arch::Config;
 use moa_local::model::gguf::GgufFile;
@@ -20,10 +21,6 @@ use moa_local::model::transformer::Transformer;
 
 const REQUIRED: usize = 16;
 const NEAR_TIE_REL: f32 = 0.01;
-
-fn argmax(l: &[f32]) -> usize {
-    (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap()
-}
 
 fn check_model(key: &str) -> Vec<String> {
     let refs = common::reference("greedy.json");
@@ -49,7 +46,7 @@ fn check_model(key: &str) -> Vec<String> {
         let mut cache = model.new_cache(prompt.len() + expected.len()).unwrap();
         let mut logits = model.forward(&prompt, &mut cache).unwrap();
         for (step, &want) in expected.iter().take(REQUIRED).enumerate() {
-            let top = argmax(&logits);
+            let top = argmax(&logits) as usize;
             if top as u32 != want {
                 let gap = logits[top] - logits[want as usize];
                 println!("   step {step}: llama.cpp {want} ({:.3}) vs ours {top} ({:.3}), gap {gap:.3}", logits[want as usize], logits[top]);

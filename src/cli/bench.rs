@@ -78,10 +78,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     for m in names {
         files.push((m.clone(), catalog.resolve(&m)?, false));
     }
+    let dir = a.synthetic_dir.as_deref().unwrap_or(&tmp);
+    if !a.synthetic.is_empty() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --synthetic-dir {}", dir.display()))?;
+    }
     for s in &a.synthetic {
         let sp = SyntheticSpec::parse(s)?;
-        let dir = a.synthetic_dir.as_deref().unwrap_or(&tmp);
-        std::fs::create_dir_all(dir).with_context(|| format!("creating --synthetic-dir {}", dir.display()))?;
         let path = dir.join(format!("{}.gguf", s.to_lowercase().replace(':', "-")));
         if a.synthetic_dir.is_some() && path.exists() {
             eprintln!("using synthetic {s} (random weights) at {}", path.display());

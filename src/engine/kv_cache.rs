@@ -43,11 +43,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize, n_kv_head: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
-        let per = n_kv_head * capacity * head_dim;
-        let per_k = n_kv_head * key_rows(capacity) * head_dim;
         if !device.is_cpu() {
             return Self::new_tensors(n_layers, n_kv_head, head_dim, capacity, device);
         }
+        let per = n_kv_head * capacity * head_dim;
+        let per_k = n_kv_head * key_rows(capacity) * head_dim;
         let store = Store::Cpu((0..n_layers).map(|_| (vec![f16::ZERO; per_k], vec![f16::ZERO; per])).collect());
         Ok(Self { store, n_kv_head, head_dim, len: 0, capacity })
     }
