@@ -176,3 +176,29 @@ fn batched_samples_match_separate_generations_seed_for_seed() {
     }
     assert!(batch[0].ids != batch[1].ids || batch[1].ids != batch[2].ids, "different seeds, different samples");
 }
+
+/// A prompt longer than the model's rows per forward pass goes through in passes (its later rows
+/// attend to the earlier ones through the cache); the logits and the next step must be the ones
+/// a single pass gives. Gemma covers the GELU gate and q/k norms, SmolLM2 the SwiGLU gate.
+#[test]
+fn a_prompt_in_several_passes_gives_the_logits_of_one_pass() {
+    use moa_local::engine::Forward;
+    let text = "The history of computing is a story of abstraction layered on abstraction. ".repeat(12);
+    for key in [common::SMOL, common::GEMMA] {
+        let mut m = Model::load_uncached(&common::model_path(key), &Device::Cpu).unwrap();
+        let prompt = m.tokenizer.encode(&text, true).unwrap();
+        assert!(prompt.len() > 100, "{key}: a prompt of {} tokens", prompt.len());
+        let mut run = |rows: usize| {
+            m.transformer.set_prefill_rows(rows);
+            let mut cache = m.transformer.new_cache(prompt.len() + 1).unwrap();
+            let first = m.transformer.forward(&prompt, &mut cache).unwrap();
+            let next = m.transformer.forward(&[moa_local::engine::sampler::argmax(&first)], &mut cache).unwrap();
+            (first, next)
+        };
+        let one = run(512);
+        for rows in [24, 40] {
+            let passes = run(rows);
+            assert_eq!(passes, one, "{key}: {} tokens in passes of {rows} rows differ from one pass", prompt.len());
+        }
+    }
+}

@@ -109,7 +109,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let s = &g.stats;
     if json {
         let shape = ModelShape::read(&model.path)?;
-        let est = shape.estimate(g.prompt_ids.len() + a.max_tokens);
+        let est = shape.estimate(g.prompt_ids.len() + a.max_tokens, model.transformer.device().is_cpu());
         let doc = serde_json::json!({
             "model": model.name,
             "file": model.path,

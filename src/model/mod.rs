@@ -7,6 +7,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod arch;
 pub mod transformer;
+pub mod ubatch;
 pub mod activation;
 pub mod generate;
 pub mod loaded;

@@ -279,7 +279,7 @@ fn quantized_rows(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: 
 /// speed (a 7B file in seconds instead of minutes), and rows still differ from each other.
 fn random_matrix(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: u64, pools: &mut BlockPools) -> Result<QTensor> {
     let ctx = || format!("synthetic tensor `{name}` ({rows}x{cols}, {dtype:?})");
-    let bytes = if rows * cols >= POOL_MIN_ELEMS && cols % dtype.block_size() == 0 {
+    let bytes = if rows * cols >= POOL_MIN_ELEMS && cols.is_multiple_of(dtype.block_size()) {
         let pool = pools.get(dtype, seed)?;
         let bb = dtype.type_size();
         let mut bytes = vec![0u8; rows * cols / dtype.block_size() * bb];

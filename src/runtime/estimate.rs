@@ -9,9 +9,7 @@ use crate::engine::KvCache;
 use crate::error::Result;
 use crate::model::arch::Config;
 use crate::model::gguf::{tensor_bytes, GgufFile};
-
-/// Prompt tokens per prefill step (the decode loop's chunk).
-pub const PREFILL_CHUNK: usize = 512;
+use crate::model::ubatch;
 
 /// Bytes per tokenizer entry (vocabulary token or merge) once loaded: the compact vocabulary
 /// (texts, offsets, hash index), merge table or scores, rendered pieces — calibrated on the three
@@ -103,15 +101,15 @@ impl ModelShape {
         })
     }
 
-    /// Estimate for sequences of up to `context` positions (prompt + new tokens).
-    pub fn estimate(&self, context: usize) -> MemoryEstimate {
+    /// Estimate for sequences of up to `context` positions (prompt + new tokens), on the CPU or
+    /// a GPU (which run prompts in passes of different sizes).
+    pub fn estimate(&self, context: usize, on_cpu: bool) -> MemoryEstimate {
         let c = &self.cfg;
         let context = context.min(c.context_length).max(1);
-        let chunk = PREFILL_CHUNK.min(context);
-        let q_dim = c.n_head * c.head_dim;
-        // Activations of one prefill chunk (residual, norms, q/k/v/attn, gate/up/act) in f32,
-        // plus two logits vectors.
-        let acts = chunk * (4 * c.n_embd + 2 * q_dim + 3 * c.n_ff) * 4;
+        // Activations of one forward pass of prompt rows (the model's ubatch), plus two logits
+        // vectors.
+        let rows = ubatch::prefill_rows(c, self.weights, on_cpu).min(context);
+        let acts = rows * ubatch::activation_bytes_per_row(c);
         let logits = 2 * c.vocab_size * 4;
         MemoryEstimate {
             weights: self.weights,

@@ -89,7 +89,7 @@ impl Runtime {
         }
         let mut est = BTreeMap::new();
         for (m, c) in ctx {
-            est.insert(m.clone(), self.shape(&m)?.estimate(c));
+            est.insert(m.clone(), self.shape(&m)?.estimate(c, self.device.is_cpu()));
         }
         let (budget, _) = self.memory_budget()?;
         scheduler::plan(layers, aggregator, &est, budget, &self.spec.to_string())
