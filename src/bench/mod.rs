@@ -124,6 +124,8 @@ pub struct MemoryAfterLoad {
     pub rss_after_load_bytes: u64,
     /// VmHWM over the tests, counted from the end of loading.
     pub peak_rss_bytes: u64,
+    /// File-backed resident pages after the tests (code of the executable and its libraries).
+    pub code_bytes: u64,
     /// The largest KV cache a test allocated.
     pub kv_bytes: u64,
     /// The GGUF file's size.
@@ -137,10 +139,11 @@ pub struct MemoryAfterLoad {
 impl MemoryAfterLoad {
     pub fn line(&self, model: &str) -> String {
         format!(
-            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB = {:.3} x (GGUF {:.1} MiB + KV cache {:.1} MiB); the model's part {:.3} x",
+            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB (code pages {:.1} MiB) = {:.3} x (GGUF {:.1} MiB + KV cache {:.1} MiB); the model's part {:.3} x",
             self.rss_before_load_bytes as f64 / 1048576.0,
             self.rss_after_load_bytes as f64 / 1048576.0,
             self.peak_rss_bytes as f64 / 1048576.0,
+            self.code_bytes as f64 / 1048576.0,
             self.ratio,
             self.file_bytes as f64 / 1048576.0,
             self.kv_bytes as f64 / 1048576.0,

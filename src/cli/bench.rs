@@ -116,6 +116,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             (Some(before), Some(after), Some(peak)) if peak_tracked => Some(MemoryAfterLoad {
                 rss_before_load_bytes: before,
                 rss_after_load_bytes: after,
+                code_bytes: estimate::file_rss_bytes().unwrap_or(0),
                 peak_rss_bytes: peak,
                 kv_bytes,
                 file_bytes: model.file_size,

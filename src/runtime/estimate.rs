@@ -131,6 +131,12 @@ pub fn rss_bytes() -> Option<u64> {
     status_kib("VmRSS:").map(|k| k * 1024)
 }
 
+/// File-backed resident memory now (Linux RssFile): the executable's and libraries' pages (model
+/// files are read into memory, not mapped), if known.
+pub fn file_rss_bytes() -> Option<u64> {
+    status_kib("RssFile:").map(|k| k * 1024)
+}
+
 /// Restart the peak (VmHWM) from the current resident memory, so that a later
 /// [`peak_rss_bytes`] covers only what follows (Linux `clear_refs` 5). False where unsupported.
 pub fn reset_peak_rss() -> bool {
