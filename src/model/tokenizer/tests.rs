@@ -1,6 +1,7 @@
 //! Unit tests of the tokenizer on small hand-made vocabularies.
 
 use super::pre::byte_to_unicode_table;
+use super::build::VocabSpec;
 use super::specials::Frag;
 use super::*;
 
