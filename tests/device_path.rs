@@ -111,8 +111,12 @@ fn generic_ops_on_cpu_match_the_fast_path() {
     for key in [common::SMOL, common::QWEN, common::GEMMA] {
         let path = common::model_path(key);
         let fast = load(&path, &Device::Cpu, false);
-        let generic = load(&path, &Device::Cpu, true);
-        failures.extend(compare(&format!("{key} generic-cpu"), &fast, &generic, &reference_prompt(key)));
+        let mut generic = load(&path, &Device::Cpu, true);
+        let prompt = reference_prompt(key);
+        failures.extend(compare(&format!("{key} generic-cpu"), &fast, &generic, &prompt));
+        // A prompt in several passes: later passes attend to the earlier ones through the cache.
+        generic.set_prefill_rows(prompt.len() / 3 + 1);
+        failures.extend(compare(&format!("{key} generic-cpu in passes"), &fast, &generic, &prompt));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -129,9 +133,11 @@ fn cuda_matches_cpu_on_a_random_weight_model() {
         let path = dir.join(format!("{}.gguf", spec.replace(':', "-")));
         write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 7).unwrap();
         let cpu = load(&path, &Device::Cpu, false);
-        let cuda = load(&path, &Device::new_cuda(0).expect("opening cuda:0"), false);
+        let mut cuda = load(&path, &Device::new_cuda(0).expect("opening cuda:0"), false);
         let prompt: Vec<u32> = (0..40u32).map(|i| 300 + i * 37).collect();
         failures.extend(compare(&format!("{spec} cuda"), &cpu, &cuda, &prompt));
+        cuda.set_prefill_rows(16);
+        failures.extend(compare(&format!("{spec} cuda in passes"), &cpu, &cuda, &prompt));
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{failures:#?}");

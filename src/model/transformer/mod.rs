@@ -168,7 +168,7 @@ impl Transformer {
     }
 
     /// One step over several sequences: every segment's tokens are fed at its cache's position;
-    /// returns the last position's logits of each segment, in order.
+    /// returns the last position's logits of each segment that asks for them, in order.
     fn forward_inner(&self, segs: &mut [Segment<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
         let all: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -185,9 +185,13 @@ impl Transformer {
         let mut off = 0;
         for sg in segs.iter() {
             off += sg.tokens.len();
-            last_rows.push((off - 1) as u32);
+            if sg.logits {
+                last_rows.push((off - 1) as u32);
+            }
         }
-        let keep = (last_rows.len() < all.len()).then(|| Tensor::new(last_rows.as_slice(), &self.device)).transpose()?;
+        let keep = (!last_rows.is_empty() && last_rows.len() < all.len())
+            .then(|| Tensor::new(last_rows.as_slice(), &self.device))
+            .transpose()?;
         // RoPE tables for every row's position, once per distinct base (Gemma 3 has two), shared
         // by all layers.
         let positions: Vec<usize> = segs.iter().flat_map(|sg| sg.cache.len()..sg.cache.len() + sg.tokens.len()).collect();
@@ -218,6 +222,9 @@ impl Transformer {
         for sg in segs.iter_mut() {
             sg.cache.advance(sg.tokens.len());
         }
+        if last_rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let last = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         let logits = self.mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
         logits.to_vec2::<f32>()
@@ -238,6 +245,9 @@ impl Transformer {
 pub struct Segment<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// Whether this step needs the last position's logits (not for a piece of a prompt that
+    /// continues in the next pass).
+    pub logits: bool,
 }
 
 impl Forward for Transformer {
@@ -283,12 +293,12 @@ impl Transformer {
             let mut rest = segs.iter_mut().enumerate();
             for (i, r) in &pass {
                 let (_, (t, c)) = rest.find(|(j, _)| j == i).expect("a pass's pieces are in segment order");
-                parts.push(Segment { tokens: &t[r.clone()], cache: c });
+                parts.push(Segment { tokens: &t[r.clone()], cache: c, logits: r.end == lengths[*i] });
             }
-            let logits = self.forward_inner(&mut parts)?;
-            for ((i, r), l) in pass.iter().zip(logits) {
+            let mut logits = self.forward_inner(&mut parts)?.into_iter();
+            for (i, r) in &pass {
                 if r.end == lengths[*i] {
-                    out[*i] = l;
+                    out[*i] = logits.next().expect("logits for every segment that ends in this pass");
                 }
             }
         }
