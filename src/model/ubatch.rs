@@ -24,9 +24,9 @@ pub fn activation_bytes_per_row(c: &Config) -> usize {
 
 /// Rows per pass for a model with `weight_bytes` of weights. On the CPU: activations near 1/64
 /// of the weights, between [`MIN_ROWS`] and [`MAX_ROWS`], a multiple of 8 (from 32 rows on, the
-/// kernels' speed does not depend on it). On a GPU: [`MAX_ROWS`], since candle's quantized
-/// matmul there dequantizes each weight once per pass. `MOA_UBATCH=N` overrides both (for
-/// measuring).
+/// kernels' speed does not depend on it). On a GPU: [`MAX_ROWS`], like llama.cpp's default
+/// ubatch: a GPU needs many rows per kernel launch to be busy, and its memory is not the host's.
+/// `MOA_UBATCH=N` overrides both (for measuring).
 pub fn prefill_rows(c: &Config, weight_bytes: u64, on_cpu: bool) -> usize {
     if let Some(n) = std::env::var("MOA_UBATCH").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0) {
         return n;
