@@ -1,6 +1,6 @@
 //! Kernel micro-benchmarks at Qwen2.5-0.5B's FFN shapes (gate/up: k = 896, n = 4864; down:
-//! k = 4864, n = 896, where the K-quants live): every weight type, decode (m = 1) and
-//! prefill (m = 128), on the best instruction set. Divan reports time per call; the
+//! k = 4864, n = 896, where the K-quants live): every weight type, decode (m = 1), batched
+//! decode (m = 4) and prefill (m = 128), on the best instruction set. Divan reports time per call; the
 //! GFLOP/s-style figure is `2 * m * n * k / time` (printed once per case by `report`).
 //!
 //! Run: `cargo bench --bench kernels` (`RAYON_NUM_THREADS` / `MOA_THREADS` set the threads).
@@ -44,7 +44,7 @@ fn bench(b: Bencher, t: QType, m: usize, n: usize, k: usize) {
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let mut out = vec![0f32; m * n];
     // One timed pass for a GFLOP/s line alongside divan's table.
-    let reps = if m == 1 { 200 } else { 5 };
+    let reps = if m <= 4 { 200 } else { 5 };
     let t0 = std::time::Instant::now();
     for _ in 0..reps {
         qmatmul(&qw, &x, &mut out);
@@ -59,6 +59,12 @@ fn decode_k896_n4864(b: Bencher, t: QType) {
     bench(b, t, 1, 4864, 896)
 }
 
+/// Batched decode (4 sequences of one model in one forward).
+#[divan::bench(args = TYPES)]
+fn batch4_k896_n4864(b: Bencher, t: QType) {
+    bench(b, t, 4, 4864, 896)
+}
+
 #[divan::bench(args = TYPES, sample_count = 10)]
 fn prefill128_k896_n4864(b: Bencher, t: QType) {
     bench(b, t, 128, 4864, 896)
@@ -67,6 +73,11 @@ fn prefill128_k896_n4864(b: Bencher, t: QType) {
 #[divan::bench(args = [QType::Q4K, QType::Q5K, QType::Q6K])]
 fn decode_k4864_n896(b: Bencher, t: QType) {
     bench(b, t, 1, 896, 4864)
+}
+
+#[divan::bench(args = [QType::Q4K, QType::Q5K, QType::Q6K])]
+fn batch4_k4864_n896(b: Bencher, t: QType) {
+    bench(b, t, 4, 896, 4864)
 }
 
 #[divan::bench(args = [QType::Q4K, QType::Q5K, QType::Q6K], sample_count = 10)]
