@@ -47,7 +47,7 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
         conv.push(Message { role: "system".into(), content: s.clone() });
     }
     conv.push(Message { role: "user".into(), content: a.prompt.clone().unwrap_or_default() });
-    let p = moa::run::plan(&rt, &recipe, &conv)?;
+    let p = moa::plan::plan(&rt, &recipe, &conv)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(ExitCode::SUCCESS);

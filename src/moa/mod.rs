@@ -3,6 +3,7 @@
 //! `model`'s text-level API; never touches candle.
 
 pub mod fit;
+pub mod plan;
 pub mod prompt;
 pub mod recipe;
 pub mod report;

@@ -1,7 +1,7 @@
-//! Running a MoA recipe: plan memory (which models load when, which proposers run together),
-//! run each proposer layer wave by wave with the wave's generations concurrent (failures are
-//! reported and left out), inject the layer's answers as references for the next, and stream
-//! the aggregator's answer.
+//! Running a MoA recipe on the plan `moa::plan` makes (which models load when, which proposers
+//! run together): each proposer layer runs wave by wave with the wave's generations concurrent
+//! (failures are reported and left out), its answers become the next layer's references, and
+//! the aggregator's answer streams.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +14,11 @@ use crate::engine::{Control, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::{GenerateRequest, Message, Prompt};
 use crate::moa::fit::fit_references;
+use crate::moa::plan::{plan, plan_jobs};
 use crate::moa::recipe::{Agent, Recipe};
 use crate::moa::report::{AgentAnswer, AgentStats, EventSink, LayerReport, LoadRecord, MoaEvent, MoaReport, ModelReport};
 use crate::model::gguf::sha256_file;
 use crate::runtime::estimate::peak_rss_bytes;
-use crate::runtime::scheduler::{Job, Plan};
 use crate::runtime::Runtime;
 
 #[derive(Clone, Default)]
@@ -73,46 +73,6 @@ impl Ctx {
     fn secs(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
-}
-
-/// Upper bound of the context each agent needs: the conversation, the references of the
-/// previous layer (each at most its agent's max tokens) and the answer.
-pub fn plan_jobs(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> (Vec<Vec<Option<Job>>>, HashMap<String, String>) {
-    let mut failed = HashMap::new();
-    let mut ctx_len = HashMap::new();
-    for name in recipe.model_names() {
-        match rt.shape(&name) {
-            Ok(s) => {
-                ctx_len.insert(name, s.cfg.context_length);
-            }
-            Err(e) => {
-                failed.insert(name, e.to_string());
-            }
-        }
-    }
-    let conv_tokens: usize = conv.iter().map(|m| m.content.len() / 2 + 16).sum::<usize>() + 128;
-    let instruction = recipe.instruction.len() / 2;
-    let job = |a: &Agent, refs: usize| {
-        ctx_len.get(&a.model).map(|&c| Job { model: a.model.clone(), context: (conv_tokens + refs + a.max_tokens).min(c) })
-    };
-    let mut layers = Vec::new();
-    let mut refs = 0;
-    for agents in &recipe.layers {
-        layers.push(agents.iter().map(|a| job(a, refs)).collect());
-        refs = agents.iter().map(|a| a.max_tokens + 8).sum::<usize>() + instruction;
-    }
-    layers.push(vec![job(&recipe.aggregator, refs)]);
-    (layers, failed)
-}
-
-/// The plan a run of `recipe` on `conv` will execute (what `moa-local plan` prints).
-pub fn plan(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> Result<Plan> {
-    let (mut jobs, failed) = plan_jobs(rt, recipe, conv);
-    let agg = jobs.pop().and_then(|mut v| v.pop().flatten()).ok_or_else(|| {
-        Error::Other(format!("aggregator {}: {}", recipe.aggregator.model, failed.get(&recipe.aggregator.model).cloned().unwrap_or_default()))
-    })?;
-    let layers: Vec<Vec<Job>> = jobs.into_iter().map(|l| l.into_iter().flatten().collect()).collect();
-    rt.plan(&layers, &agg)
 }
 
 pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &RunOptions, sink: EventSink) -> Result<MoaReport> {
