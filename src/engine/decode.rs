@@ -53,10 +53,10 @@ impl DecodeStats {
     }
 }
 
+/// The prompt goes to the model in one `forward`; a model whose working memory grows with the
+/// rows of a step splits it into passes itself.
 pub struct DecodeOptions {
     pub max_tokens: usize,
-    /// Prompt tokens per forward during prefill (bounds the attention scratch memory).
-    pub prefill_chunk: usize,
 }
 
 /// Run generation. `cache` may already hold a prefix of `prompt` (a forked prefill).
@@ -80,13 +80,9 @@ pub fn decode_loop(
     }
     let threads = crate::kernels::pool::pool().threads();
     let mut stats = DecodeStats { prompt_tokens: prompt.len(), threads, ..Default::default() };
-    let chunk = opts.prefill_chunk.max(1);
-    let mut logits = Vec::new();
-    let first = cache.len();
-    for piece in prompt[first..].chunks(chunk) {
-        logits = model.forward(piece, cache)?;
-        stats.prefilled_tokens += piece.len();
-    }
+    let rest = &prompt[cache.len()..];
+    let mut logits = model.forward(rest, cache)?;
+    stats.prefilled_tokens = rest.len();
     stats.prefill_secs = start.elapsed().as_secs_f64();
 
     let mut history: Vec<u32> = prompt.to_vec();
@@ -126,12 +122,8 @@ pub fn decode_samples(
     let n = samplers.len();
     let threads = crate::kernels::pool::pool().threads();
     let start = Instant::now();
-    let mut logits = Vec::new();
-    let mut prefilled = 0;
-    for piece in prompt.chunks(opts.prefill_chunk.max(1)) {
-        logits = model.forward(piece, &mut base)?;
-        prefilled += piece.len();
-    }
+    let logits = model.forward(prompt, &mut base)?;
+    let prefilled = prompt.len();
     let prefill_secs = start.elapsed().as_secs_f64();
     let mut caches = (1..n).map(|_| base.fork(base.capacity())).collect::<Result<Vec<_>>>()?;
     caches.insert(0, base);

@@ -113,7 +113,7 @@ impl Model {
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut text = TextState::new(self, req);
-        let opts = DecodeOptions { max_tokens: req.max_tokens, prefill_chunk: 512 };
+        let opts = DecodeOptions { max_tokens: req.max_tokens };
         let mut on_token = |tok: u32| Ok(text.on_token(tok, on_text));
         let (ids, stats) = decode_loop(&self.transformer, &mut cache, &prompt_ids, &mut sampler, &opts, &mut on_token)?;
         let (text, stop_reason) = text.finish(on_text);
@@ -133,7 +133,7 @@ impl Model {
         let mut samplers: Vec<Sampler> =
             seeds.iter().map(|&seed| Sampler::new(SamplingParams { seed, ..req.sampling.clone() })).collect();
         let mut texts: Vec<TextState> = seeds.iter().map(|_| TextState::new(self, req)).collect();
-        let opts = DecodeOptions { max_tokens: req.max_tokens, prefill_chunk: 512 };
+        let opts = DecodeOptions { max_tokens: req.max_tokens };
         let mut on_token = |i: usize, tok: u32| Ok(texts[i].on_token(tok, &mut |p| on_text(i, p)));
         let results = decode_samples(&self.transformer, cache, &prompt_ids, &mut samplers, &opts, &mut on_token)?;
         Ok(results

@@ -147,22 +147,21 @@ impl Transformer {
         }
     }
 
-
     fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
         let [gate, up]: [Tensor; 2] = self.mm_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
-        let h = match (self.cfg.activation, self.fast_cpu) {
-            (Activation::Silu, true) => {
-                activation::gated_in_place(&gate, &up, Gate::Silu)?;
-                drop(up);
-                gate
+        let h = if self.fast_cpu {
+            let kind = match self.cfg.activation {
+                Activation::Silu => Gate::Silu,
+                Activation::GeluTanh => Gate::GeluTable,
+            };
+            activation::gated_in_place(&gate, &up, kind)?;
+            drop(up);
+            gate
+        } else {
+            match self.cfg.activation {
+                Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+                Activation::GeluTanh => (gate.gelu()? * up)?,
             }
-            (Activation::GeluTanh, true) => {
-                activation::gated_in_place(&gate, &up, Gate::GeluTable)?;
-                drop(up);
-                gate
-            }
-            (Activation::Silu, false) => (candle_nn::ops::silu(&gate)? * up)?,
-            (Activation::GeluTanh, false) => (gate.gelu()? * up)?,
         };
         self.mm(&l.down, &h)
     }
@@ -296,17 +295,15 @@ impl Transformer {
                 parts.push(Segment { tokens: &t[r.clone()], cache: c, logits: r.end == lengths[*i] });
             }
             let mut logits = self.forward_inner(&mut parts)?.into_iter();
-            for (i, r) in &pass {
-                if r.end == lengths[*i] {
+            for ((i, _), part) in pass.iter().zip(&parts) {
+                if part.logits {
                     out[*i] = logits.next().expect("logits for every segment that ends in this pass");
                 }
             }
         }
         Ok(out)
     }
-}
 
-impl Transformer {
     /// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of
     /// the types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
     fn mm(&self, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
