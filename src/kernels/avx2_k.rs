@@ -108,6 +108,21 @@ unsafe fn rows<const R: usize>(a: &Acts, r0: usize) -> RowPtrs<R> {
     }
 }
 
+/// The horizontal sums of four i32x8 vectors as one i32x4 (exact: integer adds in any order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum4_i32x8(v: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// The horizontal sums of four i32x4 vectors as one i32x4.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum4_i32x4(v: [__m128i; 4]) -> __m128i {
+    _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]))
+}
+
 /// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`).
 pub(crate) struct Q45K<const HIGH: bool>;
 
@@ -119,11 +134,23 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         let ya = rows::<R>(a, r0);
         let m4 = _mm256_set1_epi8(0xF);
         let m1 = _mm256_set1_epi8(1);
+        // Tiles of 4 rows or more take rows 0..4 four to a vector through the per-block steps
+        // outside the quants (horizontal sums, the min term, the fma with the block scale):
+        // lane by lane the same operations as the scalar form, so a row's result never depends
+        // on its tile.
+        let v = if R >= 4 { 4 } else { 0 };
         let mut acc = [[_mm256_setzero_ps(); R]; C];
+        // Q5_K: the min terms; Q4_K: one exact integer per block for the quants and one for the
+        // mins (see the header).
         let mut summs = [[0f32; R]; C];
-        // Q4_K: one exact integer per block for the quants and one for the mins (see the header).
         let (mut acc4, mut accm4) = ([[0f32; R]; C], [[0f32; R]; C]);
+        let (mut acc4v, mut accm4v) = ([_mm_setzero_ps(); C], [_mm_setzero_ps(); C]);
         for i in 0..a.nb {
+            let yd4 = if v == 4 {
+                _mm_set_ps(*ya.d[3].add(i), *ya.d[2].add(i), *ya.d[1].add(i), *ya.d[0].add(i))
+            } else {
+                _mm_setzero_ps()
+            };
             for c in 0..C {
                 let p = w[c].add(i * bytes);
                 if R <= 4 {
@@ -134,16 +161,25 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                 let mins = _mm256_extracti128_si256::<1>(ms);
                 let sc = _mm256_castsi256_si128(ms);
                 let scales = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(sc), sc);
-                let mut dr = [0f32; R];
-                for r in 0..R {
+                let dr: [f32; R] = std::array::from_fn(|r| *ya.d[r].add(i) * dx);
+                for r in v..R {
                     let yd = *ya.d[r].add(i);
-                    dr[r] = yd * dx;
                     let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
                     let imin = hsum_i32x4(prod) as f32;
                     if HIGH {
                         summs[c][r] = (-yd * dminx).mul_add(imin, summs[c][r]);
                     } else {
                         accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
+                    }
+                }
+                if v == 4 {
+                    let prods: [__m128i; 4] = std::array::from_fn(|r| _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i))));
+                    let imin = _mm_cvtepi32_ps(hsum4_i32x4(prods));
+                    if HIGH {
+                        let neg = _mm_xor_ps(yd4, _mm_set1_ps(-0.0));
+                        accm4v[c] = _mm_fmadd_ps(_mm_mul_ps(neg, _mm_set1_ps(dminx)), imin, accm4v[c]);
+                    } else {
+                        accm4v[c] = _mm_fmadd_ps(imin, _mm_mul_ps(_mm_set1_ps(dminx), yd4), accm4v[c]);
                     }
                 }
                 let (q, mut hb) = if HIGH {
@@ -171,20 +207,34 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
                     }
                 }
-                for r in 0..R {
-                    if HIGH {
+                if HIGH {
+                    for r in 0..R {
                         acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
-                    } else {
+                    }
+                } else {
+                    for r in v..R {
                         let isum = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
                         acc4[c][r] = (hsum_i32x4(isum) as f32).mul_add(dr[r], acc4[c][r]);
+                    }
+                    if v == 4 {
+                        let isum = _mm_cvtepi32_ps(hsum4_i32x8([sumi[0], sumi[1], sumi[2], sumi[3]]));
+                        acc4v[c] = _mm_fmadd_ps(isum, _mm_mul_ps(yd4, _mm_set1_ps(dx)), acc4v[c]);
                     }
                 }
             }
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
+            let (mut a4, mut m4) = ([0f32; 4], [0f32; 4]);
+            _mm_storeu_ps(a4.as_mut_ptr(), acc4v[c]);
+            _mm_storeu_ps(m4.as_mut_ptr(), accm4v[c]);
             for r in 0..R {
-                out[c][r] = if HIGH { hsum8(acc[c][r]) + summs[c][r] } else { acc4[c][r] - accm4[c][r] };
+                out[c][r] = match (HIGH, r < v) {
+                    (true, true) => hsum8(acc[c][r]) + m4[r],
+                    (true, false) => hsum8(acc[c][r]) + summs[c][r],
+                    (false, true) => a4[r] - m4[r],
+                    (false, false) => acc4[c][r] - accm4[c][r],
+                };
             }
         }
         out
