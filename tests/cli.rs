@@ -85,3 +85,28 @@ fn bad_flags_fail_with_a_clear_message() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+#[test]
+fn bench_json_pairs_batched_and_single_decode() {
+    let o = bin(&["bench", "-m", "smollm2", "-p", "0", "-n", "4", "-r", "3", "-b", "2", "-t", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v[0];
+    let tests: Vec<&str> = row["results"].as_array().unwrap().iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["tg4", "tg4 x2"]);
+    let samples = |i: usize| -> Vec<f64> {
+        row["results"][i]["samples_tps"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (one, many) = (samples(0), samples(1));
+    assert_eq!((one.len(), many.len()), (3, 3));
+    let gain = &row["batch_gain"];
+    assert_eq!(gain["batch"], 2);
+    let ratios: Vec<f64> = gain["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    // Each gain is the batched run over the single run it was paired with.
+    for i in 0..3 {
+        assert!(one[i] > 0.0 && many[i] > 0.0);
+        assert!((ratios[i] - many[i] / one[i]).abs() < 1e-9 * ratios[i], "pair {i}: {} vs {}/{}", ratios[i], many[i], one[i]);
+    }
+    let mean = ratios.iter().sum::<f64>() / 3.0;
+    assert!((gain["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean);
+}

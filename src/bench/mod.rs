@@ -1,6 +1,7 @@
 //! Throughput measurement like llama-bench: `pp` = prefill N prompt tokens in one pass, `tg` =
-//! generate N tokens one at a time, repeated R times, mean ± sd tokens/s; plus a MoA bench (per
-//! layer wall time, aggregate tok/s, time to the aggregator's first token, peak memory).
+//! generate N tokens one at a time, repeated R times, mean ± sd tokens/s; batched against
+//! single-sequence decode in back-to-back pairs; plus a MoA bench (per layer wall time, aggregate
+//! tok/s, time to the aggregator's first token, peak memory).
 
 use std::time::{Duration, Instant};
 
@@ -70,35 +71,71 @@ pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     Ok(stats(format!("pp{n}"), n, samples))
 }
 
+/// One timed run of `toks` generated one at a time from an empty cache.
+fn tg_run(model: &Model, toks: &[u32]) -> Result<Duration> {
+    let mut c = cache(model, toks.len())?;
+    let t = Instant::now();
+    for tok in toks {
+        model.transformer.forward(std::slice::from_ref(tok), &mut c)?;
+    }
+    Ok(t.elapsed())
+}
+
+/// One timed run of `batch` sequences decoding `toks`, one batched forward per step.
+fn tg_batch_run(model: &Model, toks: &[u32], batch: usize) -> Result<Duration> {
+    let mut caches = (0..batch).map(|_| cache(model, toks.len())).collect::<Result<Vec<_>>>()?;
+    let t = Instant::now();
+    for tok in toks {
+        let one = [*tok];
+        let mut segs: Vec<(&[u32], &mut KvCache)> = caches.iter_mut().map(|c| (&one[..], c)).collect();
+        model.transformer.forward_batch(&mut segs)?;
+    }
+    Ok(t.elapsed())
+}
+
 /// Generate `n` tokens one at a time from an empty cache, `reps` times (after one warm-up).
 pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 2);
-    let samples = sample(reps, n, || {
-        let mut c = cache(model, n)?;
-        let t = Instant::now();
-        for tok in &toks {
-            model.transformer.forward(std::slice::from_ref(tok), &mut c)?;
-        }
-        Ok(t.elapsed())
-    })?;
+    let samples = sample(reps, n, || tg_run(model, &toks))?;
     Ok(stats(format!("tg{n}"), n, samples))
 }
 
-/// Decode `n` tokens for each of `batch` sequences, one batched forward per step (MoA samples of
-/// one model); reports aggregate tokens/s over all sequences.
-pub fn bench_tg_batch(model: &Model, n: usize, batch: usize, reps: usize) -> Result<TestResult> {
-    let toks = tokens(n, model.cfg().vocab_size, 3);
-    let samples = sample(reps, n * batch, || {
-        let mut caches = (0..batch).map(|_| cache(model, n)).collect::<Result<Vec<_>>>()?;
-        let t = Instant::now();
-        for tok in &toks {
-            let one = [*tok];
-            let mut segs: Vec<(&[u32], &mut KvCache)> = caches.iter_mut().map(|c| (&one[..], c)).collect();
-            model.transformer.forward_batch(&mut segs)?;
-        }
-        Ok(t.elapsed())
-    })?;
-    Ok(stats(format!("tg{n} x{batch}"), n * batch, samples))
+/// What decoding `batch` sequences in one forward gains over one sequence: aggregate tok/s over
+/// single-sequence tok/s, from runs measured back to back in pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchGain {
+    pub batch: usize,
+    /// One ratio per pair of runs.
+    pub samples: Vec<f64>,
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// Single-sequence decode (`tg{n}`) and `batch` sequences decoded together (`tg{n} x{batch}`,
+/// aggregate tok/s; MoA samples of one model), measured in back-to-back pairs whose order
+/// alternates, so a slow phase of a shared machine weighs on both sides of the gain alike.
+pub fn bench_tg_paired(model: &Model, n: usize, batch: usize, reps: usize) -> Result<(TestResult, TestResult, BatchGain)> {
+    let toks = tokens(n, model.cfg().vocab_size, 2);
+    tg_run(model, &toks)?;
+    tg_batch_run(model, &toks, batch)?;
+    let (mut one, mut many) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for rep in 0..reps {
+        let single = || tg_run(model, &toks).map(|d| n as f64 / d.as_secs_f64());
+        let batched = || tg_batch_run(model, &toks, batch).map(|d| (n * batch) as f64 / d.as_secs_f64());
+        let (a, b) = if rep % 2 == 0 {
+            let a = single()?;
+            (a, batched()?)
+        } else {
+            let b = batched()?;
+            (single()?, b)
+        };
+        one.push(a);
+        many.push(b);
+    }
+    let ratios: Vec<f64> = many.iter().zip(&one).map(|(b, a)| b / a).collect();
+    let g = stats(String::new(), 0, ratios);
+    let gain = BatchGain { batch, samples: g.samples_tps, mean: g.mean_tps, sd: g.sd_tps };
+    Ok((stats(format!("tg{n}"), n, one), stats(format!("tg{n} x{batch}"), n * batch, many), gain))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,6 +148,8 @@ pub struct ModelBench {
     pub threads: usize,
     pub synthetic: bool,
     pub results: Vec<TestResult>,
+    /// With `--batch`: the paired gain of batched over single-sequence decode.
+    pub batch_gain: Option<BatchGain>,
     pub memory: Option<MemoryAfterLoad>,
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use moa_local::bench::{bench_pp, bench_tg, bench_tg_batch, largest_kv_bytes, markdown, MemoryAfterLoad, ModelBench};
+use moa_local::bench::{bench_pp, bench_tg, bench_tg_paired, largest_kv_bytes, markdown, MemoryAfterLoad, ModelBench};
 use moa_local::runtime::estimate;
 use moa_local::model::catalog::Catalog;
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
@@ -37,7 +37,8 @@ pub struct BenchArgs {
     /// Repetitions (after one warm-up).
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
-    /// Also decode this many sequences together (batched forward; aggregate tok/s), e.g. 4.
+    /// Also decode this many sequences together (batched forward; aggregate tok/s), e.g. 4; each
+    /// batched run is paired with a single-sequence run and the gain is reported per pair.
     #[arg(short = 'b', long)]
     pub batch: Option<usize>,
     /// CPU threads (default: all cores).
@@ -102,13 +103,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         let rss_after_load = estimate::rss_bytes();
         let peak_tracked = device.is_cpu() && estimate::reset_peak_rss();
         let mut results = Vec::new();
+        let mut batch_gain = None;
         if a.pp > 0 {
             results.push(bench_pp(&model, a.pp, a.reps)?);
         }
         if a.tg > 0 {
-            results.push(bench_tg(&model, a.tg, a.reps)?);
-            if let Some(b) = a.batch.filter(|&b| b > 1) {
-                results.push(bench_tg_batch(&model, a.tg, b, a.reps)?);
+            match a.batch.filter(|&b| b > 1) {
+                Some(b) => {
+                    let (one, many, gain) = bench_tg_paired(&model, a.tg, b, a.reps)?;
+                    results.extend([one, many]);
+                    batch_gain = Some(gain);
+                }
+                None => results.push(bench_tg(&model, a.tg, a.reps)?),
             }
         }
         let kv_bytes = largest_kv_bytes(&model, a.pp, a.tg, a.batch.unwrap_or(1));
@@ -134,6 +140,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             threads,
             synthetic,
             results,
+            batch_gain,
             memory,
         });
     }
@@ -141,6 +148,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{}", markdown(&rows));
+        for r in &rows {
+            if let Some(g) = &r.batch_gain {
+                println!(
+                    "\nbatched decode: {}: {} sequences in one forward = {:.2} ± {:.2} x one sequence's tok/s ({} back-to-back pairs)",
+                    r.model,
+                    g.batch,
+                    g.mean,
+                    g.sd,
+                    g.samples.len()
+                );
+            }
+        }
         let mem: Vec<String> = rows.iter().filter_map(|r| r.memory.as_ref().map(|m| m.line(&r.model))).collect();
         if !mem.is_empty() {
             println!("\nmemory (CPU): {}", mem.join("; "));
