@@ -225,14 +225,15 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
-            let (mut a4, mut m4) = ([0f32; 4], [0f32; 4]);
-            _mm_storeu_ps(a4.as_mut_ptr(), acc4v[c]);
-            _mm_storeu_ps(m4.as_mut_ptr(), accm4v[c]);
+            // Rows 0..v: Q4_K's quant and min sums, or Q5_K's min terms, from the vector lanes.
+            let (mut quants, mut mins) = ([0f32; 4], [0f32; 4]);
+            _mm_storeu_ps(quants.as_mut_ptr(), acc4v[c]);
+            _mm_storeu_ps(mins.as_mut_ptr(), accm4v[c]);
             for r in 0..R {
                 out[c][r] = match (HIGH, r < v) {
-                    (true, true) => hsum8(acc[c][r]) + m4[r],
+                    (true, true) => hsum8(acc[c][r]) + mins[r],
                     (true, false) => hsum8(acc[c][r]) + summs[c][r],
-                    (false, true) => a4[r] - m4[r],
+                    (false, true) => quants[r] - mins[r],
                     (false, false) => acc4[c][r] - accm4[c][r],
                 };
             }
