@@ -21,11 +21,17 @@ pub struct TestResult {
     pub sd_tps: f64,
 }
 
-fn stats(test: String, tokens: usize, samples: Vec<f64>) -> TestResult {
+/// Mean and sample standard deviation.
+fn mean_sd(samples: &[f64]) -> (f64, f64) {
     let n = samples.len().max(1) as f64;
     let mean = samples.iter().sum::<f64>() / n;
     let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    TestResult { test, tokens, mean_tps: mean, sd_tps: var.sqrt(), samples_tps: samples }
+    (mean, var.sqrt())
+}
+
+fn stats(test: String, tokens: usize, samples: Vec<f64>) -> TestResult {
+    let (mean_tps, sd_tps) = mean_sd(&samples);
+    TestResult { test, tokens, mean_tps, sd_tps, samples_tps: samples }
 }
 
 /// Deterministic pseudo-random token ids (llama-bench also feeds random tokens).
@@ -118,13 +124,12 @@ pub fn bench_tg_paired(model: &Model, n: usize, batch: usize, reps: usize) -> Re
     let toks = tokens(n, model.cfg().vocab_size, 2);
     tg_run(model, &toks)?;
     tg_batch_run(model, &toks, batch)?;
+    let single = || tg_run(model, &toks).map(|d| n as f64 / d.as_secs_f64());
+    let batched = || tg_batch_run(model, &toks, batch).map(|d| (n * batch) as f64 / d.as_secs_f64());
     let (mut one, mut many) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     for rep in 0..reps {
-        let single = || tg_run(model, &toks).map(|d| n as f64 / d.as_secs_f64());
-        let batched = || tg_batch_run(model, &toks, batch).map(|d| (n * batch) as f64 / d.as_secs_f64());
         let (a, b) = if rep % 2 == 0 {
-            let a = single()?;
-            (a, batched()?)
+            (single()?, batched()?)
         } else {
             let b = batched()?;
             (single()?, b)
@@ -133,8 +138,8 @@ pub fn bench_tg_paired(model: &Model, n: usize, batch: usize, reps: usize) -> Re
         many.push(b);
     }
     let ratios: Vec<f64> = many.iter().zip(&one).map(|(b, a)| b / a).collect();
-    let g = stats(String::new(), 0, ratios);
-    let gain = BatchGain { batch, samples: g.samples_tps, mean: g.mean_tps, sd: g.sd_tps };
+    let (mean, sd) = mean_sd(&ratios);
+    let gain = BatchGain { batch, samples: ratios, mean, sd };
     Ok((stats(format!("tg{n}"), n, one), stats(format!("tg{n} x{batch}"), n * batch, many), gain))
 }
 

@@ -137,7 +137,8 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         // Tiles of 4 rows or more take rows 0..4 four to a vector through the per-block steps
         // outside the quants (horizontal sums, the min term, the fma with the block scale):
         // lane by lane the same operations as the scalar form, so a row's result never depends
-        // on its tile.
+        // on its tile. The other rows keep the scalar form (padding them into a second group, or
+        // one flat reduction over every dot product of the tile, measured slower).
         let v = if R >= 4 { 4 } else { 0 };
         let mut acc = [[_mm256_setzero_ps(); R]; C];
         // Q5_K: the min terms; Q4_K: one exact integer per block for the quants and one for the
