@@ -1,5 +1,6 @@
 //! Generation behaviour on the real test models: seeded sampling, stop conditions, UTF-8
-//! streaming, context limits, shared weights, and clear errors for bad model files.
+//! streaming, context limits, shared weights, weights loaded as stored, and clear errors for bad
+//! model files.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use moa_local::engine::{Control, SamplingParams};
+use moa_local::model::gguf::GgufFile;
 use moa_local::model::{GenerateRequest, Message, Model, Prompt, StopReason};
 use moa_local::Error;
 
@@ -153,6 +155,25 @@ fn bad_model_files_give_errors_naming_the_file() {
     std::fs::write(&cut, &bytes[..4096]).unwrap();
     let e = Model::load_uncached(&cut, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("header.gguf"), "{e}");
+}
+
+#[test]
+fn weights_read_in_place_are_byte_for_byte_what_candle_reads() {
+    // Every tensor of the three test models (F32 norms; Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K
+    // weights), read by the loader's single-copy path and by candle's own reader.
+    let mut types = std::collections::BTreeSet::new();
+    for key in [common::SMOL, common::QWEN, common::GEMMA] {
+        let g = GgufFile::open(common::model_path(key)).unwrap();
+        let (mut r1, mut r2) = (g.reader().unwrap(), g.reader().unwrap());
+        for (name, info) in &g.content.tensor_infos {
+            let ours = g.tensor(&mut r1, name, &Device::Cpu).unwrap();
+            let theirs = g.content.tensor(&mut r2, name, &Device::Cpu).unwrap();
+            assert_eq!((ours.dtype(), ours.shape()), (theirs.dtype(), theirs.shape()), "{key} {name}");
+            assert!(ours.data().unwrap() == theirs.data().unwrap(), "{key} {name}: bytes differ");
+            types.insert(format!("{:?}", info.ggml_dtype));
+        }
+    }
+    assert!(types.len() >= 6, "types covered: {types:?}");
 }
 
 #[test]

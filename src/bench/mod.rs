@@ -166,6 +166,8 @@ pub struct MemoryAfterLoad {
     pub rss_before_load_bytes: u64,
     /// VmRSS right after loading.
     pub rss_after_load_bytes: u64,
+    /// VmHWM over the load itself (header, tokenizer, weights).
+    pub load_peak_rss_bytes: u64,
     /// VmHWM over the tests, counted from the end of loading.
     pub peak_rss_bytes: u64,
     /// File-backed resident pages after the tests (code of the executable and its libraries).
@@ -183,8 +185,9 @@ pub struct MemoryAfterLoad {
 impl MemoryAfterLoad {
     pub fn line(&self, model: &str) -> String {
         format!(
-            "{model}: resident before load {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB (code pages {:.1} MiB) = {:.3} x (GGUF {:.1} MiB + KV cache {:.1} MiB); the model's part {:.3} x",
+            "{model}: resident before load {:.1} MiB, peak while loading {:.1} MiB, after load {:.1} MiB, peak during the tests {:.1} MiB (code pages {:.1} MiB) = {:.3} x (GGUF {:.1} MiB + KV cache {:.1} MiB); the model's part {:.3} x",
             self.rss_before_load_bytes as f64 / 1048576.0,
+            self.load_peak_rss_bytes as f64 / 1048576.0,
             self.rss_after_load_bytes as f64 / 1048576.0,
             self.peak_rss_bytes as f64 / 1048576.0,
             self.code_bytes as f64 / 1048576.0,

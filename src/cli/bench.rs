@@ -99,8 +99,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (name, path, synthetic) in files {
         let rss_before_load = estimate::rss_bytes();
+        let load_tracked = device.is_cpu() && estimate::reset_peak_rss();
         let model = Model::load(&path, &device)?;
         let rss_after_load = estimate::rss_bytes();
+        let load_peak = estimate::peak_rss_bytes().filter(|_| load_tracked);
         let peak_tracked = device.is_cpu() && estimate::reset_peak_rss();
         let mut results = Vec::new();
         let mut batch_gain = None;
@@ -118,10 +120,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let kv_bytes = largest_kv_bytes(&model, a.pp, a.tg, a.batch.unwrap_or(1));
-        let memory = match (rss_before_load, rss_after_load, estimate::peak_rss_bytes()) {
-            (Some(before), Some(after), Some(peak)) if peak_tracked => Some(MemoryAfterLoad {
+        let memory = match (rss_before_load, rss_after_load, load_peak, estimate::peak_rss_bytes()) {
+            (Some(before), Some(after), Some(load_peak), Some(peak)) if peak_tracked => Some(MemoryAfterLoad {
                 rss_before_load_bytes: before,
                 rss_after_load_bytes: after,
+                load_peak_rss_bytes: load_peak,
                 code_bytes: estimate::file_rss_bytes().unwrap_or(0),
                 peak_rss_bytes: peak,
                 kv_bytes,

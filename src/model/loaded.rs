@@ -72,11 +72,13 @@ impl Model {
 
     fn read(path: &Path, device: &Device) -> Result<Model> {
         let start = Instant::now();
-        let g = GgufFile::open(path)?;
+        let mut g = GgufFile::open(path)?;
         let file_size = g.file_size;
         let cfg = Config::from_gguf(&g)?;
         let tokenizer = GgufTokenizer::from_gguf(&g)?;
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        g.drop_vocabulary();
+        release_freed_memory();
         let transformer = Transformer::load(&g, cfg, device)?;
         drop(g);
         release_freed_memory();

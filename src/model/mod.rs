@@ -3,6 +3,7 @@
 //! model aliases.
 
 pub mod gguf;
+mod cpu_tensor;
 pub mod template;
 pub mod tokenizer;
 pub mod arch;

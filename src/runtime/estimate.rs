@@ -16,8 +16,8 @@ use crate::model::ubatch;
 /// test models (measured 40–51).
 const TOKENIZER_BYTES_PER_ENTRY: u64 = 48;
 
-/// Bytes per tokenizer entry of the header's metadata arrays (token and merge strings), alive
-/// while the weights load and freed after (measured 79–122).
+/// Bytes per tokenizer entry of the header's metadata arrays (token and merge strings) and their
+/// copy while the tokenizer is built from them; freed before the weights load (measured 79–122).
 const METADATA_BYTES_PER_ENTRY: u64 = 100;
 
 /// Fixed process overhead (runtime, allocator arenas, code).
@@ -26,8 +26,9 @@ const BASE_BYTES: u64 = 8 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEstimate {
     pub weights: u64,
-    /// Transient while loading, above the loaded weights: the raw copy of the tensor being read
-    /// (the worst point of the load order) and the header's tokenizer metadata.
+    /// Transient while loading, above the loaded model: the header's tokenizer metadata where
+    /// it outweighs the weights (it is freed before they load), and on a GPU the host copy of
+    /// the tensor being read (the CPU reads each tensor straight into place).
     pub load_transient: u64,
     pub tokenizer: u64,
     /// Per sequence, at the planned context.
@@ -57,9 +58,9 @@ impl MemoryEstimate {
 pub struct ModelShape {
     pub cfg: Config,
     pub weights: u64,
-    /// The most the load goes above the final weights: reading a tensor holds its raw bytes
-    /// beside the converted copy, so at tensor `i` of the load order (embedding, layers, the
-    /// rest) `loaded_before_i + 2 * size_i` is resident.
+    /// The most a GPU load goes above the final weights: candle reads a tensor's raw bytes and
+    /// then copies them to the device, so at tensor `i` of the load order (embedding, layers,
+    /// the rest) `loaded_before_i + 2 * size_i` is counted.
     pub load_overshoot: u64,
     pub tokenizer_entries: u64,
 }
@@ -113,7 +114,8 @@ impl ModelShape {
         let logits = 2 * c.vocab_size * 4;
         MemoryEstimate {
             weights: self.weights,
-            load_transient: self.load_overshoot + self.tokenizer_entries * METADATA_BYTES_PER_ENTRY,
+            load_transient: if on_cpu { 0 } else { self.load_overshoot }
+                + (self.tokenizer_entries * METADATA_BYTES_PER_ENTRY).saturating_sub(self.weights),
             tokenizer: self.tokenizer_entries * TOKENIZER_BYTES_PER_ENTRY,
             kv_per_sequence: KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, context),
             buffers: (acts + logits) as u64,
