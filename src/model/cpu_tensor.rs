@@ -18,7 +18,7 @@ use half::{bf16, f16};
 /// `Err` names what went wrong; the caller adds the file and tensor.
 pub fn read(r: &mut impl Read, dtype: GgmlDType, shape: Shape) -> Result<QTensor, String> {
     let elems = shape.elem_count();
-    if elems % dtype.block_size() != 0 {
+    if !elems.is_multiple_of(dtype.block_size()) {
         return Err(format!("{elems} elements are not a whole number of {dtype:?} blocks of {}", dtype.block_size()));
     }
     let blocks = elems / dtype.block_size();
