@@ -198,6 +198,22 @@ unsafe fn f16x8(p: *const u8, stride: usize, cnt: usize) -> __m256 {
     _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
 }
 
+/// The scales and mins of 8 blocks of a `_1` type (f16 `d` then f16 `m` at `p + i * stride`,
+/// i < cnt, zeros beyond) as two f32x8: one 32-bit load per block, the halves sorted apart with
+/// one byte shuffle and one quarter permute.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x8_pairs(p: *const u8, stride: usize, cnt: usize) -> (__m256, __m256) {
+    let h = |i: usize| if i < cnt { (p.add(i * stride) as *const u32).read_unaligned() as u64 } else { 0 };
+    let pair = |i: usize| (h(i) | h(i + 1) << 32) as i64;
+    let v = _mm256_set_epi64x(pair(6), pair(4), pair(2), pair(0));
+    // Per 128-bit half: d0 m0 d1 m1 d2 m2 d3 m3 → d0 d1 d2 d3 m0 m1 m2 m3.
+    let sort = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    // Quarters d0-3, m0-3, d4-7, m4-7 → d0-3, d4-7, m0-3, m4-7.
+    let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, sort));
+    (_mm256_cvtph_ps(_mm256_castsi256_si128(v)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(v)))
+}
+
 /// The micro-kernel of every 32-element type. Blocks go in groups of 8: the 8 products
 /// `d_w * d_a` (exact: two f16 values) are formed in one vector and each block's is broadcast
 /// with a lane permute.
@@ -235,12 +251,19 @@ impl<W: Small> Kern for SmallKern<W> {
             let mut s8 = [[[0f32; 8]; R]; C];
             let mut mins = [[0f32; 8]; C];
             for c in 0..C {
-                let dw = f16x8(w[c].add(b0 * W::BYTES), W::BYTES, cnt);
+                let (dw, m) = if W::SIGNED {
+                    (f16x8(w[c].add(b0 * W::BYTES), W::BYTES, cnt), _mm256_setzero_ps())
+                } else {
+                    f16x8_pairs(w[c].add(b0 * W::BYTES), W::BYTES, cnt)
+                };
                 for r in 0..R {
                     _mm256_storeu_ps(s8[c][r].as_mut_ptr(), _mm256_mul_ps(dw, da[r]));
                 }
                 if !W::SIGNED {
-                    _mm256_storeu_ps(mins[c].as_mut_ptr(), f16x8(w[c].add(b0 * W::BYTES + 2), W::BYTES, cnt));
+                    // One activation row: the 8 min terms `m * s` at once (exact products: both
+                    // are f16 values); they are still summed one block at a time, in order.
+                    let m = if R == 1 { _mm256_mul_ps(m, _mm256_loadu_ps(ss[0].add(b0))) } else { m };
+                    _mm256_storeu_ps(mins[c].as_mut_ptr(), m);
                 }
             }
             for i in 0..cnt {
@@ -273,8 +296,7 @@ impl<W: Small> Kern for SmallKern<W> {
                         let q = _mm256_cvtepi32_ps(dot);
                         acc[c][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&s8[c][r][i]), q, acc[c][r]);
                         if !W::SIGNED && R == 1 {
-                            // m * s: both f16 values, so the product is exact and fusing is moot.
-                            summs[c][r] += mins[c][i] * *ss[r].add(b);
+                            summs[c][r] += mins[c][i];
                         }
                     }
                 }

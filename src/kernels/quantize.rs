@@ -134,7 +134,7 @@ impl Acts {
         // 8 spare scales: kernels load scales 8 blocks at a time.
         grow(&mut self.d, m * nb + 8);
         if kind == ActType::Q8_1 {
-            grow(&mut self.s, m * nb);
+            grow(&mut self.s, m * nb + 8);
         }
         if kind == ActType::Q8K {
             grow(&mut self.bsums, m * nb * 16);
