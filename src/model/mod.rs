@@ -10,6 +10,7 @@ pub mod arch;
 pub mod transformer;
 pub mod ubatch;
 pub mod activation;
+mod rope;
 pub mod generate;
 pub mod loaded;
 

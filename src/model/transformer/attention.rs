@@ -9,6 +9,7 @@ use crate::engine::attention::{self, AttnShape};
 use crate::engine::KvCache;
 use crate::kernels::with_cpu_f32;
 use crate::model::arch::RopeStyle;
+use crate::model::rope::rope_cpu;
 
 impl Transformer {
     /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
@@ -71,6 +72,7 @@ impl Transformer {
         let (q, k) = (norm(q, l.qk_norm.as_ref().map(|n| &n.0))?, norm(k, l.qk_norm.as_ref().map(|n| &n.1))?);
         let (cos, sin) = rope;
         let rot = |t: Tensor| match c.rope_style {
+            _ if self.fast_cpu => rope_cpu(&t, cos, sin, c.rope_style),
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin),
             RopeStyle::Neox => candle_nn::rotary_emb::rope(&t, cos, sin),
         };
