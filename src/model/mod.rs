@@ -10,7 +10,7 @@ pub mod arch;
 pub mod transformer;
 pub mod ubatch;
 pub mod activation;
-mod rope;
+mod row_ops;
 pub mod generate;
 pub mod loaded;
 

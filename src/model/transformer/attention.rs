@@ -9,7 +9,7 @@ use crate::engine::attention::{self, AttnShape};
 use crate::engine::KvCache;
 use crate::kernels::with_cpu_f32;
 use crate::model::arch::RopeStyle;
-use crate::model::rope::rope_cpu;
+use crate::model::row_ops::rope_cpu;
 
 impl Transformer {
     /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
@@ -66,7 +66,7 @@ impl Transformer {
             (heads(q, c.n_head)?, heads(k, c.n_kv_head)?, heads(v, c.n_kv_head)?)
         };
         let norm = |t: Tensor, w: Option<&Tensor>| match w {
-            Some(w) => candle_nn::ops::rms_norm(&t, w, c.rms_eps as f32),
+            Some(w) => self.rms_norm(&t, w),
             None => Ok(t),
         };
         let (q, k) = (norm(q, l.qk_norm.as_ref().map(|n| &n.0))?, norm(k, l.qk_norm.as_ref().map(|n| &n.1))?);

@@ -13,6 +13,7 @@ use crate::engine::{Forward, KvCache};
 use crate::error::{Error, Result};
 use crate::model::arch::{Activation, Config};
 use crate::model::gguf::GgufFile;
+use crate::model::row_ops::rms_norm_cpu;
 use crate::model::ubatch;
 
 mod attention;
@@ -147,6 +148,13 @@ impl Transformer {
         }
     }
 
+    /// RMSNorm with `w`: on the calling thread on the CPU fast path (see `row_ops`), candle_nn's
+    /// elsewhere.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let eps = self.cfg.rms_eps as f32;
+        if self.fast_cpu { rms_norm_cpu(x, w, eps) } else { candle_nn::ops::rms_norm(x, w, eps) }
+    }
+
     fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
         let [gate, up]: [Tensor; 2] = self.mm_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
         let h = if self.fast_cpu {
@@ -176,7 +184,6 @@ impl Transformer {
         if let Some(s) = c.embed_scale {
             x = (x * s as f64)?;
         }
-        let eps = c.rms_eps as f32;
         // Only each segment's last position needs logits: after the last layer's attention (which
         // still reads and writes every position's K/V) the other rows are dropped, as llama.cpp
         // does with its output ids.
@@ -203,18 +210,18 @@ impl Transformer {
         let n_layers = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
             let rope = &ropes.iter().find(|(b, _)| *b == l.rope_base).expect("a table per base").1;
-            let mut h = self.attention(l, li, &candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?, segs, rope)?;
+            let mut h = self.attention(l, li, &self.rms_norm(&x, &l.attn_norm)?, segs, rope)?;
             if let (Some(idx), true) = (&keep, li + 1 == n_layers) {
                 h = h.index_select(idx, 1)?;
                 x = x.index_select(idx, 1)?;
             }
             if let Some(n) = &l.post_attn_norm {
-                h = candle_nn::ops::rms_norm(&h, n, eps)?;
+                h = self.rms_norm(&h, n)?;
             }
             x = (x + h)?;
-            let mut h = self.mlp(l, &candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?)?;
+            let mut h = self.mlp(l, &self.rms_norm(&x, &l.ffn_norm)?)?;
             if let Some(n) = &l.post_ffn_norm {
-                h = candle_nn::ops::rms_norm(&h, n, eps)?;
+                h = self.rms_norm(&h, n)?;
             }
             x = (x + h)?;
         }
@@ -224,7 +231,7 @@ impl Transformer {
         if last_rows.is_empty() {
             return Ok(Vec::new());
         }
-        let last = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let last = self.rms_norm(&x, &self.norm)?;
         let logits = self.mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
         logits.to_vec2::<f32>()
     }

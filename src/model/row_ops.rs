@@ -1,9 +1,10 @@
-//! RoPE on the CPU fast path, on the calling thread. candle_nn's `rope_i` / `rope` compute the
-//! same thing but hand any call with more than one row to rayon: in batched decode (several
-//! sequences, one row each) that was two rayon jobs per layer per step, whose workers then spun
-//! in `sched_yield` beside the kernels' pool on the same cores (~350 yields per step). A step
-//! rotates a few thousand pairs, so one thread does it in microseconds. The float operations are
-//! candle's, in the same order, so the results are bit-identical.
+//! Row-wise ops of the CPU fast path (RoPE, RMSNorm), on the calling thread. candle_nn's
+//! `rope_i` / `rope` hand any call with more than one row to rayon, and its `rms_norm` any call
+//! with more than 32: in batched decode (several sequences, one row each) and in prefill those
+//! were rayon jobs every layer, whose idle workers then spun in `sched_yield` beside the kernels'
+//! pool on the same cores (~350 yields per batched step). A call covers a few thousand values, so
+//! one thread does it in microseconds. The float operations are candle_nn's, in the same order,
+//! so the results are bit-identical.
 
 use candle_core::Tensor;
 
@@ -46,6 +47,27 @@ fn rotate(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], style: RopeSty
     }
 }
 
+/// `x / sqrt(mean(x²) + eps) * alpha` over the last dimension of `x` (f32 on the CPU).
+pub fn rms_norm_cpu(x: &Tensor, alpha: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let n = x.dim(candle_core::D::Minus1)?;
+    if alpha.dims1()? != n {
+        candle_core::bail!("rms-norm: {:?} against weight {:?}", x.shape(), alpha.shape());
+    }
+    let mut out = vec![0f32; x.elem_count()];
+    with_cpu_f32(alpha, |alpha| {
+        with_cpu_f32(x, |src| {
+            for (s, d) in src.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                let sum2 = s.iter().map(|&v| v * v).sum::<f32>();
+                let m = (sum2 / n as f32 + eps).sqrt();
+                for ((d, s), a) in d.iter_mut().zip(s).zip(alpha) {
+                    *d = *s / m * *a;
+                }
+            }
+        })
+    })??;
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +78,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_candle_nn_bit_for_bit() {
+    fn rope_matches_candle_nn_bit_for_bit() {
         let dev = Device::Cpu;
         for (heads, rows, d) in [(9, 1, 64), (9, 4, 64), (3, 40, 64), (2, 7, 256)] {
             let t = Tensor::from_vec(values(heads * rows * d, 1), (1, heads, rows, d), &dev).unwrap();
@@ -72,6 +94,18 @@ mod tests {
                 let same = ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{style:?} heads {heads} rows {rows} d {d}");
             }
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_candle_nn_bit_for_bit() {
+        let dev = Device::Cpu;
+        for (rows, n) in [(1, 576), (4, 576), (40, 576), (33, 896), (3, 7)] {
+            let x = Tensor::from_vec(values(rows * n, 4), (1, rows, n), &dev).unwrap();
+            let w = Tensor::from_vec(values(n, 5), n, &dev).unwrap();
+            let ours = rms_norm_cpu(&x, &w, 1e-5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let theirs = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "rows {rows} n {n}");
         }
     }
 
