@@ -49,11 +49,30 @@ fn blocks_of<T: GgmlType + 'static>(r: &mut impl Read, n: usize, dtype: GgmlDTyp
     if size_of::<T>() != dtype.type_size() {
         return Err(format!("{dtype:?} block is {} bytes in candle but {} in GGUF", size_of::<T>(), dtype.type_size()));
     }
-    let bytes = n.checked_mul(size_of::<T>()).ok_or_else(|| format!("{n} blocks overflow the address space"))?;
-    let mut v: Vec<T> = vec![T::zeros(); n];
+    let mut v = zeroed_vec::<T>(n)?;
+    let bytes = n * size_of::<T>();
     // SAFETY: `v` holds `n` initialized values of `T`, `bytes` long; `T` has no padding (checked
     // above) and only integer and float fields, so any bytes written form valid values.
     let view = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), bytes) };
     r.read_exact(view).map_err(|e| format!("reading {bytes} bytes: {e}"))?;
     Ok(Box::new(v))
+}
+
+/// `n` all-zero `T`s from the allocator's zeroed memory (`calloc`: fresh pages of a large block
+/// are zero already), so the file's bytes are the first to be written to them; `vec![T::zeros();
+/// n]` would write every byte once more before the read. Every GGML block type is valid as all
+/// zero bytes (that is what `GgmlType::zeros` is).
+fn zeroed_vec<T: GgmlType>(n: usize) -> Result<Vec<T>, String> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| format!("{n} blocks overflow the address space"))?;
+    // SAFETY: `layout` has a non-zero size (n > 0 and the block types are not zero-sized).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if p.is_null() {
+        return Err(format!("out of memory allocating {} bytes", layout.size()));
+    }
+    // SAFETY: allocated by the global allocator with `T`'s array layout for exactly `n`
+    // elements, which are initialized (all-zero bytes are a valid `T`).
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
 }
