@@ -245,10 +245,11 @@ impl<W: Small> Kern for SmallKern<W> {
         let mut b0 = 0;
         while b0 < nb {
             let cnt = (nb - b0).min(8);
-            // `Acts` pads `d` so the 8-wide load past a row's last block stays in bounds.
+            // `Acts` pads `d` and `s` so 8-wide loads past a row's last block stay in bounds.
             let da: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(ds[r].add(b0)));
             // The 8 blocks' scale products, broadcast from memory per block (a load, not a shuffle).
             let mut s8 = [[[0f32; 8]; R]; C];
+            // `_1` types: the 8 blocks' mins, or with one activation row their products `m * s`.
             let mut mins = [[0f32; 8]; C];
             for c in 0..C {
                 let (dw, m) = if W::SIGNED {

@@ -131,7 +131,7 @@ impl Acts {
         self.d_stride = 0; // `qu` / `d_t` are stale until `prepare_unsigned`
         self.corr_offset = 0; // `corr` is stale until `prepare_offset`
         grow(&mut self.qs, m * k);
-        // 8 spare scales: kernels load scales 8 blocks at a time.
+        // 8 spare scales (and sums): kernels load them 8 blocks at a time.
         grow(&mut self.d, m * nb + 8);
         if kind == ActType::Q8_1 {
             grow(&mut self.s, m * nb + 8);

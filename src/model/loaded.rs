@@ -77,11 +77,12 @@ impl Model {
         let cfg = Config::from_gguf(&g)?;
         let tokenizer = GgufTokenizer::from_gguf(&g)?;
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        // The vocabulary arrays are the bulk of the header; their pages go back before the
+        // weights load, so they never add to the load's peak.
         g.drop_vocabulary();
         release_freed_memory();
         let transformer = Transformer::load(&g, cfg, device)?;
         drop(g);
-        release_freed_memory();
 
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Model {
@@ -119,7 +120,7 @@ impl Model {
     }
 }
 
-/// Hand the heap memory freed after a load (metadata arrays, tokenizer build temporaries: many
+/// Hand freed heap memory (the header's metadata arrays, tokenizer build temporaries: many
 /// small blocks) back to the OS, so resident memory reflects what the model keeps.
 pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

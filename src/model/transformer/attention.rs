@@ -71,10 +71,14 @@ impl Transformer {
         };
         let (q, k) = (norm(q, l.qk_norm.as_ref().map(|n| &n.0))?, norm(k, l.qk_norm.as_ref().map(|n| &n.1))?);
         let (cos, sin) = rope;
-        let rot = |t: Tensor| match c.rope_style {
-            _ if self.fast_cpu => rope_cpu(&t, cos, sin, c.rope_style),
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin),
-            RopeStyle::Neox => candle_nn::rotary_emb::rope(&t, cos, sin),
+        let rot = |t: Tensor| {
+            if self.fast_cpu {
+                return rope_cpu(&t, cos, sin, c.rope_style);
+            }
+            match c.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin),
+                RopeStyle::Neox => candle_nn::rotary_emb::rope(&t, cos, sin),
+            }
         };
         let (q, k) = (rot(q)?, rot(k)?);
         let out = if self.fast_cpu {
