@@ -48,7 +48,7 @@ pub enum Error {
     #[error("generation was cancelled")]
     Cancelled,
 
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", candle_message(source))]
     Candle { context: String, source: candle_core::Error },
 
     #[error("{0}")]
@@ -66,5 +66,40 @@ impl Error {
 impl From<candle_core::Error> for Error {
     fn from(source: candle_core::Error) -> Self {
         Error::Candle { context: "tensor operation".into(), source }
+    }
+}
+
+/// A candle error as one message and its causes. candle captures a backtrace into its errors
+/// whenever `RUST_BACKTRACE` is set (many Rust users keep it set), and its `Display` prints it:
+/// fifteen lines of frames after a corrupt file's message. They are left out unless
+/// `MOA_BACKTRACE=1` asks for them.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, backtrace } if backtraces_requested() => {
+            format!("{}\n{backtrace}", candle_message(inner))
+        }
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
+    }
+}
+
+fn backtraces_requested() -> bool {
+    std::env::var_os("MOA_BACKTRACE").is_some_and(|v| v == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_print_without_their_backtrace() {
+        let bt = Box::new(std::backtrace::Backtrace::force_capture());
+        let inner = candle_core::Error::Msg("shape mismatch".into());
+        let e = candle_core::Error::WithBacktrace { inner: Box::new(inner), backtrace: bt }.context("matmul");
+        let msg = Error::Candle { context: "forward pass".into(), source: e }.to_string();
+        assert_eq!(msg, "forward pass: matmul: shape mismatch");
     }
 }

@@ -110,3 +110,24 @@ fn bench_json_pairs_batched_and_single_decode() {
     let mean = ratios.iter().sum::<f64>() / 3.0;
     assert!((gain["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean);
 }
+
+#[test]
+fn a_corrupt_model_is_one_line_naming_the_file_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read(common::model_path(common::SMOL)).unwrap();
+    // Cut inside the tensor data, and cut inside the header.
+    for (name, len) in [("cut-data.gguf", src.len() - 4096), ("cut-header.gguf", 3000)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &src[..len]).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_moa-local"))
+            .args(["generate", "--model", path.to_str().unwrap(), "--max-tokens", "1", "hi"])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(!o.status.success());
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{name}: expected one line, got {err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(name) && lines[0].contains("truncated"), "{name}: {err}");
+    }
+}

@@ -32,9 +32,11 @@ impl<'a> QWeight<'a> {
         if k == 0 || !k.is_multiple_of(ty.block_elems()) {
             return Err(format!("{ty:?}: k = {k} is not a positive multiple of {}", ty.block_elems()));
         }
-        let want = n * (k / ty.block_elems()) * ty.block_bytes();
-        if data.len() != want {
-            return Err(format!("{ty:?} [{n}, {k}]: {} bytes, expected {want}", data.len()));
+        // Checked: the kernels read `n × row bytes` through raw pointers, so a product that
+        // wrapped round to the buffer's length would send them past its end.
+        let want = n.checked_mul(k / ty.block_elems()).and_then(|b| b.checked_mul(ty.block_bytes()));
+        if want != Some(data.len()) {
+            return Err(format!("{ty:?} [{n}, {k}]: {} bytes, expected {want:?}", data.len()));
         }
         Ok(Self { ty, n, k, data })
     }

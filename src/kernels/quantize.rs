@@ -235,7 +235,9 @@ pub fn quantize_q8k_block(x: &[f32; QK_K], q: &mut [i8; QK_K], bsums: &mut [i16;
         return 0.0;
     }
     // The first element reaching amax gives the sign (ggml's strict `>` scan).
-    let max = *x.iter().find(|v| v.abs() == amax).unwrap();
+    // (NaN activations, from a corrupt file, leave no element equal to amax: the block is then
+    // garbage in, garbage out, never a panic.)
+    let max = x.iter().find(|v| v.abs() == amax).map_or(amax, |v| *v);
     let iscale = -127.0 / max;
     for (q, &v) in q.iter_mut().zip(x) {
         *q = sat_i8(cvt_rne(iscale * v).min(127));
@@ -316,7 +318,8 @@ unsafe fn quantize_avx2(dst: Dst, x: &[f32], i0: usize, i1: usize) {
                 *dst.d.add(i) = 0.0;
                 continue;
             }
-            let max = *xb.iter().find(|v| v.abs() == amax).unwrap();
+            // A NaN in the block can make the vector max NaN; no element equals it then.
+            let max = xb.iter().find(|v| v.abs() == amax).map_or(amax, |v| *v);
             let iscale = -127.0 / max;
             (iscale, 1.0 / iscale)
         };

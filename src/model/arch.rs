@@ -5,6 +5,11 @@
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 
+/// Largest vocabulary accepted (the largest real ones are about 262k).
+pub const MAX_VOCAB: usize = 1 << 22;
+/// Longest context accepted from a file's metadata.
+pub const MAX_CONTEXT: u32 = 1 << 24;
+
 pub const SUPPORTED_ARCHS: &[&str] = &["llama (Llama, Mistral, SmolLM2)", "qwen2", "qwen3", "gemma3"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,51 +77,73 @@ impl Config {
             }
         };
         let k = |s: &str| format!("{arch_name}.{s}");
-        let n_embd = g.u32(&k("embedding_length"))? as usize;
-        let n_head = g.u32(&k("attention.head_count"))? as usize;
-        let n_kv_head = g.u32_or(&k("attention.head_count_kv"), n_head as u32)? as usize;
-        if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            return Err(g.field_err(
-                &k("attention.head_count_kv"),
-                &format!("{n_kv_head} must be > 0 and divide head_count {n_head}"),
-            ));
-        }
-        let head_dim = if g.has(&k("attention.key_length")) {
-            g.u32(&k("attention.key_length"))? as usize
-        } else {
-            n_embd / n_head
+        // Every size is bounded before anything is computed from it (the products below, the
+        // tensor shapes the loader expects, the KV cache); the limits are far above any real
+        // model's and far below what could overflow.
+        let dim = |key: &str, default: Option<u32>, max: u32| -> Result<usize> {
+            let key = k(key);
+            let v = match default {
+                Some(d) => g.u32_or(&key, d)?,
+                None => g.u32(&key)?,
+            };
+            if v == 0 || v > max {
+                return Err(g.field_err(&key, &format!("is {v}, outside 1..={max}")));
+            }
+            Ok(v as usize)
         };
-        let rope_base = g.f32_or(&k("rope.freq_base"), 10_000.0)?;
+        let n_embd = dim("embedding_length", None, 1 << 16)?;
+        let n_head = dim("attention.head_count", None, 1 << 10)?;
+        let n_kv_head = dim("attention.head_count_kv", Some(n_head as u32), 1 << 10)?;
+        if !n_head.is_multiple_of(n_kv_head) {
+            return Err(g.field_err(&k("attention.head_count_kv"), &format!("{n_kv_head} must divide head_count {n_head}")));
+        }
+        let head_dim = dim("attention.key_length", Some((n_embd / n_head).max(1) as u32), 1 << 10)?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(g.field_err(&k("attention.key_length"), &format!("is {head_dim}: RoPE needs an even head size")));
+        }
+        if g.has(&k("attention.value_length")) && g.u32(&k("attention.value_length"))? as usize != head_dim {
+            return Err(g.field_err(&k("attention.value_length"), "differs from attention.key_length (not supported)"));
+        }
         let vocab_size = match g.u32(&k("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => g.str_array("tokenizer.ggml.tokens")?.len(),
         };
+        if vocab_size == 0 || vocab_size > MAX_VOCAB {
+            return Err(g.field_err(&k("vocab_size"), &format!("is {vocab_size}, outside 1..={MAX_VOCAB}")));
+        }
+        let positive = |key: &str, default: f32| -> Result<f32> {
+            let key = k(key);
+            let v = g.f32_or(&key, default)?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(g.field_err(&key, &format!("is {v}, not a positive finite number")));
+            }
+            Ok(v)
+        };
+        let rope_base = positive("rope.freq_base", 10_000.0)?;
         let gemma = arch == Arch::Gemma3;
         let sliding_window = if gemma {
-            let w = g.u32_or(&k("attention.sliding_window"), 512)? as usize;
-            let period = g.u32_or(&k("attention.sliding_window_pattern"), 6)? as usize;
-            Some((w, period.max(1)))
+            let w = dim("attention.sliding_window", Some(512), 1 << 24)?;
+            let period = dim("attention.sliding_window_pattern", Some(6), 1 << 10)?;
+            Some((w, period))
         } else {
             None
         };
-        let attn_scale = if gemma && g.has(&k("attention.scale")) {
-            g.f32(&k("attention.scale"))?
-        } else {
-            1.0 / (head_dim as f32).sqrt()
-        };
+        let attn_scale = if gemma { positive("attention.scale", 1.0 / (head_dim as f32).sqrt())? } else { 1.0 / (head_dim as f32).sqrt() };
+        let rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5)?;
         Ok(Self {
             arch,
-            n_layer: g.u32(&k("block_count"))? as usize,
+            n_layer: dim("block_count", None, 1 << 10)?,
             n_embd,
             n_head,
             n_kv_head,
             head_dim,
-            n_ff: g.u32(&k("feed_forward_length"))? as usize,
-            rms_eps: g.f32_or(&k("attention.layer_norm_rms_epsilon"), 1e-5)? as f64,
+            n_ff: dim("feed_forward_length", None, 1 << 20)?,
+            rms_eps: rms_eps as f64,
             rope_base,
-            rope_base_local: if gemma { g.f32_or(&k("rope.local_freq_base"), 10_000.0)? } else { rope_base },
+            // llama.cpp's key; 10k when absent, as there.
+            rope_base_local: if gemma { positive("rope.freq_base_swa", 10_000.0)? } else { rope_base },
             rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Neox },
-            context_length: g.u32_or(&k("context_length"), 4096)? as usize,
+            context_length: dim("context_length", Some(4096), MAX_CONTEXT)?,
             vocab_size,
             sliding_window,
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),

@@ -38,7 +38,7 @@ pub fn read(r: &mut impl Read, dtype: GgmlDType, shape: Shape) -> Result<QTensor
         GgmlDType::Q6K => blocks_of::<BlockQ6K>(r, blocks, dtype)?,
         other => return Err(format!("weight type {other:?} is not supported")),
     };
-    QTensor::new(QStorage::Cpu(storage), shape).map_err(|e| e.to_string())
+    QTensor::new(QStorage::Cpu(storage), shape).map_err(|e| crate::error::candle_message(&e))
 }
 
 /// `n` blocks of `T` read from `r` into the vector that will hold them.

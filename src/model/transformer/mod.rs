@@ -17,6 +17,7 @@ use crate::model::row_ops::rms_norm_cpu;
 use crate::model::ubatch;
 
 mod attention;
+mod shapes;
 mod switches;
 
 pub use switches::generic_ops_requested;
@@ -59,6 +60,7 @@ pub struct Transformer {
 
 impl Transformer {
     pub fn load(g: &GgufFile, cfg: Config, device: &Device) -> Result<Self> {
+        shapes::check(g, &cfg)?;
         let mut r = g.reader()?;
         let mut q = |name: &str| g.tensor(&mut r, name, device);
         let embed = Arc::new(q("token_embd.weight")?);

@@ -1,6 +1,7 @@
-//! Opening a GGUF file: header + metadata + tensor table, validated up front so a truncated or
-//! foreign file fails with an error naming the file before any weight is read. Typed metadata
-//! accessors report the missing or mistyped field by name.
+//! Opening a GGUF file: header + metadata + tensor table, parsed and validated up front by
+//! [`header`] (every size checked, every tensor inside the file) so a truncated, foreign or crafted
+//! file fails with an error naming the file before any weight is read. Typed metadata accessors
+//! report the missing or mistyped field by name.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,6 +13,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use super::cpu_tensor;
+
+mod header;
+pub use header::tensor_size;
 use crate::error::{Error, Result};
 
 /// A parsed GGUF header with the path it came from.
@@ -36,37 +40,9 @@ impl GgufFile {
         }
         let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let file_size = file.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
-        let mut reader = BufReader::new(file);
-        let mut magic = [0u8; 4];
-        if file_size < 8 || reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-            return Err(Error::BadGguf {
-                path,
-                reason: format!("missing GGUF magic (file of {file_size} bytes does not start with \"GGUF\")"),
-            });
-        }
-        reader.rewind().map_err(|source| Error::Io { path: path.clone(), source })?;
-        let content = Content::read(&mut reader)
-            .map_err(|e| Error::BadGguf { path: path.clone(), reason: format!("header: {e}") })?;
-        let this = Self { path, content, file_size };
-        this.check_tensor_bounds()?;
-        Ok(this)
-    }
-
-    fn check_tensor_bounds(&self) -> Result<()> {
-        for (name, info) in &self.content.tensor_infos {
-            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
-            let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
-            if end > self.file_size {
-                return Err(Error::BadGguf {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "truncated: tensor `{name}` ends at byte {end} but the file has only {} bytes",
-                        self.file_size
-                    ),
-                });
-            }
-        }
-        Ok(())
+        let content = header::parse(BufReader::new(file), file_size)
+            .map_err(|reason| Error::BadGguf { path: path.clone(), reason })?;
+        Ok(Self { path, content, file_size })
     }
 
     /// Drop the vocabulary arrays (`tokenizer.ggml.tokens`, `merges`, `scores`, `token_type`)
@@ -222,7 +198,7 @@ impl GgufFile {
         };
         let bad = |e: String| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") };
         if !device.is_cpu() {
-            return self.content.tensor(reader, name, device).map_err(|e| bad(e.to_string()));
+            return self.content.tensor(reader, name, device).map_err(|e| bad(crate::error::candle_message(&e)));
         }
         reader
             .seek(SeekFrom::Start(self.content.tensor_data_offset + info.offset))

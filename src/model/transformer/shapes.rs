@@ -1,0 +1,63 @@
+//! What the loader expects of the file's tensor table: every tensor the forward pass reads, with
+//! the shape its hyper-parameters give it, checked before any weight is read. A file whose table
+//! disagrees with its metadata (a crafted dimension, a swapped shape, a projection of the wrong
+//! width) fails here with an error naming the tensor, the shape found and the shape expected,
+//! instead of reaching the kernels, which trust the shapes they are given.
+
+use crate::error::{Error, Result};
+use crate::model::arch::Config;
+use crate::model::gguf::GgufFile;
+
+/// Check the shapes (row-major, as candle holds them) of every tensor `cfg` implies.
+pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
+    let (e, hd) = (cfg.n_embd, cfg.head_dim);
+    let q = cfg.n_head * hd;
+    let kv = cfg.n_kv_head * hd;
+    let mut want: Vec<(String, Vec<usize>, bool)> = vec![
+        ("token_embd.weight".into(), vec![cfg.vocab_size, e], true),
+        ("output.weight".into(), vec![cfg.vocab_size, e], false),
+        ("output_norm.weight".into(), vec![e], true),
+    ];
+    for i in 0..cfg.n_layer {
+        let mut t = |n: &str, dims: &[usize], required: bool| want.push((format!("blk.{i}.{n}"), dims.to_vec(), required));
+        t("attn_norm.weight", &[e], true);
+        t("attn_q.weight", &[q, e], true);
+        t("attn_k.weight", &[kv, e], true);
+        t("attn_v.weight", &[kv, e], true);
+        t("attn_output.weight", &[e, q], true);
+        t("ffn_norm.weight", &[e], true);
+        t("ffn_gate.weight", &[cfg.n_ff, e], true);
+        t("ffn_up.weight", &[cfg.n_ff, e], true);
+        t("ffn_down.weight", &[e, cfg.n_ff], true);
+        t("attn_q.bias", &[q], false);
+        t("attn_k.bias", &[kv], false);
+        t("attn_v.bias", &[kv], false);
+        t("attn_q_norm.weight", &[hd], false);
+        t("attn_k_norm.weight", &[hd], false);
+        t("post_attention_norm.weight", &[e], false);
+        t("post_ffw_norm.weight", &[e], false);
+    }
+    for (name, dims, required) in want {
+        match g.tensor_info(&name) {
+            None if required => {
+                return Err(Error::BadGguf {
+                    path: g.path.clone(),
+                    reason: format!("tensor `{name}` is missing for architecture {:?}", cfg.arch),
+                })
+            }
+            None => {}
+            Some((found, _)) if found != dims => {
+                return Err(Error::BadGguf {
+                    path: g.path.clone(),
+                    reason: format!(
+                        "tensor `{name}` has shape {found:?}, but the metadata ({:?}: embedding {e}, {} heads of {hd}, \
+                         {} KV heads, feed-forward {}, vocabulary {}) gives {dims:?}",
+                        cfg.arch, cfg.n_head, cfg.n_kv_head, cfg.n_ff, cfg.vocab_size
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
