@@ -14,16 +14,11 @@ while getopts "t:p:n:r:" o; do case $o in t) threads=$OPTARG;; p) pp=$OPTARG;; n
 shift $((OPTIND - 1))
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf models/SmolLM2-135M-Instruct.Q4_1.gguf)
 
-ver=0.3.36
 dir="${MOA_LLAMA_CPP_DIR:-$HOME/.cache/moa-local/llama.cpp}"
 bench="$dir/build/bin/llama-bench"
 if [ ! -x "$bench" ]; then
   command -v cmake >/dev/null || { echo "compare_llama_cpp.sh: cmake is required (apt-get install cmake)" >&2; exit 1; }
-  mkdir -p "$dir"
-  url=$(curl -fsS -H "Accept: text/html" https://pypi.org/simple/llama-cpp-python/ | grep -o "https://[^\"#]*llama_cpp_python-$ver.tar.gz" | head -1)
-  [ -n "$url" ] || { echo "compare_llama_cpp.sh: llama-cpp-python $ver sdist not found on PyPI" >&2; exit 1; }
-  echo "fetching llama-cpp-python $ver sdist…" >&2
-  curl -fsSL "$url" | tar -xz -C "$dir" --strip-components=3 "llama_cpp_python-$ver/vendor/llama.cpp"
+  bash benches/llama_cpp_src.sh "$dir"
   echo "building llama-bench (CPU, native)…" >&2
   cmake -S "$dir" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_CUDA=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null

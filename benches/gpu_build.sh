@@ -40,9 +40,7 @@ xz -T2 -6 -c "$test_bin" > "$carry/device_path.xz"
 
 ll="${MOA_LLAMA_CPP_CUDA_DIR:-$HOME/.cache/moa-local/llama.cpp-cuda}"
 if [ ! -x "$ll/build/bin/llama-bench" ]; then
-  mkdir -p "$ll"
-  url=$(curl -fsS -H "Accept: text/html" https://pypi.org/simple/llama-cpp-python/ | grep -o "https://[^\"#]*llama_cpp_python-0.3.36.tar.gz" | head -1)
-  curl -fsSL "$url" | tar -xz -C "$ll" --strip-components=3 "llama_cpp_python-0.3.36/vendor/llama.cpp"
+  bash benches/llama_cpp_src.sh "$ll"
   PATH="$tk/bin:$PATH" cmake -S "$ll" -B "$ll/build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$CUDA_COMPUTE_CAP" -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF -DGGML_NATIVE=OFF \
     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \

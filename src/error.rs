@@ -36,6 +36,11 @@ pub enum Error {
     )]
     ContextOverflow { model: String, prompt_tokens: usize, max_tokens: usize, context: usize },
 
+    #[error(
+        "prompt of {bytes} bytes cannot fit the context length of {context} tokens for {model} (its longest token is {max_token_bytes} bytes, so the prompt has at least {} tokens)", bytes.div_ceil(*max_token_bytes)
+    )]
+    PromptTooLong { model: String, bytes: usize, context: usize, max_token_bytes: usize },
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 

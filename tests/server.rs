@@ -361,3 +361,24 @@ async fn concurrent_requests_are_all_answered() {
     let health: Value = reqwest::get(format!("{}/health", s.base)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_and_long_prompts_are_refused_by_their_bytes() {
+    let s = start(|c| c.max_body_bytes = 64 << 10).await;
+    // Past --max-body: 413 in OpenAI's shape, before the body is read in full.
+    let (status, _, v) = post(&s, &chat_body("smollm2", &"word ".repeat(20_000), json!({"max_tokens": 1}))).await;
+    assert_eq!(status, 413, "{v}");
+    assert_error(&v, "invalid_request_error", None);
+    // Within it, but more bytes than the context's tokens could hold even if each were the
+    // vocabulary's longest: a 400 naming the bytes and the context, without tokenizing.
+    let s = start(|c| c.max_body_bytes = 32 << 20).await;
+    let long = "x".repeat(24 << 20);
+    let t = Instant::now();
+    let (status, _, v) = post(&s, &chat_body("smollm2", &long, json!({"max_tokens": 1}))).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("prompt of {} bytes", long.len())) && msg.contains("context length of"), "{msg}");
+    println!("24 MiB prompt refused in {:?}", t.elapsed());
+    assert_eq!(s.server.stats().completed, 0);
+}

@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Runs at once (default 1: on CPU one run already uses every core).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Largest request body in bytes; larger requests get HTTP 413 before they are read in full.
+    #[arg(long, default_value_t = moa_local::server::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +61,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.api_key = a.api_key.clone();
     cfg.queue = a.queue;
     cfg.concurrency = a.concurrency;
+    anyhow::ensure!(a.max_body >= 1024, "--max-body must be at least 1024 bytes");
+    cfg.max_body_bytes = a.max_body;
     cfg.system = a.moa.system.clone();
     cfg.defaults.seed = a.moa.seed;
     let rt = super::moa_cmd::runtime(&a.moa)?;

@@ -50,12 +50,17 @@ pub struct ServerConfig {
     pub defaults: Defaults,
     /// A system message for conversations that have none.
     pub system: Option<String>,
+    /// Largest request body accepted; a larger one is answered 413 before it is read in full.
+    pub max_body_bytes: usize,
 }
+
+/// Default `--max-body`: 8 MiB, some two million tokens of text, past any model's context.
+pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
 impl ServerConfig {
     pub fn new(recipe: Recipe) -> Self {
         let defaults = Defaults { temperature: recipe.aggregator.temperature, max_tokens: recipe.aggregator.max_tokens, seed: None };
-        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: 1, defaults, system: None }
+        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: 1, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
     }
 }
 
@@ -72,6 +77,8 @@ pub struct AppState {
     pub models: Vec<Arc<ModelEntry>>,
     /// Unix time the server started (the `created` of `/v1/models` entries).
     pub started: u64,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
@@ -117,6 +124,7 @@ impl Server {
             recipes,
             models,
             started,
+            max_body_bytes: cfg.max_body_bytes,
         };
         Ok(Self { state: Arc::new(state) })
     }

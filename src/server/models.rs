@@ -30,6 +30,8 @@ pub struct ModelEntry {
     pub context_length: usize,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
+    /// The vocabulary's longest token in bytes (see [`GgufTokenizer::max_token_bytes`]).
+    max_token_bytes: usize,
 }
 
 impl ModelEntry {
@@ -46,6 +48,7 @@ impl ModelEntry {
             arch: format!("{:?}", cfg.arch).to_lowercase(),
             context_length: cfg.context_length,
             path,
+            max_token_bytes: tokenizer.max_token_bytes(),
             tokenizer,
             template,
         })
@@ -61,7 +64,18 @@ impl ModelEntry {
     }
 
     /// Does `msgs` plus `max_tokens` of answer fit the context?
+    /// A prompt whose bytes alone prove it too long (more bytes than the context's tokens of
+    /// the longest token can hold) is rejected before it is rendered or tokenized.
     pub fn check(&self, msgs: &[Message], max_tokens: usize) -> Result<()> {
+        let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
+        if bytes.div_ceil(self.max_token_bytes) + max_tokens > self.context_length {
+            return Err(Error::PromptTooLong {
+                model: self.name.clone(),
+                bytes,
+                context: self.context_length,
+                max_token_bytes: self.max_token_bytes,
+            });
+        }
         let n = self.count(msgs)?;
         if n + max_tokens > self.context_length {
             return Err(Error::ContextOverflow { model: self.name.clone(), prompt_tokens: n, max_tokens, context: self.context_length });

@@ -265,7 +265,7 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match &e {
-            Error::ContextOverflow { .. } => {
+            Error::ContextOverflow { .. } | Error::PromptTooLong { .. } => {
                 Self { param: Some("messages"), ..Self::bad_request(e.to_string(), None) }.code("context_length_exceeded")
             }
             Error::InvalidRequest(_) => Self::bad_request(e.to_string(), None),

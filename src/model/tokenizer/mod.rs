@@ -232,6 +232,12 @@ impl GgufTokenizer {
         &self.pieces[self.piece_offsets[i] as usize..self.piece_offsets[i + 1] as usize]
     }
 
+    /// Bytes of the vocabulary's longest token: a text of `n` bytes has at least
+    /// `n / max_token_bytes()` tokens, which bounds a prompt's length before it is tokenized.
+    pub fn max_token_bytes(&self) -> usize {
+        self.piece_offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0).max(1)
+    }
+
     /// Text of `ids` (their [`token_bytes`](Self::token_bytes) concatenated, lossy UTF-8).
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
