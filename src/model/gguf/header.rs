@@ -95,8 +95,10 @@ pub fn parse(r: impl Read, file_size: u64) -> Result<Content, String> {
     }
 
     let alignment = alignment(&metadata)?;
-    let data_offset = p.pos.div_ceil(alignment).checked_mul(alignment).filter(|&o| o <= file_size).ok_or_else(|| {
-        format!("tensor data would start at byte {} (aligned to {alignment}), past the end of the file", p.pos)
+    // (A file without tensors, such as llama.cpp's vocabulary files, may end right after the
+    // header, unpadded; every tensor's own end is checked against the file below.)
+    let data_offset = p.pos.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| {
+        format!("tensor data would start past byte {} (aligned to {alignment}), beyond any file", p.pos)
     })?;
     for (name, offset, bytes) in infos {
         if offset % alignment != 0 {

@@ -13,6 +13,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::pre::PreSpec;
 use super::vocab::Vocab;
 
 pub struct Bpe {
@@ -20,7 +21,12 @@ pub struct Bpe {
     /// (left id, right id) → (rank, merged id); the first listing of a pair wins.
     merges: HashMap<(u32, u32), (u32, u32)>,
     ignore_merges: bool,
+    /// SentencePiece-style BPE (see [`PreSpec::raw_utf8`]): the `<0xXX>` token of each byte.
+    byte_fallback: Option<Vec<Option<u32>>>,
 }
+
+/// A character that is not a token (raw-UTF-8 vocabularies): never merged, written as bytes.
+const NOT_A_TOKEN: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
 struct Symbol {
@@ -54,7 +60,7 @@ impl PartialOrd for Merge {
 impl Bpe {
     /// `merges` as stored in `tokenizer.ggml.merges` ("left right"); a merge whose parts or
     /// result are not tokens is dropped.
-    pub fn new(vocab: &Vocab, merges: &[String], regexes: &[&str], ignore_merges: bool) -> Result<Self, String> {
+    pub fn new(vocab: &Vocab, merges: &[String], spec: &PreSpec) -> Result<Self, String> {
         let mut map = HashMap::with_capacity(merges.len());
         let mut joined = String::new();
         for (rank, m) in merges.iter().enumerate() {
@@ -70,18 +76,28 @@ impl Bpe {
             }
         }
         map.shrink_to_fit();
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(regexes.len() + 1);
-        for re in regexes {
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(spec.regexes.len() + 1);
+        for re in &spec.regexes {
             let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| format!("bad pre-tokenizer regex {re:?}: {e}"))?;
             steps.push(split.into());
         }
-        steps.push(ByteLevel::new(false, false, false).into());
-        Ok(Self { pre: Sequence::new(steps), merges: map, ignore_merges })
+        if !spec.raw_utf8 {
+            steps.push(ByteLevel::new(false, false, false).into());
+        }
+        let byte_fallback = spec.raw_utf8.then(|| (0..=255u8).map(|b| vocab.get(&format!("<0x{b:02X}>"))).collect());
+        Ok(Self { pre: Sequence::new(steps), merges: map, ignore_merges: spec.ignore_merges, byte_fallback })
     }
 
     /// Append the ids of `text` (no special tokens in it) to `out`.
     pub fn encode(&self, vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
+        let escaped;
+        let text = if self.byte_fallback.is_some() {
+            escaped = text.replace(' ', "\u{2581}");
+            escaped.as_str()
+        } else {
+            text
+        };
         let mut pts = PreTokenizedString::from(text);
         self.pre.pre_tokenize(&mut pts).map_err(|e| format!("pre-tokenizing failed: {e}"))?;
         let mut syms = Vec::new();
@@ -104,17 +120,21 @@ impl Bpe {
         if w.is_empty() {
             return;
         }
-        if self.ignore_merges {
+        // A word that is a token is taken whole with `ignore_merges`, and so is a run of newlines
+        // in a raw-UTF-8 vocabulary (llama.cpp's Gemma 4 rule).
+        if self.ignore_merges || (self.byte_fallback.is_some() && w.bytes().all(|b| b == b'\n')) {
             if let Some(id) = vocab.get(w) {
                 out.push(id);
                 return;
             }
         }
-        // One symbol per character that is a token (byte-level characters always are).
+        // One symbol per character that is a token (byte-level characters always are; in a
+        // raw-UTF-8 vocabulary the others stay as unmergeable symbols, written as bytes).
         syms.clear();
         let mut buf = [0u8; 4];
         for c in w.chars() {
-            if let Some(id) = vocab.get(c.encode_utf8(&mut buf)) {
+            let id = vocab.get(c.encode_utf8(&mut buf)).or(self.byte_fallback.as_ref().map(|_| NOT_A_TOKEN));
+            if let Some(id) = id {
                 let i = syms.len() as isize;
                 syms.push(Symbol { id, prev: i - 1, next: i + 1, len: c.len_utf8() });
             }
@@ -146,6 +166,16 @@ impl Bpe {
             }
             heap.extend(self.pair(syms, l));
         }
-        out.extend(syms.iter().filter(|s| s.len > 0).map(|s| s.id));
+        let mut at = 0;
+        for s in syms.iter() {
+            if s.len == 0 {
+                continue;
+            }
+            match (&self.byte_fallback, s.id) {
+                (Some(bytes), NOT_A_TOKEN) => out.extend(w.as_bytes()[at..at + s.len].iter().filter_map(|&b| bytes[b as usize])),
+                _ => out.push(s.id),
+            }
+            at += s.len;
+        }
     }
 }

@@ -163,12 +163,14 @@ impl GgufTokenizer {
             })?),
             VocabKind::SentencePiece => None,
         };
+        let raw_utf8 = pre.as_ref().is_some_and(|p| p.raw_utf8);
         let add_bos_default = match (&pre, spec.kind) {
             (Some(p), _) => p.add_bos_default,
             (None, VocabKind::SentencePiece) => true,
             (None, VocabKind::BytePairEncoding) => false,
         };
-        let add_bos = spec.add_bos.unwrap_or(add_bos_default);
+        // (Gemma 4 always adds BOS: llama.cpp overrides a file that says otherwise.)
+        let add_bos = spec.add_bos.unwrap_or(add_bos_default) || (raw_utf8 && bos.is_some());
         let add_eos = spec.add_eos.unwrap_or(false);
         let add_space_prefix = match spec.kind {
             VocabKind::SentencePiece => spec.add_space_prefix.unwrap_or(true),
@@ -266,6 +268,7 @@ impl GgufTokenizer {
             } else if a & ATTR_NORMAL != 0 {
                 match spec.kind {
                     VocabKind::SentencePiece => pieces.extend_from_slice(t.replace('▁', " ").as_bytes()),
+                    VocabKind::BytePairEncoding if raw_utf8 => pieces.extend_from_slice(t.replace('▁', " ").as_bytes()),
                     VocabKind::BytePairEncoding => byte_level_decode(t, &inv, &mut pieces),
                 }
             } else if a & ATTR_BYTE != 0 {
@@ -298,7 +301,7 @@ impl GgufTokenizer {
             }
             VocabKind::BytePairEncoding => {
                 let pre = pre.expect("gpt2 vocabularies always have a pre-tokenizer spec");
-                Algo::Bpe(Box::new(Bpe::new(&vocab, &spec.merges, &pre.regexes, pre.ignore_merges).map_err(&err)?))
+                Algo::Bpe(Box::new(Bpe::new(&vocab, &spec.merges, &pre).map_err(&err)?))
             }
         };
 
@@ -328,13 +331,13 @@ impl GgufTokenizer {
 fn read_spec(g: &GgufFile) -> Result<VocabSpec> {
     let model = g.str("tokenizer.ggml.model")?;
     let kind = match model {
-        "gpt2" => VocabKind::BytePairEncoding,
+        "gpt2" | "gemma4" => VocabKind::BytePairEncoding,
         "llama" => VocabKind::SentencePiece,
         other => {
             return Err(Error::Tokenizer {
                 path: g.path.clone(),
                 reason: format!(
-                    "unsupported tokenizer model `tokenizer.ggml.model = {other}` (supported: gpt2, llama)"
+                    "unsupported tokenizer model `tokenizer.ggml.model = {other}` (supported: gpt2, gemma4, llama)"
                 ),
             })
         }
@@ -362,7 +365,8 @@ fn read_spec(g: &GgufFile) -> Result<VocabSpec> {
     let opt_bool = |key: &str| -> Result<Option<bool>> { if g.has(key) { g.bool_or(key, false).map(Some) } else { Ok(None) } };
     Ok(VocabSpec {
         kind,
-        pre: g.opt_str("tokenizer.ggml.pre").unwrap_or("").to_string(),
+        // llama.cpp sets Gemma 4's pre-tokenizer from its model, whatever the file says.
+        pre: if model == "gemma4" { "gemma4".into() } else { g.opt_str("tokenizer.ggml.pre").unwrap_or("").to_string() },
         tokens,
         types,
         scores,

@@ -14,6 +14,23 @@ const RE_SEED_CODER: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]
 const RE_BAILINGMOE: &str = r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 const RE_GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const RE_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// deepseek-llm's six regexes, applied in turn (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM`).
+const RE_DEEPSEEK_LLM: [&str; 6] = [
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}+",
+];
+/// deepseek-coder's five (`LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_CODER`).
+const RE_DEEPSEEK_CODER: [&str; 5] = [
+    "[\r\n]",
+    "\\s?\\p{L}+",
+    "\\s?\\p{P}+",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}",
+];
 const RE_DEEPSEEK3_CJK: &str = "[一-龥぀-ゟ゠-ヿ]+";
 const RE_DEEPSEEK3: &str = "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 const RE_BLOOM: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
@@ -80,6 +97,9 @@ pub const SUPPORTED_PRE: &[&str] = &[
     "minimax-m2",
     "tekken",
     "deepseek-v3",
+    "deepseek-llm",
+    "deepseek-coder",
+    "gemma4",
     "hunyuan-dense",
     "joyai-llm",
     "hy_v4",
@@ -98,14 +118,18 @@ pub(super) struct PreSpec {
     pub ignore_merges: bool,
     /// llama.cpp's `add_bos` default for this pre-tokenizer (metadata can override it).
     pub add_bos_default: bool,
+    /// SentencePiece-style BPE (Gemma 4, llama.cpp's `byte_encode = false` with
+    /// `escape_whitespaces`): spaces become `▁`, tokens are raw UTF-8 rather than GPT-2's byte
+    /// characters, and a character outside the vocabulary falls back to `<0xXX>` byte tokens.
+    pub raw_utf8: bool,
 }
 
 pub(super) fn pre_spec(pre: &str) -> Option<PreSpec> {
-    let spec = |regexes: Vec<&'static str>| PreSpec { regexes, ignore_merges: false, add_bos_default: false };
+    let spec = |regexes: Vec<&'static str>| PreSpec { regexes, ignore_merges: false, add_bos_default: false, raw_utf8: false };
     Some(match pre {
         "" | "default" => spec(vec![r"[\p{P}\$\+<=>\^~\|]+", RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => PreSpec { regexes: vec![RE_LLAMA3], ignore_merges: true, add_bos_default: true },
+        | "jina-v5-nano" => PreSpec { regexes: vec![RE_LLAMA3], ignore_merges: true, add_bos_default: true, raw_utf8: false },
         "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => spec(vec![RE_LLAMA3]),
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
         | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt"
@@ -116,10 +140,15 @@ pub(super) fn pre_spec(pre: &str) -> Option<PreSpec> {
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
         | "solar-open" | "grok-2" => spec(vec![RE_QWEN2]),
         "qwen35" => spec(vec![RE_QWEN35]),
-        "minicpm5" => PreSpec { regexes: vec![r"\p{N}{1,3}", RE_MINICPM5], ignore_merges: true, add_bos_default: false },
+        "deepseek-llm" => spec(RE_DEEPSEEK_LLM.to_vec()),
+        // Only newlines split a text: BPE merges run over whole lines (llama.cpp: BPE merge
+        // lookup asserts no newline inside a token). add_bos is forced on, as llama.cpp does.
+        "gemma4" => PreSpec { regexes: vec!["[^\n]+|[\n]+"], ignore_merges: false, add_bos_default: true, raw_utf8: true },
+        "deepseek-coder" => spec(RE_DEEPSEEK_CODER.to_vec()),
+        "minicpm5" => PreSpec { regexes: vec![r"\p{N}{1,3}", RE_MINICPM5], ignore_merges: true, add_bos_default: false, raw_utf8: false },
         "falcon" => spec(vec![r"[\p{P}\$\+<=>\^~\|`]+", RE_GPT2, "[0-9][0-9][0-9]"]),
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => spec(vec![RE_GPT4O]),
-        "tekken" => PreSpec { regexes: vec![RE_TEKKEN], ignore_merges: true, add_bos_default: true },
+        "tekken" => PreSpec { regexes: vec![RE_TEKKEN], ignore_merges: true, add_bos_default: true, raw_utf8: false },
         "deepseek-v3" | "hunyuan-dense" | "joyai-llm" | "hy_v4" => {
             spec(vec![r"\p{N}{1,3}", RE_DEEPSEEK3_CJK, RE_DEEPSEEK3])
         }
