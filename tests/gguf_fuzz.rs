@@ -189,6 +189,8 @@ fn read_prefix(path: &Path, n: u64) -> Vec<u8> {
 /// independently of the library's parser.
 struct HeaderMap {
     fields: Vec<(usize, usize)>,
+    /// `fields[..kv_end]` are the header's counts and the metadata's; the rest the tensor table's.
+    kv_end: usize,
     header_end: usize,
     data_start: usize,
 }
@@ -208,6 +210,7 @@ impl HeaderMap {
                 alignment = v as usize;
             }
         }
+        let kv_end = w.fields.len();
         for _ in 0..nt {
             w.string(true);
             let nd = w.num(4);
@@ -218,7 +221,7 @@ impl HeaderMap {
             w.num(8);
         }
         let header_end = w.pos;
-        HeaderMap { fields: w.fields, header_end, data_start: header_end.div_ceil(alignment) * alignment }
+        HeaderMap { fields: w.fields, kv_end, header_end, data_start: header_end.div_ceil(alignment) * alignment }
     }
 }
 
@@ -290,7 +293,9 @@ impl Mutation {
     fn pick(rng: &mut Rng, l: &HeaderMap, file_len: u64, i: usize) -> Self {
         match i % 10 {
             0..=4 => {
-                let (at, width) = l.fields[rng.below(l.fields.len() as u64) as usize];
+                // Half on the metadata (fewer fields than the tensor table, each read differently).
+                let (lo, hi) = if i % 2 == 0 { (0, l.kv_end) } else { (l.kv_end, l.fields.len()) };
+                let (at, width) = l.fields[lo + rng.below((hi - lo) as u64) as usize];
                 let value = if rng.below(4) == 0 { rng.next() } else { BOUNDARIES[rng.below(16) as usize] };
                 Mutation::Field { at, width, value }
             }
