@@ -85,10 +85,10 @@ fn crafted_gguf_files_end_in_a_result_or_a_clean_error() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let summary = stdout.lines().filter(|l| l.starts_with("fuzz ") && l.contains("cases")).last().unwrap_or("(no summary)").to_string();
+        let summary = stdout.lines().filter(|l| l.starts_with("fuzz ") && l.contains("cases")).next_back().unwrap_or("(no summary)").to_string();
         println!("{key}: {summary}");
         if !out.status.success() || !stdout.contains("fuzz done") {
-            let last_case = stdout.lines().filter(|l| l.starts_with("case ")).last().unwrap_or("(none)");
+            let last_case = stdout.lines().filter(|l| l.starts_with("case ")).next_back().unwrap_or("(none)");
             let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
             failures.push(format!(
                 "{key}: worker {} (last case started: {last_case})\n{}\n{}",
@@ -116,7 +116,7 @@ fn fuzz_worker() {
     std::fs::copy(&original, &work).unwrap();
     std::panic::set_hook(Box::new(|info| println!("PANIC {info}")));
 
-    let mut rng = Rng(seed ^ key.len() as u64 * 0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng(seed ^ (key.len() as u64 * 0x9e37_79b9_7f4a_7c15));
     let (mut ok, mut clean, mut failed) = (0, 0, 0);
     for i in 0..cases {
         let m = Mutation::pick(&mut rng, &layout, file_len, i);
@@ -294,7 +294,7 @@ impl Mutation {
         match i % 10 {
             0..=4 => {
                 // Half on the metadata (fewer fields than the tensor table, each read differently).
-                let (lo, hi) = if i % 2 == 0 { (0, l.kv_end) } else { (l.kv_end, l.fields.len()) };
+                let (lo, hi) = if i.is_multiple_of(2) { (0, l.kv_end) } else { (l.kv_end, l.fields.len()) };
                 let (at, width) = l.fields[lo + rng.below((hi - lo) as u64) as usize];
                 let value = if rng.below(4) == 0 { rng.next() } else { BOUNDARIES[rng.below(16) as usize] };
                 Mutation::Field { at, width, value }
