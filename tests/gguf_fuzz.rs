@@ -85,10 +85,10 @@ fn crafted_gguf_files_end_in_a_result_or_a_clean_error() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let summary = stdout.lines().filter(|l| l.starts_with("fuzz ") && l.contains("cases")).next_back().unwrap_or("(no summary)").to_string();
+        let summary = stdout.lines().rfind(|l| l.starts_with("fuzz ") && l.contains("cases")).unwrap_or("(no summary)").to_string();
         println!("{key}: {summary}");
         if !out.status.success() || !stdout.contains("fuzz done") {
-            let last_case = stdout.lines().filter(|l| l.starts_with("case ")).next_back().unwrap_or("(none)");
+            let last_case = stdout.lines().rfind(|l| l.starts_with("case ")).unwrap_or("(none)");
             let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
             failures.push(format!(
                 "{key}: worker {} (last case started: {last_case})\n{}\n{}",
