@@ -2,7 +2,7 @@
 //! into the header's numeric fields (counts, lengths, value and array types, scalar values, tensor
 //! dimensions, types and offsets), random byte flips in the header, truncations at random
 //! offsets and corrupt weight bytes. Every case must end in a result (load plus one generated
-//! token) or a clean error that names the file: no panic, no signal, and no allocation beyond the
+//! token) or a clean error that names the file in a message of reasonable length: no panic, no signal, and no allocation beyond the
 //! file's size plus the KV cache (a counting allocator measures the peak of each case).
 //!
 //! Each model's campaign runs in a child process (this test binary again, `fuzz_worker`), so a
@@ -137,6 +137,10 @@ fn fuzz_worker() {
             Ok(Err(e)) if !e.contains(work.file_stem().unwrap().to_str().unwrap()) => {
                 failed += 1;
                 println!("FAIL case {i} {m:?}: the error does not name the file: {e}");
+            }
+            Ok(Err(e)) if e.len() > 2048 => {
+                failed += 1;
+                println!("FAIL case {i} {m:?}: an error message of {} bytes: {}…", e.len(), &e[..e.floor_char_boundary(200)]);
             }
             Ok(Err(e)) => {
                 clean += 1;

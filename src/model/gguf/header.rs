@@ -59,11 +59,15 @@ pub fn parse(r: impl Read, file_size: u64) -> Result<Content, String> {
     let mut metadata = HashMap::new();
     for i in 0..kv_count {
         let key = p.string(&format!("metadata key #{i}"))?;
-        let ty = p.u32(&format!("type of `{key}`"))?;
-        let value = p.value(ty, &key, 0)?;
-        if metadata.insert(key.clone(), value).is_some() {
-            return Err(format!("metadata key `{key}` appears twice"));
+        // Messages quote at most the key's first 64 characters: a corrupt length can make a
+        // "key" of the whole rest of the file.
+        let label = shown(&key);
+        let ty = p.u32(&format!("type of `{label}`"))?;
+        let value = p.value(ty, &label, 0)?;
+        if metadata.contains_key(&key) {
+            return Err(format!("metadata key `{label}` appears twice"));
         }
+        metadata.insert(key, value);
     }
 
     let mut infos = Vec::new();
@@ -166,6 +170,14 @@ fn dtype_of(id: u32) -> Result<GgmlDType, String> {
             });
         }
     })
+}
+
+/// `s` as quoted in an error: its first 64 characters, then `…` if it is longer.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
 }
 
 fn alignment(metadata: &HashMap<String, Value>) -> Result<u64, String> {
