@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn builtin_catalog_parses_and_names_the_test_models() {
         let c = Catalog::parse(BUILTIN).unwrap();
-        for n in ["qwen", "mistral", "qwen-coder", "smollm2", "gemma3"] {
+        for n in ["qwen", "mistral", "qwen-coder", "smollm2", "gemma3", "qwen-coder-1.5b"] {
             assert!(c.entries.contains_key(n), "{n} missing");
         }
     }
