@@ -23,6 +23,9 @@ const MAX_DEPTH: usize = 4;
 /// Metadata memory allowed beyond the file's size (a value in memory can be larger than on disk:
 /// a one-byte `u8` array element is a 32-byte `Value`).
 const METADATA_SLACK: u64 = 64 << 20;
+/// Memory counted for each metadata entry or tensor-table entry beyond its strings and values:
+/// the map's slot, the `TensorInfo` and its shape (a few dozen bytes each; counted generously).
+const ENTRY_BYTES: u64 = 128;
 /// Default `general.alignment`.
 const DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -62,6 +65,7 @@ pub fn parse(r: impl Read, file_size: u64) -> Result<Content, String> {
         // Messages quote at most the key's first 64 characters: a corrupt length can make a
         // "key" of the whole rest of the file.
         let label = shown(&key);
+        p.spend(ENTRY_BYTES, &label)?;
         let ty = p.u32(&format!("type of `{label}`"))?;
         let value = p.value(ty, &label, 0)?;
         if metadata.contains_key(&key) {
@@ -77,6 +81,7 @@ pub fn parse(r: impl Read, file_size: u64) -> Result<Content, String> {
         if name.len() as u64 > MAX_TENSOR_NAME {
             return Err(format!("tensor #{i}: name of {} bytes exceeds the limit of {MAX_TENSOR_NAME}", name.len()));
         }
+        p.spend(ENTRY_BYTES, &name)?;
         let n_dims = p.u32(&format!("tensor `{name}`: dimension count"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(format!("tensor `{name}`: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
