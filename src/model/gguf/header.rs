@@ -336,3 +336,72 @@ impl<R: Read> Parser<R> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 with `kv` (key, type, value bytes) and one F32 tensor of GGUF dims `dims` at
+    /// data offset 0, its data zero-filled to `data` bytes.
+    fn file(kv: &[(&str, u32, Vec<u8>)], dims: &[u64], data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend((kv.len() as u64).to_le_bytes());
+        let s = |b: &mut Vec<u8>, t: &str| {
+            b.extend((t.len() as u64).to_le_bytes());
+            b.extend(t.as_bytes());
+        };
+        for (k, ty, v) in kv {
+            s(&mut b, k);
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        s(&mut b, "w");
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + data, 0);
+        b
+    }
+
+    fn parse_bytes(b: &[u8]) -> Result<Content, String> {
+        parse(b, b.len() as u64)
+    }
+
+    #[test]
+    fn a_well_formed_file_parses() {
+        let c = parse_bytes(&file(&[("general.alignment", 4, 32u32.to_le_bytes().to_vec())], &[4, 2], 32)).unwrap();
+        assert_eq!(c.tensor_infos["w"].shape.dims(), &[2, 4]);
+        assert_eq!(c.tensor_data_offset % 32, 0);
+    }
+
+    #[test]
+    fn crafted_sizes_are_errors_naming_the_field() {
+        let align = |a: u32| vec![("general.alignment", 4, a.to_le_bytes().to_vec())];
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (file(&align(0), &[4], 16), "not a power of two"),
+            (file(&align(24), &[4], 16), "not a power of two"),
+            (file(&[], &[1 << 62, 4], 64), "overflow the element count"),
+            (file(&[], &[1 << 40, 1 << 30], 64), "overflow"),
+            (file(&[], &[4, 0], 64), "dimension 1 is 0"),
+            (file(&[], &[1 << 20], 64), "ends past the file"),
+            (file(&[("k", 9, [8u32.to_le_bytes().as_slice(), &u64::MAX.to_le_bytes()].concat())], &[4], 16), "array of"),
+            (file(&[("k", 8, u64::MAX.to_le_bytes().to_vec())], &[4], 16), "only"),
+            (file(&[("k", 4, vec![1, 0, 0, 0]), ("k", 4, vec![2, 0, 0, 0])], &[4], 16), "appears twice"),
+            (file(&[("k", 13, vec![])], &[4], 16), "unknown value type 13"),
+        ];
+        for (i, (b, want)) in cases.iter().enumerate() {
+            let e = parse_bytes(b).map(|_| ()).unwrap_err();
+            assert!(e.contains(want), "case {i}: expected {want:?} in {e:?}");
+        }
+        // Every truncation of a good file is an error, never a panic.
+        let good = file(&[("general.name", 8, [4u64.to_le_bytes().as_slice(), b"test"].concat())], &[8], 32);
+        for n in 0..good.len() - 1 {
+            assert!(parse_bytes(&good[..n]).is_err(), "truncated at {n}");
+        }
+    }
+}
