@@ -129,7 +129,7 @@ pub fn parse(r: impl Read, file_size: u64) -> Result<Content, String> {
 /// Bytes of a tensor of GGUF dimensions `dims` (ne0 first): the element count is a checked
 /// product, the row length a whole number of blocks, and the total at most `i64::MAX` bytes
 /// (llama.cpp's limit).
-pub fn tensor_size(dtype: GgmlDType, dims: &[u64]) -> Result<u64, String> {
+fn tensor_size(dtype: GgmlDType, dims: &[u64]) -> Result<u64, String> {
     if let Some(d) = dims.iter().position(|&d| d == 0) {
         return Err(format!("dimension {d} is 0"));
     }

@@ -15,7 +15,6 @@ use candle_core::Device;
 use super::cpu_tensor;
 
 mod header;
-pub use header::tensor_size;
 use crate::error::{Error, Result};
 
 /// A parsed GGUF header with the path it came from.
