@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// Print prompt ids, generated ids, text and timings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Decode one token per step: no drafts looked up in the prompt and output (the tokens are
+    /// the same at temperature 0 either way).
+    #[arg(long)]
+    pub no_draft: bool,
     pub prompt: String,
 }
 
@@ -96,6 +100,9 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut req = GenerateRequest::new(prompt, a.max_tokens, sampling);
     req.stop = a.stop.clone();
     req.context_length = a.ctx_size;
+    if a.no_draft {
+        req.max_draft = 0;
+    }
     let json = a.json;
     let mut out = std::io::stdout();
     let g = model.generate(&req, &mut |piece| {
@@ -123,6 +130,9 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                 "ttft_secs": s.ttft_secs,
                 "prefill_tps": s.prefill_tps(),
                 "decode_tps": s.decode_tps(),
+                "drafted_tokens": s.drafted_tokens,
+                "accepted_tokens": s.accepted_tokens,
+                "decode_passes": s.decode_passes,
                 "load_secs": model.load_secs,
             },
             "memory": {
@@ -135,8 +145,16 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!();
         eprintln!(
-            "[{}] prompt {} tok, generated {} tok, ttft {:.2}s, prefill {:.1} tok/s, decode {:.1} tok/s, stop: {:?}",
-            model.name, s.prompt_tokens, s.generated_tokens, s.ttft_secs, s.prefill_tps(), s.decode_tps(), g.stop_reason
+            "[{}] prompt {} tok, generated {} tok, ttft {:.2}s, prefill {:.1} tok/s, decode {:.1} tok/s (drafted {}, accepted {}), stop: {:?}",
+            model.name,
+            s.prompt_tokens,
+            s.generated_tokens,
+            s.ttft_secs,
+            s.prefill_tps(),
+            s.decode_tps(),
+            s.drafted_tokens,
+            s.accepted_tokens,
+            g.stop_reason
         );
     }
     Ok(ExitCode::SUCCESS)

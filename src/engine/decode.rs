@@ -1,9 +1,14 @@
-//! The decode loop: prefill the prompt in chunks, then sample one token at a time until the
-//! caller's callback says stop or `max_tokens` is reached. Timing is measured here, where the
-//! work happens, so every caller reports the same numbers.
+//! The decode loop: prefill the prompt in chunks, then sample tokens until the caller's callback
+//! says stop or `max_tokens` is reached. With drafting on, each step feeds the last sampled token
+//! plus a draft looked up in the context (`engine::draft`) and samples every verified row in
+//! turn, keeping the draft up to its first mismatch and rolling the cache back past the rest: the
+//! tokens are those of plain one-token steps at temperature 0 (a row's logits do not depend on
+//! the rows beside it), and have the same distribution when sampling. Timing is measured here,
+//! where the work happens, so every caller reports the same numbers.
 
 use std::time::Instant;
 
+use crate::engine::draft::{DraftLength, Lookup};
 use crate::engine::kv_cache::KvCache;
 use crate::engine::sampler::Sampler;
 use crate::error::{Error, Result};
@@ -11,12 +16,22 @@ use crate::error::{Error, Result};
 /// A model that can be run one step: feed `tokens` at position `cache.len()`, return the logits
 /// of the last position.
 pub trait Forward {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>>;
+    /// One step over several sequences, each with its own cache (weights are read once for all):
+    /// for segment `i`, the logits of its last `rows[i]` positions, in order (0 ≤ `rows[i]` ≤ its
+    /// tokens). A row's logits do not depend on the other rows of the step.
+    fn forward_rows(&self, segs: &mut [(&[u32], &mut KvCache)], rows: &[usize]) -> Result<Vec<Vec<Vec<f32>>>>;
 
-    /// One step over several sequences, each with its own cache; the last position's logits of
-    /// each. Models that can batch rows override this (weights are read once for all).
+    /// The last position's logits of one sequence.
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut out = self.forward_rows(&mut [(tokens, cache)], &[1])?;
+        out.pop().and_then(|mut r| r.pop()).ok_or_else(|| Error::Other("forward returned no logits".into()))
+    }
+
+    /// The last position's logits of each of several sequences.
     fn forward_batch(&self, segs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
-        segs.iter_mut().map(|(t, c)| self.forward(t, c)).collect()
+        let ones = vec![1; segs.len()];
+        let out = self.forward_rows(segs, &ones)?;
+        out.into_iter().map(|mut r| r.pop().ok_or_else(|| Error::Other("forward returned no logits".into()))).collect()
     }
 }
 
@@ -39,6 +54,11 @@ pub struct DecodeStats {
     /// CPU kernel threads when the prefill started: the generation's share of the cores while
     /// others run beside it (see `kernels::pool::Tenant`).
     pub threads: usize,
+    /// Tokens drafted from the context and verified, and how many of them were accepted.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
+    /// Decode forward passes (a verified draft is one pass for several tokens).
+    pub decode_passes: usize,
 }
 
 impl DecodeStats {
@@ -55,8 +75,187 @@ impl DecodeStats {
 
 /// The prompt goes to the model in one `forward`; a model whose working memory grows with the
 /// rows of a step splits it into passes itself.
+#[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
     pub max_tokens: usize,
+    /// The longest draft looked up in the context (prompt and output) and verified in one
+    /// pass; 0 decodes one token per step.
+    pub max_draft: usize,
+}
+
+impl DecodeOptions {
+    pub fn new(max_tokens: usize) -> Self {
+        Self { max_tokens, max_draft: crate::engine::draft::MAX_DRAFT }
+    }
+}
+
+/// One sequence's decoding state between steps.
+struct Seq {
+    hist: Vec<u32>,
+    out: Vec<u32>,
+    lookup: Option<Lookup>,
+    /// Sampled, not yet fed; the draft fed after it in the current step.
+    pending: u32,
+    draft: Vec<u32>,
+    /// Cache length before the current step.
+    base: usize,
+    active: bool,
+    ttft: f64,
+    drafted: usize,
+    accepted: usize,
+}
+
+impl Seq {
+    fn new(prompt: &[u32], draft: bool) -> Self {
+        Self {
+            hist: prompt.to_vec(),
+            out: Vec::new(),
+            lookup: draft.then(|| Lookup::new(prompt)),
+            pending: 0,
+            draft: Vec::new(),
+            base: 0,
+            active: true,
+            ttft: 0.0,
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Sample from the rows of the last step (one per fed token) in order, up to the first
+    /// token that is not the draft's; roll the cache back past what was not kept.
+    fn take_rows(
+        &mut self,
+        rows: Vec<Vec<f32>>,
+        cache: &mut KvCache,
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        start: &Instant,
+        on_token: &mut dyn FnMut(u32) -> Result<Control>,
+    ) -> Result<usize> {
+        let mut kept = 0;
+        for (i, mut logits) in rows.into_iter().enumerate() {
+            let hint = self.lookup.as_ref().and_then(|l| l.next(&[])).map(|g| g.0);
+            let tok = sampler.sample_hinted(&mut logits, &self.hist, hint);
+            if self.out.is_empty() {
+                self.ttft = start.elapsed().as_secs_f64();
+            }
+            self.out.push(tok);
+            self.hist.push(tok);
+            if let Some(l) = &mut self.lookup {
+                l.extend(&[tok]);
+            }
+            let matched = i < self.draft.len() && self.draft[i] == tok;
+            kept += matched as usize;
+            if on_token(tok)? == Control::Stop || self.out.len() >= max_tokens {
+                self.active = false;
+                break;
+            }
+            if !matched {
+                break;
+            }
+        }
+        self.drafted += self.draft.len();
+        self.accepted += kept;
+        // Positions of the pending token and the kept draft stay.
+        cache.truncate(self.base + 1 + kept);
+        self.pending = *self.out.last().expect("a token was sampled");
+        Ok(kept)
+    }
+
+    /// Choose this step's draft (up to `k` tokens, within max tokens and the cache).
+    fn plan(&mut self, k: usize, cache: &KvCache, max_tokens: usize) {
+        self.base = cache.len();
+        let room = max_tokens.saturating_sub(self.out.len() + 1).min(cache.capacity().saturating_sub(cache.len() + 1));
+        self.draft = match &self.lookup {
+            Some(l) if k.min(room) > 0 => l.chain(&[], k.min(room)),
+            _ => Vec::new(),
+        };
+    }
+
+    fn fed(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(1 + self.draft.len());
+        v.push(self.pending);
+        v.extend_from_slice(&self.draft);
+        v
+    }
+}
+
+/// Decode steps for several sequences of one model until each stops: every step feeds all active
+/// sequences (their pending token and draft) through one batched forward. `first` holds each
+/// sequence's logits after its prompt.
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    model: &dyn Forward,
+    caches: &mut [KvCache],
+    seqs: &mut [Seq],
+    samplers: &mut [Sampler],
+    first: Vec<Vec<f32>>,
+    opts: &DecodeOptions,
+    start: &Instant,
+    on_token: &mut dyn FnMut(usize, u32) -> Result<Control>,
+) -> Result<usize> {
+    let mut len = DraftLength::default();
+    let mut passes = 0;
+    let mut rows: Vec<Vec<Vec<f32>>> = first.into_iter().map(|l| vec![l]).collect();
+    for (s, c) in seqs.iter_mut().zip(caches.iter()) {
+        // The prompt's last token was the one fed.
+        s.base = c.len().saturating_sub(1);
+    }
+    loop {
+        let mut step = Vec::new();
+        for (i, r) in rows.iter_mut().enumerate() {
+            if !seqs[i].active || r.is_empty() {
+                continue;
+            }
+            let drafted = seqs[i].draft.len();
+            let kept = seqs[i].take_rows(std::mem::take(r), &mut caches[i], &mut samplers[i], opts.max_tokens, start, &mut |t| on_token(i, t))?;
+            if drafted > 0 {
+                len.observe_draft(drafted, kept);
+            }
+            if seqs[i].active {
+                step.push(i);
+            }
+        }
+        if step.is_empty() {
+            return Ok(passes);
+        }
+        let k = if opts.max_draft > 0 { len.choose(opts.max_draft) } else { 0 };
+        if std::env::var_os("MOA_DRAFT_TRACE").is_some() {
+            eprintln!("[draft] k {k} {}", len.describe());
+        }
+        for &i in &step {
+            seqs[i].plan(k, &caches[i], opts.max_tokens);
+        }
+        let fed: Vec<Vec<u32>> = step.iter().map(|&i| seqs[i].fed()).collect();
+        let want: Vec<usize> = fed.iter().map(Vec::len).collect();
+        let mut segs: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(step.len());
+        for (c, f) in pick_mut(caches, &step).into_iter().zip(&fed) {
+            segs.push((f.as_slice(), c));
+        }
+        let t = Instant::now();
+        let out = model.forward_rows(&mut segs, &want)?;
+        let extra: usize = want.iter().map(|w| w - 1).sum();
+        len.observe_pass(extra, t.elapsed().as_secs_f64());
+        passes += 1;
+        for (k, r) in out.into_iter().enumerate() {
+            rows[step[k]] = r;
+        }
+    }
+}
+
+/// Mutable references to `items[i]` for the increasing indices `idx`.
+fn pick_mut<'a, T>(items: &'a mut [T], idx: &[usize]) -> Vec<&'a mut T> {
+    let mut out = Vec::with_capacity(idx.len());
+    let mut rest: &mut [T] = items;
+    let mut taken = 0;
+    for &i in idx {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
+        let (c, tail) = tail.split_first_mut().expect("index in range");
+        out.push(c);
+        rest = tail;
+        taken = i + 1;
+    }
+    out
 }
 
 /// Run generation. `cache` may already hold a prefix of `prompt` (a forked prefill).
@@ -81,33 +280,28 @@ pub fn decode_loop(
     let threads = crate::kernels::pool::pool().threads();
     let mut stats = DecodeStats { prompt_tokens: prompt.len(), threads, ..Default::default() };
     let rest = &prompt[cache.len()..];
-    let mut logits = model.forward(rest, cache)?;
+    let logits = model.forward(rest, cache)?;
     stats.prefilled_tokens = rest.len();
     stats.prefill_secs = start.elapsed().as_secs_f64();
 
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::new();
     let decode_start = Instant::now();
-    while out.len() < opts.max_tokens {
-        let tok = sampler.sample(&mut logits, &history);
-        if out.is_empty() {
-            stats.ttft_secs = start.elapsed().as_secs_f64();
-        }
-        out.push(tok);
-        history.push(tok);
-        if on_token(tok)? == Control::Stop || out.len() >= opts.max_tokens {
-            break;
-        }
-        logits = model.forward(&[tok], cache)?;
-    }
-    stats.generated_tokens = out.len();
+    let mut seqs = [Seq::new(prompt, opts.max_draft > 0)];
+    let caches = std::slice::from_mut(cache);
+    let samplers = std::slice::from_mut(sampler);
+    stats.decode_passes = run_steps(model, caches, &mut seqs, samplers, vec![logits], opts, &start, &mut |_, t| on_token(t))?;
+    let [seq] = seqs;
+    stats.ttft_secs = seq.ttft;
+    stats.generated_tokens = seq.out.len();
+    stats.drafted_tokens = seq.drafted;
+    stats.accepted_tokens = seq.accepted;
     stats.decode_secs = decode_start.elapsed().as_secs_f64() - (stats.ttft_secs - stats.prefill_secs).max(0.0);
-    Ok((out, stats))
+    Ok((seq.out, stats))
 }
 
 /// Several samples of one prompt: the prompt is prefilled once into `base`, the cache is forked
 /// per sample, and every step feeds all unfinished samples through one batched forward (the
-/// weights are read once per step for all of them). `on_token(sample, token)` may stop a sample.
+/// weights are read once per step for all of them), each with its own draft.
+/// `on_token(sample, token)` may stop a sample.
 pub fn decode_samples(
     model: &dyn Forward,
     mut base: KvCache,
@@ -127,64 +321,26 @@ pub fn decode_samples(
     let prefill_secs = start.elapsed().as_secs_f64();
     let mut caches = (1..n).map(|_| base.fork(base.capacity())).collect::<Result<Vec<_>>>()?;
     caches.insert(0, base);
-    let mut logits: Vec<Vec<f32>> = vec![logits; n];
-    let mut hist: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
-    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut ttft = vec![0f64; n];
-    let mut active: Vec<bool> = vec![true; n];
+    let mut seqs: Vec<Seq> = (0..n).map(|_| Seq::new(prompt, opts.max_draft > 0)).collect();
     let decode_start = Instant::now();
-    loop {
-        let mut step: Vec<usize> = Vec::new();
-        for i in 0..n {
-            if !active[i] {
-                continue;
-            }
-            let tok = samplers[i].sample(&mut logits[i], &hist[i]);
-            if outs[i].is_empty() {
-                ttft[i] = start.elapsed().as_secs_f64();
-            }
-            outs[i].push(tok);
-            hist[i].push(tok);
-            if on_token(i, tok)? == Control::Stop || outs[i].len() >= opts.max_tokens {
-                active[i] = false;
-            } else {
-                step.push(i);
-            }
-        }
-        if step.is_empty() {
-            break;
-        }
-        let toks: Vec<[u32; 1]> = step.iter().map(|&i| [outs[i][outs[i].len() - 1]]).collect();
-        let mut segs: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(step.len());
-        let mut rest: &mut [KvCache] = &mut caches;
-        let mut taken = 0;
-        for (k, &i) in step.iter().enumerate() {
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
-            let (c, tail) = tail.split_first_mut().expect("sample index in range");
-            segs.push((&toks[k][..], c));
-            rest = tail;
-            taken = i + 1;
-        }
-        let out = model.forward_batch(&mut segs)?;
-        for (k, l) in out.into_iter().enumerate() {
-            logits[step[k]] = l;
-        }
-    }
+    let passes = run_steps(model, &mut caches, &mut seqs, samplers, vec![logits; n], opts, &start, on_token)?;
     let decode_secs = decode_start.elapsed().as_secs_f64();
-    Ok(outs
+    Ok(seqs
         .into_iter()
-        .enumerate()
-        .map(|(i, ids)| {
+        .map(|s| {
             let stats = DecodeStats {
                 prompt_tokens: prompt.len(),
                 prefilled_tokens: prefilled,
-                generated_tokens: ids.len(),
+                generated_tokens: s.out.len(),
                 prefill_secs,
                 decode_secs,
-                ttft_secs: ttft[i],
+                ttft_secs: s.ttft,
                 threads,
+                drafted_tokens: s.drafted,
+                accepted_tokens: s.accepted,
+                decode_passes: passes,
             };
-            (ids, stats)
+            (s.out, stats)
         })
         .collect())
 }

@@ -5,6 +5,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 pub mod decode;
+pub mod draft;
 pub mod kv_cache;
 pub mod sampler;
 

@@ -24,11 +24,19 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Context length to enforce; defaults to the model's own.
     pub context_length: Option<usize>,
+    /// The longest draft looked up in the prompt and output and verified in one pass (default
+    /// `engine::draft::MAX_DRAFT`; 0 = off). Same tokens at temperature 0, same distribution
+    /// when sampling, and a seeded run's tokens do not depend on it.
+    pub max_draft: usize,
 }
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, max_tokens: usize, sampling: SamplingParams) -> Self {
-        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None }
+        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT }
+    }
+
+    fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions { max_tokens: self.max_tokens, max_draft: self.max_draft }
     }
 }
 
@@ -113,7 +121,7 @@ impl Model {
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut text = TextState::new(self, req);
-        let opts = DecodeOptions { max_tokens: req.max_tokens };
+        let opts = req.decode_options();
         let mut on_token = |tok: u32| Ok(text.on_token(tok, on_text));
         let (ids, stats) = decode_loop(&self.transformer, &mut cache, &prompt_ids, &mut sampler, &opts, &mut on_token)?;
         let (text, stop_reason) = text.finish(on_text);
@@ -133,7 +141,7 @@ impl Model {
         let mut samplers: Vec<Sampler> =
             seeds.iter().map(|&seed| Sampler::new(SamplingParams { seed, ..req.sampling.clone() })).collect();
         let mut texts: Vec<TextState> = seeds.iter().map(|_| TextState::new(self, req)).collect();
-        let opts = DecodeOptions { max_tokens: req.max_tokens };
+        let opts = req.decode_options();
         let mut on_token = |i: usize, tok: u32| Ok(texts[i].on_token(tok, &mut |p| on_text(i, p)));
         let results = decode_samples(&self.transformer, cache, &prompt_ids, &mut samplers, &opts, &mut on_token)?;
         Ok(results

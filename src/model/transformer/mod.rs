@@ -186,16 +186,15 @@ impl Transformer {
         if let Some(s) = c.embed_scale {
             x = (x * s as f64)?;
         }
-        // Only each segment's last position needs logits: after the last layer's attention (which
-        // still reads and writes every position's K/V) the other rows are dropped, as llama.cpp
-        // does with its output ids.
+        // Only the rows whose logits are asked for (usually each segment's last) go past the last
+        // layer's attention (which still reads and writes every position's K/V); the others are
+        // dropped there, as llama.cpp does with its output ids.
         let mut last_rows = Vec::with_capacity(segs.len());
         let mut off = 0;
         for sg in segs.iter() {
-            off += sg.tokens.len();
-            if sg.logits {
-                last_rows.push((off - 1) as u32);
-            }
+            let n = sg.tokens.len();
+            last_rows.extend((off + n - sg.logits.min(n)..off + n).map(|r| r as u32));
+            off += n;
         }
         let keep = (!last_rows.is_empty() && last_rows.len() < all.len())
             .then(|| Tensor::new(last_rows.as_slice(), &self.device))
@@ -253,24 +252,25 @@ impl Transformer {
 pub struct Segment<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
-    /// Whether this step needs the last position's logits (not for a piece of a prompt that
-    /// continues in the next pass).
-    pub logits: bool,
+    /// How many of this piece's last positions need logits (0 for a piece of a prompt that
+    /// continues in the next pass; 1 for a decode step; more to verify a draft).
+    pub logits: usize,
 }
 
 impl Forward for Transformer {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let mut out = self.forward_batch(&mut [(tokens, cache)])?;
-        Ok(out.pop().expect("one segment"))
-    }
-
-    fn forward_batch(&self, segs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
-        for (t, _) in segs.iter() {
+    fn forward_rows(&self, segs: &mut [(&[u32], &mut KvCache)], rows: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
+        if rows.len() != segs.len() {
+            return Err(Error::Other(format!("forward_rows: {} row counts for {} segments", rows.len(), segs.len())));
+        }
+        for ((t, _), &r) in segs.iter().zip(rows) {
             self.check(t)?;
+            if r > t.len() {
+                return Err(Error::Other(format!("forward_rows: logits of {r} rows asked from a segment of {}", t.len())));
+            }
         }
         let _turn = self.step_lock.map(|i| GPU_STEP_LOCKS[i].lock().unwrap_or_else(|p| p.into_inner()));
         let before: Vec<usize> = segs.iter().map(|(_, c)| c.len()).collect();
-        self.forward_passes(segs).map_err(|e| {
+        self.forward_passes(segs, rows).map_err(|e| {
             for ((_, c), b) in segs.iter_mut().zip(before) {
                 c.truncate(b);
             }
@@ -291,9 +291,9 @@ impl Transformer {
     }
 
     /// The step in passes of at most `prefill_rows` rows (a long prompt continues in the next
-    /// pass at its cache's position); each segment's logits come from the pass holding its last
-    /// token.
-    fn forward_passes(&self, segs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Vec<Vec<f32>>> {
+    /// pass at its cache's position); each segment's logits come from the passes holding its
+    /// last `rows[i]` tokens.
+    fn forward_passes(&self, segs: &mut [(&[u32], &mut KvCache)], rows: &[usize]) -> candle_core::Result<Vec<Vec<Vec<f32>>>> {
         let lengths: Vec<usize> = segs.iter().map(|(t, _)| t.len()).collect();
         let mut out = vec![Vec::new(); segs.len()];
         for pass in ubatch::plan(&lengths, self.prefill_rows) {
@@ -301,12 +301,15 @@ impl Transformer {
             let mut rest = segs.iter_mut().enumerate();
             for (i, r) in &pass {
                 let (_, (t, c)) = rest.find(|(j, _)| j == i).expect("a pass's pieces are in segment order");
-                parts.push(Segment { tokens: &t[r.clone()], cache: c, logits: r.end == lengths[*i] });
+                // Rows of this piece among the segment's last `rows[i]`.
+                let first_wanted = lengths[*i] - rows[*i];
+                let logits = r.end.saturating_sub(first_wanted.max(r.start));
+                parts.push(Segment { tokens: &t[r.clone()], cache: c, logits });
             }
             let mut logits = self.forward_inner(&mut parts)?.into_iter();
             for ((i, _), part) in pass.iter().zip(&parts) {
-                if part.logits {
-                    out[*i] = logits.next().expect("logits for every segment that ends in this pass");
+                for _ in 0..part.logits {
+                    out[*i].push(logits.next().expect("logits for every row asked for in this pass"));
                 }
             }
         }
