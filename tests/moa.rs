@@ -32,7 +32,7 @@ fn run(rt: &Arc<Runtime>, r: &Recipe, conv: &[Message]) -> (moa_local::Result<mo
     let ev = events.clone();
     let sink: moa::EventSink = Arc::new(move |e| ev.lock().unwrap().push(e));
     let tokio = tokio::runtime::Runtime::new().unwrap();
-    let out = tokio.block_on(moa::run(rt.clone(), r, conv, &RunOptions { seed: 7, checksums: false, cancel: None }, sink));
+    let out = tokio.block_on(moa::run(rt.clone(), r, conv, &RunOptions { seed: 7, ..RunOptions::default() }, sink));
     let ev = events.lock().unwrap().clone();
     (out, ev)
 }
@@ -52,9 +52,15 @@ fn two_layers_inject_numbered_references_into_the_aggregator_prompt() {
     assert!(answers.iter().all(|a| a.error.is_none() && !a.text.trim().is_empty()), "{answers:#?}");
     let p = &r.aggregate.prompt;
     assert!(p.contains("Responses from models:"), "{p}");
-    for (i, a) in answers.iter().enumerate() {
-        assert!(p.contains(&format!("{}. {}", i + 1, a.text.trim())), "reference {} missing from {p}", i + 1);
+    // Numbered in the order the proposers finished (the report says which number each got).
+    let mut numbers: Vec<usize> = answers.iter().map(|a| a.reference.expect("every answer is a reference")).collect();
+    for a in answers {
+        assert!(p.contains(&format!("{}. {}", a.reference.unwrap(), a.text.trim())), "reference {:?} missing from {p}", a.reference);
     }
+    let first_done = answers.iter().min_by(|a, b| a.stats.end_secs.total_cmp(&b.stats.end_secs)).unwrap();
+    assert_eq!(first_done.reference, Some(1), "the first to finish is reference 1");
+    numbers.sort();
+    assert_eq!(numbers, vec![1, 2]);
     assert!(!r.aggregate.text.is_empty());
     let streamed: String = events.iter().filter_map(|e| if let MoaEvent::AggregateText(t) = e { Some(t.as_str()) } else { None }).collect();
     assert_eq!(streamed, r.aggregate.text, "the aggregate is streamed piece by piece");
@@ -69,12 +75,13 @@ fn three_layers_chain_references_through_every_layer() {
     let r = r.unwrap();
     assert_eq!(r.layers.len(), 2);
     for a in &r.layers[1].answers {
-        for (i, prev) in r.layers[0].answers.iter().enumerate() {
-            assert!(a.prompt.contains(&format!("{}. {}", i + 1, prev.text.trim())), "layer 2 prompt lacks layer-1 ref {i}");
+        for prev in &r.layers[0].answers {
+            let n = prev.reference.unwrap();
+            assert!(a.prompt.contains(&format!("{n}. {}", prev.text.trim())), "layer 2 prompt lacks layer-1 ref {n}");
         }
     }
-    for (i, prev) in r.layers[1].answers.iter().enumerate() {
-        assert!(r.aggregate.prompt.contains(&format!("{}. {}", i + 1, prev.text.trim())));
+    for prev in &r.layers[1].answers {
+        assert!(r.aggregate.prompt.contains(&format!("{}. {}", prev.reference.unwrap(), prev.text.trim())));
     }
     assert!(!r.layers[0].answers[0].prompt.contains("Responses from models:"), "layer 1 sees no references");
 }
@@ -95,7 +102,11 @@ fn a_failing_proposer_is_left_out_and_the_others_survive() {
     let err = a[1].error.as_deref().unwrap();
     assert!(err.contains("corrupt.gguf"), "{err}");
     assert!(r.notices.iter().any(|n| n.contains("left out")), "{:?}", r.notices);
-    assert!(r.aggregate.prompt.contains(&format!("2. {}", a[2].text.trim())), "the good answers are renumbered 1, 2");
+    assert_eq!(a[1].reference, None);
+    let mut n = vec![a[0].reference.unwrap(), a[2].reference.unwrap()];
+    assert!(r.aggregate.prompt.contains(&format!("{}. {}", n[1], a[2].text.trim())));
+    n.sort();
+    assert_eq!(n, vec![1, 2], "the good answers are numbered 1, 2");
 
     let mut all_bad = recipe(&[&bad_s, &bad_s], 2, 8);
     all_bad.aggregator.model = "smollm2".into();
@@ -142,4 +153,38 @@ fn references_too_long_for_the_context_are_cut_by_tokens() {
     let sys = &f.messages[0].content;
     assert!(sys.contains("2. short answer"), "short references are kept whole");
     assert!(sys.contains("[…]"), "cut references are marked");
+}
+
+fn run_with(rt: &Arc<Runtime>, r: &Recipe, conv: &[Message], opts: RunOptions) -> moa::MoaReport {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(moa::run(rt.clone(), r, conv, &opts, moa::report::no_events())).unwrap()
+}
+
+/// The aggregator's prompt prefilled while the proposers run, and drafts from the references,
+/// change when work is done, not what is written: at temperature 0 in recipe order the aggregate
+/// is the baseline's text exactly, with most of its prompt computed before the last proposer
+/// ended.
+#[test]
+fn early_prefill_and_drafts_keep_the_aggregate_text() {
+    use moa_local::moa::staircase::ReferenceOrder;
+    let rt = runtime();
+    let mut rc = recipe(&["qwen-coder", "smollm2"], 2, 24);
+    rc.aggregator.model = "smollm2".into();
+    let conv = q("Explain what a hash map is in one sentence.");
+    let base = RunOptions { seed: 3, draft: false, early_prefill: false, reference_order: ReferenceOrder::Recipe, ..RunOptions::default() };
+    let fast = RunOptions { draft: true, early_prefill: true, ..base.clone() };
+    let b = run_with(&rt, &rc, &conv, base);
+    let f = run_with(&rt, &rc, &conv, fast);
+    assert_eq!(f.aggregate.prompt, b.aggregate.prompt, "recipe order: the same prompt");
+    assert_eq!(f.aggregate.text, b.aggregate.text, "early prefill and drafts changed the aggregate");
+    assert!(b.critical_path.early_prefill.is_none());
+    assert_eq!(b.critical_path.aggregate_prefilled_after_proposers, b.aggregate.stats.prompt_tokens);
+    let early = f.critical_path.early_prefill.as_ref().expect("the plan has room: early prefill ran");
+    assert!(early.computed_tokens > 0 && early.updates > 0, "{early:?}");
+    let left = f.critical_path.aggregate_prefilled_after_proposers;
+    assert!(left < f.aggregate.stats.prompt_tokens / 2, "{left} of {} prompt tokens were left after the proposers", f.aggregate.stats.prompt_tokens);
+    assert!(f.aggregate.stats.drafted_tokens > 0 && b.aggregate.stats.drafted_tokens == 0);
+    for l in [&b, &f] {
+        assert_eq!(l.layers[0].answers.iter().map(|a| a.reference).collect::<Vec<_>>(), vec![Some(1), Some(2)], "recipe order");
+    }
 }

@@ -3,7 +3,6 @@
 //! peak memory). Markdown by default, JSON with --json.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,9 +10,8 @@ use moa_local::bench::{bench_pp, bench_tg, bench_tg_paired, largest_kv_bytes, ma
 use moa_local::runtime::estimate;
 use moa_local::model::catalog::Catalog;
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
-use moa_local::model::{Message, Model};
-use moa_local::moa::{self, Overrides, Recipe, RunOptions};
-use moa_local::runtime::{DeviceSpec, Runtime};
+use moa_local::model::Model;
+use moa_local::runtime::DeviceSpec;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,6 +55,16 @@ pub struct BenchArgs {
     /// MoA bench: max tokens per agent.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
+    /// MoA bench: the aggregator (default: the first proposer).
+    #[arg(long)]
+    pub aggregator: Option<String>,
+    /// MoA bench: sampling temperature of every agent (0: greedy, and the texts of the modes
+    /// that must agree are compared).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// MoA bench: the user prompt.
+    #[arg(long, default_value = "Explain how a hash map works and when to use one.")]
+    pub prompt: String,
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -69,7 +77,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let spec: DeviceSpec = a.device.parse()?;
     if let Some(models) = &a.moa {
-        return moa_bench(&a, models, spec);
+        return super::bench_moa::moa_bench(&a, models, spec);
     }
     let device = spec.open()?;
     let catalog = Catalog::load()?;
@@ -179,51 +187,4 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("moa-local-bench-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-fn moa_bench(a: &BenchArgs, models: &[String], spec: DeviceSpec) -> anyhow::Result<ExitCode> {
-    let o = Overrides { models: Some(models.to_vec()), layers: Some(a.layers), max_tokens: Some(a.max_tokens), temperature: Some(0.7), ..Default::default() };
-    let recipe = Recipe::build(None, &o, &[])?;
-    let rt = Arc::new(Runtime::new(spec)?);
-    let tokio = tokio::runtime::Runtime::new()?;
-    let conv = vec![Message::user("Explain how a hash map works and when to use one.")];
-    let mut reports = Vec::new();
-    for r in 0..a.reps.max(1) {
-        let opts = RunOptions { seed: 1 + r as u64, checksums: false, cancel: None };
-        reports.push(tokio.block_on(moa::run(rt.clone(), &recipe, &conv, &opts, moa::report::no_events()))?);
-    }
-    if a.json {
-        let rows: Vec<_> = reports
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "layers": r.layers.iter().map(|l| serde_json::json!({"layer": l.layer, "wall_secs": l.wall_secs, "tokens": l.generated_tokens, "tokens_per_sec": l.tokens_per_sec})).collect::<Vec<_>>(),
-                    "aggregator": {"ttft_secs": r.aggregate.stats.ttft_secs, "tokens": r.aggregate.stats.generated_tokens, "decode_tps": r.aggregate.stats.decode_tps, "wall_secs": r.aggregate_wall_secs},
-                    "total_secs": r.total_secs,
-                    "peak_rss_bytes": r.peak_rss_bytes,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("MoA bench: proposers {models:?}, layers {}, max tokens {}, {} run(s), device {spec}", a.layers, a.max_tokens, reports.len());
-    println!("| run | layer | wall s | tokens | tok/s |\n|---:|---|---:|---:|---:|");
-    for (i, r) in reports.iter().enumerate() {
-        for l in &r.layers {
-            println!("| {} | {} | {:.2} | {} | {:.1} |", i + 1, l.layer, l.wall_secs, l.generated_tokens, l.tokens_per_sec);
-        }
-        let g = &r.aggregate.stats;
-        println!(
-            "| {} | aggregator (ttft {:.2}s) | {:.2} | {} | {:.1} |",
-            i + 1,
-            g.ttft_secs,
-            r.aggregate_wall_secs,
-            g.generated_tokens,
-            g.generated_tokens as f64 / r.aggregate_wall_secs.max(1e-9)
-        );
-    }
-    let peak = reports.iter().filter_map(|r| r.peak_rss_bytes).max().unwrap_or(0);
-    println!("\npeak resident memory: {:.0} MiB", peak as f64 / 1048576.0);
-    Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use moa_local::model::catalog::DEFAULT_MODELS;
 use moa_local::model::Message;
-use moa_local::moa::{self, Overrides, Recipe, RecipeFile, RunOptions};
+use moa_local::moa::{self, Overrides, Recipe, RecipeFile};
 use moa_local::runtime::device::parse_bytes;
 use moa_local::runtime::scheduler::human;
 use moa_local::runtime::{DeviceSpec, Runtime};
@@ -76,7 +76,7 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
     }
     let ag = &p.aggregator;
     println!(
-        "aggregator {}: {}; unload {:?}; planned {} (free {})",
+        "aggregator {}: {}{}; unload {:?}; planned {} (free {})",
         ag.model,
         if ag.resident {
             "already resident"
@@ -85,6 +85,7 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
         } else {
             "loaded after the proposers"
         },
+        if ag.early_prefill { ", its prompt prefilled as the references arrive" } else { "" },
         ag.unload,
         human(ag.bytes),
         human(budget.saturating_sub(ag.bytes))
@@ -126,7 +127,7 @@ pub fn run(a: MoaArgs) -> anyhow::Result<ExitCode> {
 
 async fn turn(rt: &Arc<Runtime>, recipe: &Recipe, conv: &[Message], seed: u64, a: &MoaArgs) -> anyhow::Result<String> {
     let display = Display::new(recipe.layers.len(), !a.json, a.show_proposals && !a.json);
-    let opts = RunOptions { seed, checksums: a.json, cancel: None };
+    let opts = a.run_options(seed);
     let report = moa::run(rt.clone(), recipe, conv, &opts, display.sink()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -2,6 +2,7 @@
 //! subcommands run one model, tokenize, plan, bench and serve.
 
 mod bench;
+mod bench_moa;
 mod generate;
 mod moa_cmd;
 mod progress;
@@ -86,6 +87,31 @@ pub struct MoaArgs {
     /// device's free memory.
     #[arg(long)]
     pub memory_budget: Option<String>,
+    /// Decode one token per step: no drafts looked up in the references and the output (the
+    /// text is the same at temperature 0 either way).
+    #[arg(long)]
+    pub no_draft: bool,
+    /// Number references in the order the proposers `finish` (default) or in `recipe` order
+    /// (bit-reproducible seeded runs).
+    #[arg(long, default_value = "finish")]
+    pub reference_order: moa_local::moa::staircase::ReferenceOrder,
+    /// Prefill the aggregator only after the last proposer ends (not as its references arrive).
+    #[arg(long)]
+    pub no_early_prefill: bool,
+}
+
+impl MoaArgs {
+    /// The run options these flags ask for.
+    pub fn run_options(&self, seed: u64) -> moa_local::moa::RunOptions {
+        moa_local::moa::RunOptions {
+            seed,
+            checksums: self.json,
+            cancel: None,
+            draft: !self.no_draft,
+            reference_order: self.reference_order,
+            early_prefill: !self.no_early_prefill,
+        }
+    }
 }
 
 pub fn main() -> anyhow::Result<ExitCode> {

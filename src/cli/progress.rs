@@ -106,5 +106,16 @@ pub fn summary(r: &MoaReport) {
         "aggregator {}: prompt {} tok, {} tokens, ttft {:.2}s, prefill {:.1} tok/s, decode {:.1} tok/s, {:.2}s wall",
         a.model, a.stats.prompt_tokens, a.stats.generated_tokens, a.stats.ttft_secs, a.stats.prefill_tps, a.stats.decode_tps, r.aggregate_wall_secs
     );
+    let c = &r.critical_path;
+    eprintln!(
+        "critical path: last proposer done at {:.2}s, first aggregate token at {:.2}s ({:.2}s later; {} prompt tokens left to prefill{}); drafts {}/{} accepted",
+        c.last_proposer_end_secs,
+        c.aggregate_first_token_secs,
+        c.wait_for_first_token_secs,
+        c.aggregate_prefilled_after_proposers,
+        c.early_prefill.as_ref().map_or(String::new(), |e| format!(", {} computed early", e.computed_tokens)),
+        a.stats.accepted_tokens,
+        a.stats.drafted_tokens
+    );
     eprintln!("total {:.2}s", r.total_secs);
 }

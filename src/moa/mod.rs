@@ -8,6 +8,7 @@ pub mod prompt;
 pub mod recipe;
 pub mod report;
 pub mod run;
+pub mod staircase;
 
 pub use recipe::{Agent, Overrides, Recipe, RecipeFile};
 pub use report::{EventSink, MoaEvent, MoaReport};

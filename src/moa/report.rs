@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::model::StopReason;
 use crate::runtime::scheduler::Plan;
+use crate::moa::staircase::ReferenceOrder;
+use crate::runtime::prefill::PrefillLog;
 use crate::runtime::LoadedInfo;
 
 /// Layer numbers count from 1; the aggregator's layer is `proposer layers + 1`.
@@ -40,6 +42,12 @@ pub struct AgentStats {
     pub end_secs: f64,
     /// CPU kernel threads it started with (its share of the cores beside concurrent agents).
     pub threads: usize,
+    /// Prompt tokens computed by the generation itself (fewer than the prompt when a prefix was
+    /// prefilled early).
+    pub prefilled_tokens: usize,
+    /// Tokens drafted from the context and verified, and how many were accepted.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,6 +67,9 @@ pub struct AgentAnswer {
     /// The rendered prompt the model saw (shows the injected references).
     pub prompt: String,
     pub error: Option<String>,
+    /// Its answer's number among the references the next layer saw (1-based; None when it
+    /// failed).
+    pub reference: Option<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -88,9 +99,25 @@ pub struct LoadRecord {
     pub secs: f64,
 }
 
+/// The run's critical path: from the last proposer's end to the aggregator's first token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CriticalPath {
+    /// Seconds since the start of the run.
+    pub last_proposer_end_secs: f64,
+    pub aggregate_first_token_secs: f64,
+    /// The user's wait between them.
+    pub wait_for_first_token_secs: f64,
+    /// Aggregator prompt tokens still to compute when its generation started.
+    pub aggregate_prefilled_after_proposers: usize,
+    /// What the early prefill did (None when it did not run).
+    pub early_prefill: Option<PrefillLog>,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MoaReport {
     pub seed: u64,
+    /// How references were numbered (finish or recipe order).
+    pub reference_order: ReferenceOrder,
     /// The memory plan the run executed (waves, loads, unloads, planned bytes).
     pub plan: Plan,
     /// Peak resident memory of this process so far (Linux VmHWM).
@@ -98,6 +125,7 @@ pub struct MoaReport {
     pub layers: Vec<LayerReport>,
     pub aggregate: AgentAnswer,
     pub aggregate_wall_secs: f64,
+    pub critical_path: CriticalPath,
     pub models: Vec<ModelReport>,
     pub notices: Vec<String>,
     pub total_secs: f64,

@@ -12,16 +12,17 @@ use tokio::task::JoinSet;
 
 use crate::engine::{Control, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::{GenerateRequest, Message, Prompt};
+use crate::model::{GenerateRequest, Message, Prompt, PromptCache};
 use crate::moa::fit::fit_references;
 use crate::moa::plan::{plan, plan_jobs};
 use crate::moa::recipe::{Agent, Recipe};
-use crate::moa::report::{AgentAnswer, AgentStats, EventSink, LayerReport, LoadRecord, MoaEvent, MoaReport, ModelReport};
+use crate::moa::staircase::{ReferenceOrder, References, Staircase};
+use crate::moa::report::{AgentAnswer, AgentStats, CriticalPath, EventSink, LayerReport, LoadRecord, MoaEvent, MoaReport, ModelReport};
 use crate::model::gguf::sha256_file;
 use crate::runtime::estimate::peak_rss_bytes;
 use crate::runtime::Runtime;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RunOptions {
     pub seed: u64,
     /// Compute each model file's sha256 for the report.
@@ -29,6 +30,19 @@ pub struct RunOptions {
     /// Set to cancel the run: generations stop at their next token and the run returns
     /// `Error::Cancelled` (a server sets it when the client disconnects).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Verify drafts looked up in each agent's prompt (its references) and output.
+    pub draft: bool,
+    /// How references are numbered: finish order (default) or recipe order.
+    pub reference_order: ReferenceOrder,
+    /// Prefill the aggregator's prompt while the last proposer layer runs, where the plan has
+    /// room for it.
+    pub early_prefill: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { seed: 0, checksums: false, cancel: None, draft: true, reference_order: ReferenceOrder::Finish, early_prefill: true }
+    }
 }
 
 impl RunOptions {
@@ -92,14 +106,22 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         sink(MoaEvent::LoadFailed { model: m.clone(), error: e.clone() });
     }
     let the_plan = plan(&rt, recipe, conv)?;
+    let agg = &recipe.aggregator;
+    let agg_context = jobs.last().and_then(|l| l.first().cloned().flatten()).map_or(0, |j| j.context);
 
     let mut refs: Vec<String> = Vec::new();
     let mut layers = Vec::new();
     let n_layers = recipe.layers.len();
     let mut preload: Option<tokio::task::JoinHandle<()>> = None;
+    let mut stair: Option<Staircase> = None;
     for (li, agents) in recipe.layers.iter().enumerate() {
         let layer = li + 1;
         let t = Instant::now();
+        let last_layer = li + 1 == n_layers;
+        if last_layer && opts.early_prefill && the_plan.aggregator.early_prefill && !failed.contains_key(&agg.model) {
+            stair = Some(Staircase::new(with_system(conv, &agg.system), recipe.instruction.clone(), agents.len()));
+        }
+        let mut order = References::new(agents.len(), opts.reference_order);
         // Plan job indices skip agents whose model could not be read.
         let runnable: Vec<usize> = (0..agents.len()).filter(|&i| jobs[li][i].is_some()).collect();
         let mut answers: Vec<AgentAnswer> = (0..agents.len())
@@ -109,6 +131,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 finish(layer, i, 0, &agents[i], agent_seed(opts.seed, layer, i), err, &ctx)
             })
             .collect();
+        for a in &answers {
+            order.finish(a.index, None);
+        }
         let waves = &the_plan.layers[li].waves;
         for (wi, wave) in waves.iter().enumerate() {
             for u in &wave.unload {
@@ -117,8 +142,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             for m in &wave.load {
                 load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
             }
-            if li + 1 == n_layers && wi + 1 == waves.len() && the_plan.aggregator.preload {
-                let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), recipe.aggregator.model.clone());
+            let last_wave = last_layer && wi + 1 == waves.len();
+            if last_wave && the_plan.aggregator.preload {
+                let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), agg.model.clone());
                 preload = Some(tokio::spawn(async move {
                     let mut f = HashMap::new();
                     load_model(&rt2, &m, n_layers + 1, 0, &ctx2, &mut f).await;
@@ -139,29 +165,67 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 let seeds: Vec<u64> = group.iter().map(|&i| agent_seed(opts.seed, layer, i)).collect();
                 let (rt, conv, refs, ctx) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone());
                 let (instruction, w, fail) = (recipe.instruction.clone(), wave.wave, failed.get(&agent.model).cloned());
+                let stream = match (&mut stair, group.len()) {
+                    (Some(s), 1) => Some(s.stream_of(group[0])),
+                    _ => None,
+                };
+                let draft = opts.draft;
                 set.spawn(async move {
                     let results: Vec<Result<AgentRun>> = match fail {
                         Some(e) => group.iter().map(|_| Err(Error::Other(e.clone()))).collect(),
                         None if group.len() == 1 => {
-                            vec![run_agent(&rt, &agent, &conv, &instruction, &refs, seeds[0], layer, group[0], &ctx, false).await]
+                            let call = AgentCall { layer, index: group[0], seed: seeds[0], stream_to_user: false, partial: stream, draft, cache: None };
+                            vec![run_agent(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await.map(|(r, _)| r)]
                         }
-                        None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, &ctx).await,
+                        None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, draft, &ctx).await,
                     };
                     group.iter().zip(seeds).zip(results).map(|((&i, seed), r)| finish(layer, i, w, &agent, seed, r, &ctx)).collect::<Vec<_>>()
                 });
             }
-            answers.extend(set.join_all().await.into_iter().flatten());
+            // Answers in the order they come; meanwhile the aggregator's prompt grows.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
+            loop {
+                if let Some(s) = stair.as_mut().filter(|_| last_wave) {
+                    if !s.started() {
+                        if let Some(m) = rt.loaded_model(&agg.model) {
+                            if let Err(e) = s.start(m, agg_context) {
+                                ctx.notice(format!("early prefill of the aggregator not started: {e}"));
+                                stair = None;
+                            }
+                        }
+                    }
+                }
+                if let Some(s) = stair.as_mut() {
+                    s.update(&order);
+                }
+                tokio::select! {
+                    done = set.join_next() => match done {
+                        None => break,
+                        Some(Ok(group)) => {
+                            for a in &group {
+                                order.finish(a.index, a.error.is_none().then(|| a.text.clone()));
+                            }
+                            answers.extend(group);
+                        }
+                        Some(Err(e)) => return Err(Error::Other(format!("a proposer task failed: {e}"))),
+                    },
+                    _ = tick.tick() => {}
+                }
+            }
             if opts.cancelled() {
                 return Err(Error::Cancelled);
             }
         }
         answers.sort_by_key(|a| a.index);
-        let ok: Vec<&AgentAnswer> = answers.iter().filter(|a| a.error.is_none()).collect();
-        if ok.is_empty() {
+        let (ordered, positions) = order.ordered();
+        if ordered.is_empty() {
             let why: Vec<String> = answers.iter().map(|a| format!("{}: {}", a.model, a.error.clone().unwrap_or_default())).collect();
             return Err(Error::Other(format!("every proposer of layer {layer} failed: {}", why.join("; "))));
         }
-        refs = ok.iter().map(|a| a.text.trim().to_string()).collect();
+        for a in answers.iter_mut() {
+            a.reference = positions.get(a.index).copied().flatten();
+        }
+        refs = ordered;
         let tokens: usize = answers.iter().map(|a| a.stats.generated_tokens).sum();
         let wall = t.elapsed().as_secs_f64();
         sink(MoaEvent::LayerFinished { layer, wall_secs: wall, tokens });
@@ -176,14 +240,26 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
     for u in &the_plan.aggregator.unload {
         rt.unload(u);
     }
-    let agg = &recipe.aggregator;
     if !rt.is_loaded(&agg.model) {
         load_model(&rt, &agg.model, layer, 0, &ctx, &mut failed).await;
+    }
+    let (mut early, mut early_cache) = (None, None);
+    if let Some(session) = stair.and_then(Staircase::into_session) {
+        match session.finish().await {
+            Ok((pc, log)) => {
+                early = Some(log);
+                early_cache = Some(pc);
+            }
+            Err(e) => ctx.notice(format!("early prefill of the aggregator failed, prefilling afresh: {e}")),
+        }
     }
     let seed = agent_seed(opts.seed, layer, 0);
     let r = match failed.get(&agg.model) {
         Some(e) => Err(Error::Other(e.clone())),
-        None => run_agent(&rt, agg, conv, &recipe.instruction, &refs, seed, layer, 0, &ctx, true).await,
+        None => {
+            let call = AgentCall { layer, index: 0, seed, stream_to_user: true, partial: None, draft: opts.draft, cache: early_cache.take() };
+            run_agent(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await.map(|(r, _)| r)
+        }
     };
     let aggregate = finish(layer, 0, 1, agg, seed, r, &ctx);
     if opts.cancelled() {
@@ -194,6 +270,15 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
     }
     let aggregate_wall_secs = t.elapsed().as_secs_f64();
     sink(MoaEvent::LayerFinished { layer, wall_secs: aggregate_wall_secs, tokens: aggregate.stats.generated_tokens });
+    let last_proposer_end = layers.last().map_or(0.0, |l: &LayerReport| l.answers.iter().map(|a| a.stats.end_secs).fold(0.0, f64::max));
+    let first_token = aggregate.stats.start_secs + aggregate.stats.ttft_secs;
+    let critical_path = CriticalPath {
+        last_proposer_end_secs: last_proposer_end,
+        aggregate_first_token_secs: first_token,
+        wait_for_first_token_secs: first_token - last_proposer_end,
+        aggregate_prefilled_after_proposers: aggregate.stats.prefilled_tokens,
+        early_prefill: early,
+    };
 
     let mut models = Vec::new();
     let loads = ctx.loads.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -208,11 +293,13 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
     let notices = ctx.notices.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(MoaReport {
         seed: opts.seed,
+        reference_order: opts.reference_order,
         plan: the_plan,
         peak_rss_bytes: peak_rss_bytes(),
         layers,
         aggregate,
         aggregate_wall_secs,
+        critical_path,
         models,
         notices,
         total_secs: ctx.secs(),
@@ -257,6 +344,7 @@ async fn run_samples(
     seeds: &[u64],
     layer: usize,
     indices: &[usize],
+    draft: bool,
     ctx: &Arc<Ctx>,
 ) -> Vec<Result<AgentRun>> {
     let all_err = |e: Error| indices.iter().map(|_| Err(Error::Other(e.to_string()))).collect();
@@ -276,7 +364,10 @@ async fn run_samples(
         ctx.notice(format!("layer {layer}: references for {} cut to {cap} tokens each", agent.model));
     }
     let sampling = SamplingParams { temperature: agent.temperature, ..SamplingParams::default() };
-    let req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
+    let mut req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
+    if !draft {
+        req.max_draft = 0;
+    }
     let start = ctx.secs();
     let (sink, t0, cancel, idx) = (ctx.sink.clone(), Instant::now(), ctx.cancel.clone(), indices.to_vec());
     let mut pieces = vec![0usize; indices.len()];
@@ -299,19 +390,30 @@ async fn run_samples(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One agent's generation: where it sits in the run and what it starts from.
+struct AgentCall {
+    layer: usize,
+    index: usize,
+    seed: u64,
+    /// The aggregator: its text streams to the run's caller.
+    stream_to_user: bool,
+    /// Where its text streams for the staircase (a proposer of the last layer).
+    partial: Option<Arc<Mutex<String>>>,
+    draft: bool,
+    /// A cache already holding the beginning of its prompt (the staircase's).
+    cache: Option<PromptCache>,
+}
+
 async fn run_agent(
     rt: &Arc<Runtime>,
     agent: &Agent,
     conv: &[Message],
     instruction: &str,
     refs: &[String],
-    seed: u64,
-    layer: usize,
-    index: usize,
+    call: AgentCall,
     ctx: &Arc<Ctx>,
-    stream: bool,
-) -> Result<AgentRun> {
+) -> Result<(AgentRun, Option<PromptCache>)> {
+    let AgentCall { layer, index, seed, stream_to_user, partial, draft, cache } = call;
     let model = rt.load(&agent.model).await?;
     (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
     let conv = with_system(conv, &agent.system);
@@ -324,7 +426,10 @@ async fn run_agent(
         ));
     }
     let sampling = SamplingParams { temperature: agent.temperature, seed, ..SamplingParams::default() };
-    let req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
+    let mut req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
+    if !draft {
+        req.max_draft = 0;
+    }
     let start = ctx.secs();
     let (sink, t0) = (ctx.sink.clone(), Instant::now());
     let mut pieces = 0usize;
@@ -334,15 +439,26 @@ async fn run_agent(
             return Control::Stop;
         }
         pieces += 1;
-        if stream {
+        if let Some(p) = &partial {
+            p.lock().unwrap_or_else(|p| p.into_inner()).push_str(piece);
+        }
+        if stream_to_user {
             sink(MoaEvent::AggregateText(piece.to_string()));
         } else if pieces.is_multiple_of(8) {
             sink(MoaEvent::AgentProgress { layer, index, pieces, secs: t0.elapsed().as_secs_f64() });
         }
         Control::Continue
     };
-    let g = Runtime::generate(model, req, on_text).await?;
-    Ok((g, start, ctx.secs()))
+    match cache {
+        Some(pc) => {
+            let (g, pc) = Runtime::generate_cached(model, req, pc, on_text).await?;
+            Ok(((g, start, ctx.secs()), Some(pc)))
+        }
+        None => {
+            let g = Runtime::generate(model, req, on_text).await?;
+            Ok(((g, start, ctx.secs()), None))
+        }
+    }
 }
 
 fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: Result<AgentRun>, ctx: &Ctx) -> AgentAnswer {
@@ -359,6 +475,7 @@ fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: 
         stats: AgentStats::default(),
         prompt: String::new(),
         error: None,
+        reference: None,
     };
     match r {
         Ok((g, start, end)) => {
@@ -372,6 +489,9 @@ fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: 
                 start_secs: start,
                 end_secs: end,
                 threads: s.threads,
+                prefilled_tokens: s.prefilled_tokens,
+                drafted_tokens: s.drafted_tokens,
+                accepted_tokens: s.accepted_tokens,
             };
             a.stop_reason = Some(g.stop_reason);
             a.prompt = g.prompt_text;

@@ -72,12 +72,7 @@ impl Model {
     /// already wrote it).
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<(String, Vec<u32>)> {
         let text = self.render_prompt(prompt)?;
-        let mut ids = self.tokenizer.encode(&text, true)?;
-        if let (Some(bos), [a, b, ..]) = (self.tokenizer.bos_id(), ids.as_slice()) {
-            if *a == bos && *b == bos {
-                ids.remove(0);
-            }
-        }
+        let ids = self.encode_rendered(&text)?;
         Ok((text, ids))
     }
 
@@ -91,6 +86,12 @@ impl Model {
 
     /// Check the request against the context and allocate a cache sized to it.
     pub fn prepare_cache(&self, prompt_ids: &[u32], req: &GenerateRequest) -> Result<KvCache> {
+        self.check_request(prompt_ids, req)?;
+        self.transformer.new_cache(prompt_ids.len() + req.max_tokens)
+    }
+
+    /// Check the request's settings and that prompt + max tokens fit the context.
+    pub(crate) fn check_request(&self, prompt_ids: &[u32], req: &GenerateRequest) -> Result<()> {
         req.sampling.validate()?;
         if req.max_tokens == 0 {
             return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
@@ -107,7 +108,7 @@ impl Model {
                 context: ctx,
             });
         }
-        self.transformer.new_cache(prompt_ids.len() + req.max_tokens)
+        Ok(())
     }
 
     /// Generate from an already prepared (possibly forked, prefix-filled) cache.
@@ -120,12 +121,25 @@ impl Model {
         on_text: &mut dyn FnMut(&str) -> Control,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(req.sampling.clone());
+        let (ids, text, stop_reason, stats) = self.decode_text(req, &prompt_ids, &mut cache, &mut sampler, on_text)?;
+        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+    }
+
+    /// The decode loop with text handling (end of generation, stop strings, UTF-8 streaming).
+    pub(crate) fn decode_text(
+        &self,
+        req: &GenerateRequest,
+        prompt_ids: &[u32],
+        cache: &mut KvCache,
+        sampler: &mut Sampler,
+        on_text: &mut dyn FnMut(&str) -> Control,
+    ) -> Result<(Vec<u32>, String, StopReason, DecodeStats)> {
         let mut text = TextState::new(self, req);
         let opts = req.decode_options();
         let mut on_token = |tok: u32| Ok(text.on_token(tok, on_text));
-        let (ids, stats) = decode_loop(&self.transformer, &mut cache, &prompt_ids, &mut sampler, &opts, &mut on_token)?;
+        let (ids, stats) = decode_loop(&self.transformer, cache, prompt_ids, sampler, &opts, &mut on_token)?;
         let (text, stop_reason) = text.finish(on_text);
-        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+        Ok((ids, text, stop_reason, stats))
     }
 
     /// Several samples of one request, one per seed: one shared prefill, then batched decode

@@ -12,10 +12,12 @@ pub mod ubatch;
 pub mod activation;
 mod row_ops;
 pub mod generate;
+pub mod prefix;
 pub mod loaded;
 
 pub use generate::{GenerateRequest, Generation, Prompt, StopReason};
 pub use loaded::Model;
+pub use prefix::PromptCache;
 pub use template::Message;
 pub mod catalog;
 pub mod synthetic;

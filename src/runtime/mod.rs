@@ -5,6 +5,7 @@
 pub mod device;
 pub mod estimate;
 pub mod pool;
+pub mod prefill;
 pub mod scheduler;
 
 pub use device::DeviceSpec;

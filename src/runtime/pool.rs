@@ -13,7 +13,7 @@ use crate::engine::Control;
 use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
-use crate::model::{GenerateRequest, Generation, Model};
+use crate::model::{GenerateRequest, Generation, Model, PromptCache};
 use crate::runtime::device::DeviceSpec;
 use crate::runtime::estimate::ModelShape;
 use crate::runtime::scheduler::{self, Job, Plan};
@@ -93,6 +93,12 @@ impl Runtime {
         }
         let (budget, _) = self.memory_budget()?;
         scheduler::plan(layers, aggregator, &est, budget, &self.spec.to_string())
+    }
+
+    /// The model `name` when it is loaded now.
+    pub fn loaded_model(&self, name: &str) -> Option<Arc<Model>> {
+        let path = self.resolve(name).ok()?;
+        self.models.lock().unwrap_or_else(|p| p.into_inner()).get(&path).cloned()
     }
 
     /// Whether `name` is loaded now.
@@ -180,6 +186,22 @@ impl Runtime {
         tokio::task::spawn_blocking(move || {
             let _cores = Tenant::enter();
             model.generate_samples(&req, &seeds, &mut on_text)
+        })
+            .await
+            .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
+    }
+
+    /// One generation from a prompt cache that may hold a prefix of its prompt (see
+    /// `Model::generate_cached`); the cache comes back with the conversation so far.
+    pub async fn generate_cached(
+        model: Arc<Model>,
+        req: GenerateRequest,
+        mut pc: PromptCache,
+        mut on_text: impl FnMut(&str) -> Control + Send + 'static,
+    ) -> Result<(Generation, PromptCache)> {
+        tokio::task::spawn_blocking(move || {
+            let _cores = Tenant::enter();
+            model.generate_cached(&req, &mut pc, &mut on_text).map(|g| (g, pc))
         })
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?

@@ -41,6 +41,9 @@ pub struct AggregatorPlan {
     pub resident: bool,
     /// Loaded while the last proposer wave still runs (it fits beside it).
     pub preload: bool,
+    /// Its prompt is prefilled while the last proposer wave runs (resident or preloaded, and its
+    /// KV cache fits beside that wave): the references are appended as they arrive.
+    pub early_prefill: bool,
     pub unload: Vec<String>,
     pub bytes: u64,
 }
@@ -175,6 +178,12 @@ pub fn plan(layers: &[Vec<Job>], aggregator: &Job, est: &Estimates, budget: u64,
     let last_bytes = out_layers.last().and_then(|l| l.waves.last()).map_or(0, |w| w.bytes);
     let resident_already = res.models.contains_key(agg);
     let preload = !resident_already && last_bytes + est[agg].resident() + est[agg].load_transient <= budget;
+    // Early prefill: the aggregator's cache (and, preloaded, its weights) beside the last wave.
+    let early_bytes = last_bytes + est[agg].kv_per_sequence + if preload { est[agg].resident() + est[agg].load_transient + est[agg].buffers } else { 0 };
+    let early_prefill = (resident_already || preload) && early_bytes <= budget;
+    if early_prefill {
+        peak = peak.max(early_bytes);
+    }
     let in_res = if resident_already { est[agg].resident() } else { 0 };
     let unload = if preload { Vec::new() } else { res.make_room(&[agg.as_str()], agg_need - in_res, budget, est) };
     res.touch(&[agg.as_str()]);
@@ -184,7 +193,7 @@ pub fn plan(layers: &[Vec<Job>], aggregator: &Job, est: &Estimates, budget: u64,
         device: device.to_string(),
         budget,
         layers: out_layers,
-        aggregator: AggregatorPlan { model: agg.clone(), resident: resident_already, preload, unload, bytes },
+        aggregator: AggregatorPlan { model: agg.clone(), resident: resident_already, preload, early_prefill, unload, bytes },
         peak,
     })
 }
@@ -211,6 +220,7 @@ mod tests {
         assert_eq!(p.layers[0].waves.len(), 1);
         assert_eq!(p.layers[0].waves[0].load, vec!["a", "b", "c"]);
         assert!(p.aggregator.unload.is_empty() && !p.aggregator.preload, "a stays resident for the aggregator");
+        assert!(p.aggregator.early_prefill, "and its prompt can be prefilled beside the proposers");
     }
 
     #[test]
@@ -225,6 +235,15 @@ mod tests {
         // Deterministic.
         let q = plan(&layers, &job("b"), &estimates(), budget, "cpu").unwrap();
         assert_eq!(serde_json::to_string(&p).unwrap(), serde_json::to_string(&q).unwrap());
+    }
+
+    #[test]
+    fn early_prefill_only_where_the_aggregator_fits_beside_the_last_wave() {
+        let roomy = plan(&[vec![job("a")]], &job("c"), &estimates(), 8 << 30, "cpu").unwrap();
+        assert!(roomy.aggregator.preload && roomy.aggregator.early_prefill);
+        assert!(roomy.peak >= (500 + 300 + 2) << 20, "both models and both caches are counted");
+        let tight = plan(&[vec![job("a")]], &job("c"), &estimates(), 700 << 20, "cpu").unwrap();
+        assert!(!tight.aggregator.preload && !tight.aggregator.early_prefill, "c loads after a is gone: it runs as before");
     }
 
     #[test]

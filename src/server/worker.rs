@@ -242,7 +242,7 @@ async fn run_moa(
             _ => {}
         }
     });
-    let opts = RunOptions { seed, checksums: false, cancel: Some(cancel.clone()) };
+    let opts = RunOptions { seed, cancel: Some(cancel.clone()), ..RunOptions::default() };
     let r = moa::run(rt, recipe, &p.messages, &opts, sink).await;
     let mut c = col.lock().unwrap_or_else(|p| p.into_inner());
     let finish = match r {

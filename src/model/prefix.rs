@@ -1,0 +1,137 @@
+//! Prompts whose KV cache is kept and extended: a [`PromptCache`] holds the tokens whose keys
+//! and values are in its cache, and [`PromptCache::extend`] brings it to a new token sequence by
+//! keeping the longest common prefix and computing only the rest. Used for a prompt that is
+//! prefilled while it is still being written (the staircase of a MoA aggregator: its references
+//! arrive one by one) and for a conversation's next turn.
+//!
+//! Extending is exact: a cache filled in several calls holds the keys and values one prefill of
+//! the same tokens computes (a row's results do not depend on the rows beside it), so the
+//! logits that follow are the same. Text is tokenized whole each time and compared as tokens,
+//! so a token that merges across a boundary (the last tokens of a prefix may change when more
+//! text follows) costs a few recomputed positions, never a wrong cache.
+
+use crate::engine::{Control, Forward, KvCache, Sampler};
+use crate::error::{Error, Result};
+use crate::model::generate::{GenerateRequest, Generation};
+use crate::model::loaded::Model;
+use crate::model::template::Message;
+
+/// Marks where a prompt stops being known: rendered in place of the text still to come, then cut
+/// off with everything after it (private-use characters no template or model text contains).
+pub const SENTINEL: &str = "\u{E000}moa-prefix\u{E001}";
+
+pub struct PromptCache {
+    cache: KvCache,
+    tokens: Vec<u32>,
+}
+
+impl PromptCache {
+    /// Tokens whose keys and values the cache holds.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn bytes(&self, model: &Model) -> u64 {
+        let c = model.cfg();
+        KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, self.cache.capacity())
+    }
+
+    /// Keep the longest common prefix of the cached tokens and `tokens`, then compute
+    /// `tokens[..len − hold_back]` (the last ones may still change when more text follows).
+    /// Returns how many positions were computed.
+    pub fn extend(&mut self, model: &Model, tokens: &[u32], hold_back: usize) -> Result<usize> {
+        let common = common_prefix(&self.tokens, tokens);
+        self.truncate(common);
+        let target = tokens.len().saturating_sub(hold_back);
+        if target <= common {
+            return Ok(0);
+        }
+        self.reserve(target)?;
+        let new = &tokens[common..target];
+        model.transformer.forward_rows(&mut [(new, &mut self.cache)], &[0])?;
+        self.tokens.extend_from_slice(new);
+        Ok(new.len())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.cache.truncate(len);
+    }
+
+    /// Room for at least `positions` (the cache grows by copying, at least doubling).
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        if positions > self.cache.capacity() {
+            self.cache = self.cache.fork(positions.max(2 * self.cache.capacity()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Length of the longest common prefix.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl Model {
+    /// An empty prompt cache with room for `capacity` positions to start with.
+    pub fn new_prompt_cache(&self, capacity: usize) -> Result<PromptCache> {
+        Ok(PromptCache { cache: self.transformer.new_cache(capacity.clamp(1, self.context_length()))?, tokens: Vec::new() })
+    }
+
+    /// Token ids of an already rendered prompt (BOS as the metadata asks, not doubled).
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text, true)?;
+        if let (Some(bos), [a, b, ..]) = (self.tokenizer.bos_id(), ids.as_slice()) {
+            if *a == bos && *b == bos {
+                ids.remove(0);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The known beginning of a chat prompt: `messages` hold [`SENTINEL`] where the unknown
+    /// text starts; the rendering up to it. None when the template does not keep the sentinel
+    /// (it rewrites content), so the prompt's beginning cannot be told.
+    pub fn prompt_prefix(&self, messages: &[Message]) -> Result<Option<String>> {
+        let text = self.template.render(messages, true)?;
+        Ok(text.find(SENTINEL).map(|i| text[..i].to_string()))
+    }
+
+    /// [`Model::generate`] starting from `pc`, which may hold a prefix of the prompt: only the
+    /// rest is prefilled. Afterwards `pc` holds the prompt and the answer (all but its last
+    /// token), ready for the next turn of the conversation.
+    pub fn generate_cached(&self, req: &GenerateRequest, pc: &mut PromptCache, on_text: &mut dyn FnMut(&str) -> Control) -> Result<Generation> {
+        let (prompt_text, prompt_ids) = self.tokenize_prompt(&req.prompt)?;
+        // Validates the request and the context; its fresh cache is not needed.
+        self.check_request(&prompt_ids, req)?;
+        let common = common_prefix(&pc.tokens, &prompt_ids).min(prompt_ids.len() - 1);
+        pc.truncate(common);
+        pc.reserve(prompt_ids.len() + req.max_tokens)?;
+        let mut cache = std::mem::replace(&mut pc.cache, self.transformer.new_cache(1)?);
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let r = self.decode_text(req, &prompt_ids, &mut cache, &mut sampler, on_text);
+        let len = cache.len();
+        pc.cache = cache;
+        let (ids, text, stop_reason, stats) = r?;
+        let mut all = prompt_ids.clone();
+        all.extend_from_slice(&ids);
+        if len > all.len() {
+            return Err(Error::Other(format!("prompt cache: {len} positions for {} tokens", all.len())));
+        }
+        all.truncate(len);
+        pc.tokens = all;
+        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn common_prefix_lengths() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+    }
+}
