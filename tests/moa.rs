@@ -188,3 +188,25 @@ fn early_prefill_and_drafts_keep_the_aggregate_text() {
         assert_eq!(l.layers[0].answers.iter().map(|a| a.reference).collect::<Vec<_>>(), vec![Some(1), Some(2)], "recipe order");
     }
 }
+
+/// The next turn of a conversation reuses each proposer's cache from the turn before: only the
+/// tokens it has not seen (the aggregate answer and the new question) are computed, and the
+/// answers are those of a fresh runtime.
+#[test]
+fn the_second_turn_computes_only_new_tokens() {
+    let rt = runtime();
+    let rc = recipe(&["qwen-coder", "smollm2"], 2, 16);
+    let opts = RunOptions { seed: 5, ..RunOptions::default() };
+    let mut conv = q("Name a fruit.");
+    let t1 = run_with(&rt, &rc, &conv, opts.clone());
+    conv.push(Message { role: "assistant".into(), content: t1.aggregate.text.clone() });
+    conv.push(Message::user("And a vegetable?"));
+    let t2 = run_with(&rt, &rc, &conv, opts.clone());
+    let fresh = run_with(&runtime(), &rc, &conv, opts);
+    for (a, (prev, f)) in t2.layers[0].answers.iter().zip(t1.layers[0].answers.iter().zip(&fresh.layers[0].answers)) {
+        assert_eq!(a.text, f.text, "{}: a reused cache changed the answer", a.model);
+        let seen = prev.stats.prompt_tokens;
+        assert!(a.stats.prefilled_tokens + seen <= a.stats.prompt_tokens + 4, "{}: turn 2 computed {} of {} prompt tokens, {seen} of which it had seen", a.model, a.stats.prefilled_tokens, a.stats.prompt_tokens);
+        assert_eq!(f.stats.prefilled_tokens, f.stats.prompt_tokens, "a fresh runtime computes everything");
+    }
+}

@@ -139,6 +139,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             for u in &wave.unload {
                 rt.unload(u);
             }
+            rt.make_room(wave.bytes);
             for m in &wave.load {
                 load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
             }
@@ -175,7 +176,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                         Some(e) => group.iter().map(|_| Err(Error::Other(e.clone()))).collect(),
                         None if group.len() == 1 => {
                             let call = AgentCall { layer, index: group[0], seed: seeds[0], stream_to_user: false, partial: stream, draft, cache: None };
-                            vec![run_agent(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await.map(|(r, _)| r)]
+                            vec![run_agent(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await]
                         }
                         None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, draft, &ctx).await,
                     };
@@ -240,6 +241,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
     for u in &the_plan.aggregator.unload {
         rt.unload(u);
     }
+    rt.make_room(the_plan.aggregator.bytes);
     if !rt.is_loaded(&agg.model) {
         load_model(&rt, &agg.model, layer, 0, &ctx, &mut failed).await;
     }
@@ -258,7 +260,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         Some(e) => Err(Error::Other(e.clone())),
         None => {
             let call = AgentCall { layer, index: 0, seed, stream_to_user: true, partial: None, draft: opts.draft, cache: early_cache.take() };
-            run_agent(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await.map(|(r, _)| r)
+            run_agent(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await
         }
     };
     let aggregate = finish(layer, 0, 1, agg, seed, r, &ctx);
@@ -412,7 +414,7 @@ async fn run_agent(
     refs: &[String],
     call: AgentCall,
     ctx: &Arc<Ctx>,
-) -> Result<(AgentRun, Option<PromptCache>)> {
+) -> Result<AgentRun> {
     let AgentCall { layer, index, seed, stream_to_user, partial, draft, cache } = call;
     let model = rt.load(&agent.model).await?;
     (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
@@ -449,16 +451,8 @@ async fn run_agent(
         }
         Control::Continue
     };
-    match cache {
-        Some(pc) => {
-            let (g, pc) = Runtime::generate_cached(model, req, pc, on_text).await?;
-            Ok(((g, start, ctx.secs()), Some(pc)))
-        }
-        None => {
-            let g = Runtime::generate(model, req, on_text).await?;
-            Ok(((g, start, ctx.secs()), None))
-        }
-    }
+    let g = rt.generate(model, req, cache, on_text).await?;
+    Ok((g, start, ctx.secs()))
 }
 
 fn finish(layer: usize, index: usize, wave: usize, agent: &Agent, seed: u64, r: Result<AgentRun>, ctx: &Ctx) -> AgentAnswer {

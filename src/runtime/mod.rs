@@ -6,6 +6,7 @@ pub mod device;
 pub mod estimate;
 pub mod pool;
 pub mod prefill;
+pub mod prefix_store;
 pub mod scheduler;
 
 pub use device::DeviceSpec;

@@ -16,6 +16,7 @@ use crate::model::catalog::Catalog;
 use crate::model::{GenerateRequest, Generation, Model, PromptCache};
 use crate::runtime::device::DeviceSpec;
 use crate::runtime::estimate::ModelShape;
+use crate::runtime::prefix_store::PrefixStore;
 use crate::runtime::scheduler::{self, Job, Plan};
 
 /// What a run report records about one loaded model.
@@ -39,7 +40,14 @@ pub struct Runtime {
     shapes: Mutex<HashMap<PathBuf, ModelShape>>,
     /// `--memory-budget`; None: the device's free memory (90%) plus what this runtime holds.
     budget: Option<u64>,
+    /// Prompt caches kept for the next turn (see `prefix_store`).
+    prefixes: PrefixStore,
 }
+
+/// The prefix store takes at most this share of the memory budget, and at most
+/// [`PREFIX_STORE_MAX`] bytes.
+const PREFIX_STORE_SHARE: u64 = 8;
+const PREFIX_STORE_MAX: u64 = 2 << 30;
 
 impl Runtime {
     pub fn new(spec: DeviceSpec) -> Result<Self> {
@@ -51,6 +59,7 @@ impl Runtime {
             names: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
             budget: None,
+            prefixes: PrefixStore::default(),
         })
     }
 
@@ -131,6 +140,8 @@ impl Runtime {
         if let Some(m) = self.models.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
             return Ok(m.clone());
         }
+        // Kept prompt caches give way to the weights the plan made room for.
+        self.prefixes.clear();
         let m = Model::load(&path, &self.spec.open_for_model(&self.device)?)?;
         self.models.lock().unwrap_or_else(|p| p.into_inner()).insert(path, m.clone());
         Ok(m)
@@ -149,6 +160,7 @@ impl Runtime {
     pub fn unload(&self, name: &str) -> bool {
         let Ok(path) = self.resolve(name) else { return false };
         let removed = self.models.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        self.prefixes.clear();
         let unloaded = removed.is_some();
         // The last holder frees the weights (their own mappings) and the tokenizer (heap).
         drop(removed);
@@ -191,31 +203,49 @@ impl Runtime {
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
 
-    /// One generation from a prompt cache that may hold a prefix of its prompt (see
-    /// `Model::generate_cached`); the cache comes back with the conversation so far.
-    pub async fn generate_cached(
-        model: Arc<Model>,
-        req: GenerateRequest,
-        mut pc: PromptCache,
-        mut on_text: impl FnMut(&str) -> Control + Send + 'static,
-    ) -> Result<(Generation, PromptCache)> {
-        tokio::task::spawn_blocking(move || {
-            let _cores = Tenant::enter();
-            model.generate_cached(&req, &mut pc, &mut on_text).map(|g| (g, pc))
-        })
-            .await
-            .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
+    /// Prompt caches kept for reuse: how many and their bytes.
+    pub fn prefix_caches(&self) -> (usize, u64) {
+        self.prefixes.held()
     }
 
-    /// Run one generation on a blocking worker thread; `on_text` receives the streamed pieces.
+    /// Keep at most what is left of the budget beside `planned` bytes in prompt caches (a step
+    /// of the plan is about to run).
+    pub fn make_room(&self, planned: u64) {
+        let room = self.memory_budget().map_or(0, |(b, _)| b.saturating_sub(planned));
+        self.prefixes.shrink_to(room.min(self.prefix_store_cap()));
+    }
+
+    fn prefix_store_cap(&self) -> u64 {
+        self.memory_budget().map_or(0, |(b, _)| b / PREFIX_STORE_SHARE).min(PREFIX_STORE_MAX)
+    }
+
+    /// One generation on a blocking worker thread; `on_text` receives the streamed pieces. It
+    /// starts from `pc` when given (a cache that may hold a prefix of its prompt), else from the
+    /// kept cache of this model sharing the longest prefix with the prompt; afterwards the cache
+    /// is kept for the next turn.
     pub async fn generate(
+        self: &Arc<Self>,
         model: Arc<Model>,
         req: GenerateRequest,
+        pc: Option<PromptCache>,
         mut on_text: impl FnMut(&str) -> Control + Send + 'static,
     ) -> Result<Generation> {
+        let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _cores = Tenant::enter();
-            model.generate(&req, &mut on_text)
+            let mut pc = match pc {
+                Some(pc) => pc,
+                None => {
+                    let (_, ids) = model.tokenize_prompt(&req.prompt)?;
+                    match this.prefixes.take(&model, &ids) {
+                        Some(pc) => pc,
+                        None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
+                    }
+                }
+            };
+            let g = model.generate_cached(&req, &mut pc, &mut on_text)?;
+            this.prefixes.put(&model, pc, this.prefix_store_cap());
+            Ok(g)
         })
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?

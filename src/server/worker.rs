@@ -173,7 +173,7 @@ async fn run(
             let mut req = GenerateRequest::new(Prompt::Chat(p.messages), p.max_tokens.unwrap_or(defaults.max_tokens), sampling);
             req.stop = p.stop;
             let c = cancel.clone();
-            let g = Runtime::generate(model, req, move |piece| {
+            let g = rt.generate(model, req, None, move |piece| {
                 if c.load(Ordering::Relaxed) {
                     return Control::Stop;
                 }
