@@ -1,5 +1,5 @@
 //! `moa-local bench --moa`: the MoA critical path on warm models. Each repetition runs the
-//! recipe three ways on one runtime, in rotating order: the default (references in finish order,
+//! recipe three ways on one runtime, in rotating order and without kept prompt caches: the default (references in finish order,
 //! the aggregator prefilled as they arrive, drafts from the references), the same in recipe
 //! order, and the baseline (recipe order, the aggregator prefilled after the last proposer,
 //! one token per step). Per run: when the last proposer ended, the wait from there to the first
@@ -52,7 +52,11 @@ pub fn moa_bench(a: &BenchArgs, models: &[String], spec: DeviceSpec) -> anyhow::
     let rt = Arc::new(Runtime::new(spec)?);
     let tokio = tokio::runtime::Runtime::new()?;
     let conv = vec![Message::user(&a.prompt)];
-    let run = |mode: usize, seed: u64| tokio.block_on(moa::run(rt.clone(), &recipe, &conv, &options(mode, seed), moa::report::no_events()));
+    // Every run starts without kept prompt caches (the same prompt again would reuse them).
+    let run = |mode: usize, seed: u64| {
+        rt.clear_prefix_caches();
+        tokio.block_on(moa::run(rt.clone(), &recipe, &conv, &options(mode, seed), moa::report::no_events()))
+    };
     // Warm-up: loads every model (not counted).
     run(2, 1)?;
     let mut rows = Vec::new();

@@ -65,6 +65,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.max_body_bytes = a.max_body;
     cfg.system = a.moa.system.clone();
     cfg.defaults.seed = a.moa.seed;
+    cfg.defaults.draft = !a.moa.no_draft;
+    cfg.defaults.reference_order = a.moa.reference_order;
+    cfg.defaults.early_prefill = !a.moa.no_early_prefill;
     let rt = super::moa_cmd::runtime(&a.moa)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     tokio.block_on(async {

@@ -208,6 +208,11 @@ impl Runtime {
         self.prefixes.held()
     }
 
+    /// Drop every kept prompt cache (a benchmark's runs must each start cold).
+    pub fn clear_prefix_caches(&self) {
+        self.prefixes.clear();
+    }
+
     /// Keep at most what is left of the budget beside `planned` bytes in prompt caches (a step
     /// of the plan is about to run).
     pub fn make_room(&self, planned: u64) {

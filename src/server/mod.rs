@@ -59,7 +59,14 @@ pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
 impl ServerConfig {
     pub fn new(recipe: Recipe) -> Self {
-        let defaults = Defaults { temperature: recipe.aggregator.temperature, max_tokens: recipe.aggregator.max_tokens, seed: None };
+        let defaults = Defaults {
+            temperature: recipe.aggregator.temperature,
+            max_tokens: recipe.aggregator.max_tokens,
+            seed: None,
+            draft: true,
+            reference_order: Default::default(),
+            early_prefill: true,
+        };
         Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: 1, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
     }
 }

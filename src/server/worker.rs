@@ -13,6 +13,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::engine::{Control, SamplingParams};
 use crate::error::{Error, Result};
+use crate::moa::staircase::ReferenceOrder;
 use crate::moa::report::AgentStats;
 use crate::moa::{self, EventSink, MoaEvent, Recipe, RunOptions};
 use crate::model::{GenerateRequest, Prompt, StopReason};
@@ -41,6 +42,10 @@ pub struct Defaults {
     pub max_tokens: usize,
     /// The seed of requests without one (random per request when absent).
     pub seed: Option<u64>,
+    /// `--no-draft`, `--reference-order`, `--no-early-prefill` of the server's command line.
+    pub draft: bool,
+    pub reference_order: ReferenceOrder,
+    pub early_prefill: bool,
 }
 
 pub enum JobEvent {
@@ -172,6 +177,9 @@ async fn run(
             };
             let mut req = GenerateRequest::new(Prompt::Chat(p.messages), p.max_tokens.unwrap_or(defaults.max_tokens), sampling);
             req.stop = p.stop;
+            if !defaults.draft {
+                req.max_draft = 0;
+            }
             let c = cancel.clone();
             let g = rt.generate(model, req, None, move |piece| {
                 if c.load(Ordering::Relaxed) {
@@ -187,7 +195,7 @@ async fn run(
             let usage = usage(g.stats.prompt_tokens, g.stats.generated_tokens);
             Ok(Finished { finish_reason: finish_reason(Some(g.stop_reason)), usage, moa: None })
         }
-        Target::Moa { name, recipe } => run_moa(rt, &name, &recipe, p, seed, cancel, tx).await,
+        Target::Moa { name, recipe } => run_moa(rt, &name, &recipe, p, seed, defaults, cancel, tx).await,
     }
 }
 
@@ -218,6 +226,7 @@ async fn run_moa(
     recipe: &Recipe,
     p: ChatParams,
     seed: u64,
+    defaults: Defaults,
     cancel: Arc<AtomicBool>,
     tx: UnboundedSender<JobEvent>,
 ) -> Result<Finished> {
@@ -242,7 +251,14 @@ async fn run_moa(
             _ => {}
         }
     });
-    let opts = RunOptions { seed, cancel: Some(cancel.clone()), ..RunOptions::default() };
+    let opts = RunOptions {
+        seed,
+        cancel: Some(cancel.clone()),
+        draft: defaults.draft,
+        reference_order: defaults.reference_order,
+        early_prefill: defaults.early_prefill,
+        ..RunOptions::default()
+    };
     let r = moa::run(rt, recipe, &p.messages, &opts, sink).await;
     let mut c = col.lock().unwrap_or_else(|p| p.into_inner());
     let finish = match r {
