@@ -55,6 +55,15 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
     let (budget, source) = rt.memory_budget()?;
     println!("device {}: budget {} ({source})", p.device, human(budget));
     for name in recipe.model_names() {
+        if moa_local::runtime::remote::is_remote(&name) {
+            let ep = moa_local::runtime::remote::Endpoint::parse(&name)?;
+            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match tokio.block_on(rt.remote().model_id(&ep)) {
+                Ok(id) => println!("  model {name}: remote, model id {id} (answers GET /models; no local memory)"),
+                Err(e) => println!("  model {name}: remote, NOT REACHABLE: {e}"),
+            }
+            continue;
+        }
         let s = rt.shape(&name)?;
         let path = rt.resolve(&name)?;
         println!("  model {name}: {:?}, weights {}, file {}", s.cfg.arch, human(s.weights), path.display());

@@ -8,14 +8,19 @@ use crate::error::{Error, Result};
 use crate::model::Message;
 use crate::moa::recipe::{Agent, Recipe};
 use crate::runtime::scheduler::{Job, Plan};
+use crate::runtime::remote::is_remote;
 use crate::runtime::Runtime;
 
 /// Upper bound of the context each agent needs: the conversation, the references of the
-/// previous layer (each at most its agent's max tokens) and the answer.
+/// previous layer (each at most its agent's max tokens) and the answer. Remote agents get no
+/// job (a remote aggregator a zero-sized one) and no entry among the failures.
 pub fn plan_jobs(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> (Vec<Vec<Option<Job>>>, HashMap<String, String>) {
     let mut failed = HashMap::new();
     let mut ctx_len = HashMap::new();
     for name in recipe.model_names() {
+        if is_remote(&name) {
+            continue;
+        }
         match rt.shape(&name) {
             Ok(s) => {
                 ctx_len.insert(name, s.cfg.context_length);
@@ -33,10 +38,12 @@ pub fn plan_jobs(rt: &Runtime, recipe: &Recipe, conv: &[Message]) -> (Vec<Vec<Op
     let mut layers = Vec::new();
     let mut refs = 0;
     for agents in &recipe.layers {
+        // Remote proposers have no job here: they take no local memory and run beside the waves.
         layers.push(agents.iter().map(|a| job(a, refs)).collect());
         refs = agents.iter().map(|a| a.max_tokens + 8).sum::<usize>() + instruction;
     }
-    layers.push(vec![job(&recipe.aggregator, refs)]);
+    let agg = &recipe.aggregator;
+    layers.push(vec![if is_remote(&agg.model) { Some(Job { model: agg.model.clone(), context: 0 }) } else { job(agg, refs) }]);
     (layers, failed)
 }
 

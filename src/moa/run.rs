@@ -12,7 +12,11 @@ use tokio::task::JoinSet;
 
 use crate::engine::{Control, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::{GenerateRequest, Message, Prompt, PromptCache};
+use crate::engine::DecodeStats;
+use crate::model::{GenerateRequest, Generation, Message, Prompt, PromptCache, StopReason};
+use crate::moa::prompt::inject_references;
+use crate::runtime::remote::{is_remote, Endpoint, RemoteRequest};
+use crate::runtime::scheduler::Wave;
 use crate::moa::fit::fit_references;
 use crate::moa::plan::{plan, plan_jobs};
 use crate::moa::recipe::{Agent, Recipe};
@@ -118,14 +122,15 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         let layer = li + 1;
         let t = Instant::now();
         let last_layer = li + 1 == n_layers;
-        if last_layer && opts.early_prefill && the_plan.aggregator.early_prefill && !failed.contains_key(&agg.model) {
+        if last_layer && opts.early_prefill && the_plan.aggregator.early_prefill && !failed.contains_key(&agg.model) && !is_remote(&agg.model) {
             stair = Some(Staircase::new(with_system(conv, &agg.system), recipe.instruction.clone(), agents.len()));
         }
         let mut order = References::new(agents.len(), opts.reference_order);
         // Plan job indices skip agents whose model could not be read.
         let runnable: Vec<usize> = (0..agents.len()).filter(|&i| jobs[li][i].is_some()).collect();
+        let remote: Vec<usize> = (0..agents.len()).filter(|&i| is_remote(&agents[i].model)).collect();
         let mut answers: Vec<AgentAnswer> = (0..agents.len())
-            .filter(|i| !runnable.contains(i))
+            .filter(|i| !runnable.contains(i) && !remote.contains(i))
             .map(|i| {
                 let err = Err(Error::Other(failed.get(&agents[i].model).cloned().unwrap_or_default()));
                 finish(layer, i, 0, &agents[i], agent_seed(opts.seed, layer, i), err, &ctx)
@@ -134,7 +139,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         for a in &answers {
             order.finish(a.index, None);
         }
-        let waves = &the_plan.layers[li].waves;
+        // A layer of remote agents only still runs one (empty) wave for them.
+        let only_remote = [Wave { wave: 1, jobs: Vec::new(), load: Vec::new(), unload: Vec::new(), bytes: 0 }];
+        let waves = if the_plan.layers[li].waves.is_empty() { &only_remote[..] } else { &the_plan.layers[li].waves[..] };
         for (wi, wave) in waves.iter().enumerate() {
             for u in &wave.unload {
                 rt.unload(u);
@@ -144,7 +151,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
             }
             let last_wave = last_layer && wi + 1 == waves.len();
-            if last_wave && the_plan.aggregator.preload {
+            if last_wave && the_plan.aggregator.preload && !is_remote(&agg.model) {
                 let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), agg.model.clone());
                 preload = Some(tokio::spawn(async move {
                     let mut f = HashMap::new();
@@ -181,6 +188,18 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                         None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, draft, &ctx).await,
                     };
                     group.iter().zip(seeds).zip(results).map(|((&i, seed), r)| finish(layer, i, w, &agent, seed, r, &ctx)).collect::<Vec<_>>()
+                });
+            }
+            // Remote agents run beside the first wave (they take no local memory).
+            for &i in remote.iter().filter(|_| wi == 0) {
+                let agent = agents[i].clone();
+                let seed = agent_seed(opts.seed, layer, i);
+                let (rt, conv, refs, ctx, instruction) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone(), recipe.instruction.clone());
+                let partial = stair.as_mut().map(|s| s.stream_of(i));
+                set.spawn(async move {
+                    let call = AgentCall { layer, index: i, seed, stream_to_user: false, partial, draft: false, cache: None };
+                    let r = run_remote(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await;
+                    vec![finish(layer, i, 1, &agent, seed, r, &ctx)]
                 });
             }
             // Answers in the order they come; meanwhile the aggregator's prompt grows.
@@ -242,7 +261,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         rt.unload(u);
     }
     rt.make_room(the_plan.aggregator.bytes);
-    if !rt.is_loaded(&agg.model) {
+    if !rt.is_loaded(&agg.model) && !is_remote(&agg.model) {
         load_model(&rt, &agg.model, layer, 0, &ctx, &mut failed).await;
     }
     let (mut early, mut early_cache) = (None, None);
@@ -260,7 +279,11 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         Some(e) => Err(Error::Other(e.clone())),
         None => {
             let call = AgentCall { layer, index: 0, seed, stream_to_user: true, partial: None, draft: opts.draft, cache: early_cache.take() };
-            run_agent(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await
+            if is_remote(&agg.model) {
+                run_remote(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await
+            } else {
+                run_agent(&rt, agg, conv, &recipe.instruction, &refs, call, &ctx).await
+            }
         }
     };
     let aggregate = finish(layer, 0, 1, agg, seed, r, &ctx);
@@ -309,7 +332,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
 }
 
 async fn load_model(rt: &Arc<Runtime>, name: &str, layer: usize, wave: usize, ctx: &Ctx, failed: &mut HashMap<String, String>) {
-    if failed.contains_key(name) {
+    if failed.contains_key(name) || is_remote(name) {
         return;
     }
     (ctx.sink)(MoaEvent::Loading { model: name.to_string() });
@@ -452,6 +475,62 @@ async fn run_agent(
         Control::Continue
     };
     let g = rt.generate(model, req, cache, on_text).await?;
+    Ok((g, start, ctx.secs()))
+}
+
+/// A remote agent: the same conversation and references, sent to its endpoint. References are
+/// not cut here (the remote model's tokenizer is not at hand); a request past the remote context
+/// comes back as the endpoint's error and the agent is left out.
+async fn run_remote(
+    rt: &Arc<Runtime>,
+    agent: &Agent,
+    conv: &[Message],
+    instruction: &str,
+    refs: &[String],
+    call: AgentCall,
+    ctx: &Arc<Ctx>,
+) -> Result<AgentRun> {
+    let AgentCall { layer, index, seed, stream_to_user, partial, .. } = call;
+    let ep = Endpoint::parse(&agent.model)?;
+    (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
+    let messages = inject_references(&with_system(conv, &agent.system), instruction, refs);
+    let req = RemoteRequest { messages: messages.clone(), temperature: agent.temperature, max_tokens: agent.max_tokens, seed };
+    let start = ctx.secs();
+    let (sink, t0, cancel) = (ctx.sink.clone(), Instant::now(), ctx.cancel.clone());
+    let mut pieces = 0usize;
+    let mut on_text = move |piece: &str| {
+        if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Control::Stop;
+        }
+        pieces += 1;
+        if let Some(p) = &partial {
+            p.lock().unwrap_or_else(|p| p.into_inner()).push_str(piece);
+        }
+        if stream_to_user {
+            sink(MoaEvent::AggregateText(piece.to_string()));
+        } else if pieces.is_multiple_of(8) {
+            sink(MoaEvent::AgentProgress { layer, index, pieces, secs: t0.elapsed().as_secs_f64() });
+        }
+        Control::Continue
+    };
+    let r = rt.remote().chat(&ep, &req, &mut on_text).await?;
+    let generated = r.completion_tokens.unwrap_or(r.pieces);
+    let stats = DecodeStats {
+        prompt_tokens: r.prompt_tokens.unwrap_or(0),
+        prefilled_tokens: r.prompt_tokens.unwrap_or(0),
+        generated_tokens: generated,
+        prefill_secs: r.ttft_secs,
+        decode_secs: (r.secs - r.ttft_secs).max(0.0),
+        ttft_secs: r.ttft_secs,
+        ..DecodeStats::default()
+    };
+    let stop_reason = match r.finish_reason.as_deref() {
+        Some("length") => StopReason::MaxTokens,
+        Some("cancelled") => StopReason::Cancelled,
+        _ => StopReason::EndOfGeneration,
+    };
+    let prompt_text = messages.iter().map(|m| format!("[{}]\n{}", m.role, m.content)).collect::<Vec<_>>().join("\n");
+    let g = Generation { prompt_text, prompt_ids: Vec::new(), ids: Vec::new(), text: r.text, stop_reason, stats };
     Ok((g, start, ctx.secs()))
 }
 

@@ -23,7 +23,7 @@ const METADATA_BYTES_PER_ENTRY: u64 = 100;
 /// Fixed process overhead (runtime, allocator arenas, code).
 const BASE_BYTES: u64 = 8 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEstimate {
     pub weights: u64,
     /// Transient while loading, above the loaded model: the header's tokenizer metadata where

@@ -7,6 +7,7 @@ pub mod estimate;
 pub mod pool;
 pub mod prefill;
 pub mod prefix_store;
+pub mod remote;
 pub mod scheduler;
 
 pub use device::DeviceSpec;

@@ -15,7 +15,8 @@ use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
 use crate::model::{GenerateRequest, Generation, Model, PromptCache};
 use crate::runtime::device::DeviceSpec;
-use crate::runtime::estimate::ModelShape;
+use crate::runtime::estimate::{MemoryEstimate, ModelShape};
+use crate::runtime::remote::{is_remote, RemoteClient, RemoteLimits};
 use crate::runtime::prefix_store::PrefixStore;
 use crate::runtime::scheduler::{self, Job, Plan};
 
@@ -42,6 +43,8 @@ pub struct Runtime {
     budget: Option<u64>,
     /// Prompt caches kept for the next turn (see `prefix_store`).
     prefixes: PrefixStore,
+    /// The HTTP client of remote agents (URL model specs).
+    remote: RemoteClient,
 }
 
 /// The prefix store takes at most this share of the memory budget, and at most
@@ -60,6 +63,7 @@ impl Runtime {
             shapes: Mutex::new(HashMap::new()),
             budget: None,
             prefixes: PrefixStore::default(),
+            remote: RemoteClient::new(RemoteLimits::default())?,
         })
     }
 
@@ -98,10 +102,17 @@ impl Runtime {
         }
         let mut est = BTreeMap::new();
         for (m, c) in ctx {
-            est.insert(m.clone(), self.shape(&m)?.estimate(c, self.device.is_cpu()));
+            // A remote agent takes no memory here.
+            let e = if is_remote(&m) { MemoryEstimate::default() } else { self.shape(&m)?.estimate(c, self.device.is_cpu()) };
+            est.insert(m.clone(), e);
         }
         let (budget, _) = self.memory_budget()?;
         scheduler::plan(layers, aggregator, &est, budget, &self.spec.to_string())
+    }
+
+    /// The client remote agents are called with.
+    pub fn remote(&self) -> &RemoteClient {
+        &self.remote
     }
 
     /// The model `name` when it is loaded now.

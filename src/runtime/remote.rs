@@ -1,0 +1,314 @@
+//! Remote agents: any OpenAI-compatible endpoint (vLLM, llama-server, Ollama, another
+//! `moa-local serve`) as a MoA agent beside the local models. A spec is a URL,
+//! `http://host:8000/v1#MODEL` (after `#`, the remote model id; without it the endpoint's only
+//! model from `GET /v1/models`). Answers stream (`stream: true`, SSE), token counts come from the
+//! final `usage` chunk, and faults are handled the way a client of a shared server must:
+//! connect and overall timeouts, retries with exponential backoff and jitter on 429, 5xx and
+//! connection errors (honouring `Retry-After`) as long as nothing has streamed yet, and at most
+//! `max_concurrency` requests in flight per endpoint. The API key comes from the environment
+//! (`MOA_REMOTE_API_KEY`) and never appears in an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::engine::Control;
+use crate::error::{Error, Result};
+use crate::model::Message;
+
+/// The environment variable holding the bearer token sent to remote endpoints.
+pub const API_KEY_ENV: &str = "MOA_REMOTE_API_KEY";
+
+/// Whether a model spec names a remote endpoint.
+pub fn is_remote(spec: &str) -> bool {
+    spec.starts_with("http://") || spec.starts_with("https://")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The API base, e.g. `http://10.0.0.5:8000/v1` (no trailing slash).
+    pub base: String,
+    /// The remote model id; None: the endpoint's only model.
+    pub model: Option<String>,
+}
+
+impl Endpoint {
+    pub fn parse(spec: &str) -> Result<Self> {
+        if !is_remote(spec) {
+            return Err(Error::InvalidRequest(format!("`{spec}` is not an http(s) URL")));
+        }
+        let (base, model) = match spec.split_once('#') {
+            Some((b, m)) if !m.is_empty() => (b, Some(m.to_string())),
+            Some((b, _)) => (b, None),
+            None => (spec, None),
+        };
+        let base = base.trim_end_matches('/').to_string();
+        if base.split("://").nth(1).is_none_or(|h| h.is_empty()) {
+            return Err(Error::InvalidRequest(format!("remote model `{spec}`: the URL has no host")));
+        }
+        Ok(Self { base, model })
+    }
+}
+
+/// Limits of remote calls.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteLimits {
+    pub connect_timeout: Duration,
+    /// For a whole answer (all attempts included).
+    pub timeout: Duration,
+    /// Attempts per request (1 = no retry).
+    pub attempts: usize,
+    pub max_concurrency: usize,
+}
+
+impl Default for RemoteLimits {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(10), timeout: Duration::from_secs(600), attempts: 4, max_concurrency: 4 }
+    }
+}
+
+/// What one remote answer took.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteReply {
+    pub text: String,
+    pub prompt_tokens: Option<usize>,
+    pub completion_tokens: Option<usize>,
+    pub finish_reason: Option<String>,
+    /// From sending the request that answered to its first text, and to its end.
+    pub ttft_secs: f64,
+    pub secs: f64,
+    /// Text pieces received (a count of tokens when the server sends no usage).
+    pub pieces: usize,
+    pub attempts: usize,
+}
+
+/// The sampling settings an agent sends.
+#[derive(Debug, Clone)]
+pub struct RemoteRequest {
+    pub messages: Vec<Message>,
+    pub temperature: f32,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+pub struct RemoteClient {
+    http: reqwest::Client,
+    limits: RemoteLimits,
+    api_key: Option<String>,
+    /// In-flight caps per endpoint base.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A failed attempt: retried or final.
+enum Failure {
+    Retry(String, Option<Duration>),
+    Final(String),
+}
+
+impl RemoteClient {
+    pub fn new(limits: RemoteLimits) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.connect_timeout)
+            .build()
+            .map_err(|e| Error::Other(format!("starting the HTTP client: {e}")))?;
+        let api_key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty());
+        Ok(Self { http, limits, api_key, slots: Mutex::new(HashMap::new()) })
+    }
+
+    fn slot(&self, ep: &Endpoint) -> Arc<Semaphore> {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(ep.base.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_concurrency.max(1)))).clone()
+    }
+
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    /// The model id requests name: the spec's, else the endpoint's only model.
+    pub async fn model_id(&self, ep: &Endpoint) -> Result<String> {
+        if let Some(m) = &ep.model {
+            return Ok(m.clone());
+        }
+        let url = format!("{}/models", ep.base);
+        let fail = |why: String| Error::Other(format!("remote endpoint {}: {why}", ep.base));
+        let r = self.auth(self.http.get(&url)).timeout(self.limits.connect_timeout * 3).send().await.map_err(|e| fail(describe(&e)))?;
+        let status = r.status();
+        if !status.is_success() {
+            return Err(fail(format!("GET /models answered HTTP {}", status.as_u16())));
+        }
+        let v: Value = r.json().await.map_err(|e| fail(format!("GET /models: {}", describe(&e))))?;
+        let ids: Vec<String> = v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(String::from)).collect();
+        match ids.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(fail("GET /models lists no model".into())),
+            many => Err(fail(format!("it serves {} models ({}); name one after `#` in the URL", many.len(), many.join(", ")))),
+        }
+    }
+
+    /// One streamed chat completion; `on_text` sees each piece and may stop the answer.
+    pub async fn chat(&self, ep: &Endpoint, req: &RemoteRequest, on_text: &mut (dyn FnMut(&str) -> Control + Send)) -> Result<RemoteReply> {
+        let model = self.model_id(ep).await?;
+        let _slot = self.slot(ep).acquire_owned().await.map_err(|_| Error::Other("remote slots closed".into()))?;
+        let body = json!({
+            "model": model,
+            "messages": req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+            "seed": req.seed,
+        });
+        let deadline = Instant::now() + self.limits.timeout;
+        let name = format!("remote {}#{model}", ep.base);
+        let mut last = String::new();
+        for attempt in 1..=self.limits.attempts.max(1) {
+            let mut reply = RemoteReply { attempts: attempt, ..Default::default() };
+            match self.attempt(ep, &body, deadline, &mut reply, on_text).await {
+                Ok(()) => return Ok(reply),
+                Err(Failure::Final(why)) => return Err(Error::Other(format!("{name}: {why}"))),
+                Err(Failure::Retry(why, after)) => {
+                    last = why;
+                    if attempt == self.limits.attempts.max(1) {
+                        break;
+                    }
+                    let backoff = Duration::from_millis(250u64 << (attempt - 1).min(6));
+                    let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+                    let wait = after.unwrap_or(backoff + jitter).min(Duration::from_secs(30));
+                    if Instant::now() + wait >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        Err(Error::Other(format!("{name}: {last} (after {} attempts)", self.limits.attempts.max(1))))
+    }
+
+    async fn attempt(
+        &self,
+        ep: &Endpoint,
+        body: &Value,
+        deadline: Instant,
+        reply: &mut RemoteReply,
+        on_text: &mut (dyn FnMut(&str) -> Control + Send),
+    ) -> std::result::Result<(), Failure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Final(format!("timed out after {} s", self.limits.timeout.as_secs())));
+        }
+        let t0 = Instant::now();
+        let r = self.auth(self.http.post(format!("{}/chat/completions", ep.base))).json(body).timeout(left).send().await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => return Err(Failure::Retry(describe(&e), None)),
+            Err(e) => return Err(Failure::Final(describe(&e))),
+        };
+        let status = r.status().as_u16();
+        if status != 200 {
+            let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+            let text = r.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["error"]["message"].as_str().map(String::from)).unwrap_or_default();
+            let why = format!("HTTP {status}{}", if msg.is_empty() { String::new() } else { format!(": {}", clip(&msg)) });
+            return Err(if status == 429 || status >= 500 { Failure::Retry(why, after) } else { Failure::Final(why) });
+        }
+        let mut stream = r.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match stream.next().await {
+                None => break,
+                Some(Ok(c)) => c,
+                Some(Err(e)) if reply.pieces == 0 => return Err(Failure::Retry(describe(&e), None)),
+                Some(Err(e)) => return Err(Failure::Final(format!("the stream broke after {} pieces: {}", reply.pieces, describe(&e)))),
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(data) = line.trim().strip_prefix("data:") else { continue };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    reply.secs = t0.elapsed().as_secs_f64();
+                    return Ok(());
+                }
+                let v: Value = serde_json::from_str(data).map_err(|e| Failure::Final(format!("a stream chunk is not JSON ({e})")))?;
+                if let Some(e) = v.get("error") {
+                    return Err(Failure::Final(format!("error in the stream: {}", clip(&e.to_string()))));
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    reply.prompt_tokens = u["prompt_tokens"].as_u64().map(|n| n as usize);
+                    reply.completion_tokens = u["completion_tokens"].as_u64().map(|n| n as usize);
+                }
+                let choice = &v["choices"][0];
+                if let Some(f) = choice["finish_reason"].as_str() {
+                    reply.finish_reason = Some(f.to_string());
+                }
+                if let Some(piece) = choice["delta"]["content"].as_str().filter(|p| !p.is_empty()) {
+                    if reply.pieces == 0 {
+                        reply.ttft_secs = t0.elapsed().as_secs_f64();
+                    }
+                    reply.pieces += 1;
+                    reply.text.push_str(piece);
+                    if on_text(piece) == Control::Stop {
+                        reply.finish_reason = Some("cancelled".into());
+                        reply.secs = t0.elapsed().as_secs_f64();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        reply.secs = t0.elapsed().as_secs_f64();
+        if reply.pieces == 0 {
+            return Err(Failure::Retry("the stream ended without an answer".into(), None));
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP client error without the request's headers (where the key is).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    if detail.is_empty() { kind.to_string() } else { format!("{kind} ({})", clip(&detail)) }
+}
+
+fn clip(s: &str) -> String {
+    let mut t: String = s.chars().take(300).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_into_base_and_model() {
+        let e = Endpoint::parse("http://10.0.0.5:8000/v1/#Qwen2.5-72B-Instruct").unwrap();
+        assert_eq!(e, Endpoint { base: "http://10.0.0.5:8000/v1".into(), model: Some("Qwen2.5-72B-Instruct".into()) });
+        assert_eq!(Endpoint::parse("https://h/v1").unwrap().model, None);
+        assert!(Endpoint::parse("http://").is_err());
+        assert!(!is_remote("qwen-coder") && is_remote("https://x/v1"));
+    }
+}
