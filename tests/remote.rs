@@ -133,3 +133,32 @@ fn a_remote_proposer_answers_like_the_local_model_and_an_unreachable_one_is_left
     let agg = tokio.block_on(moa::run(rt, &recipe(&["qwen-coder", "smollm2"], &url), &conv, &opts(), moa::report::no_events())).unwrap();
     assert!(!agg.aggregate.text.is_empty() && agg.aggregate.error.is_none());
 }
+
+/// A recipe's endpoint may name the variable its key is in; the key goes out as a bearer token.
+#[test]
+fn an_endpoint_sends_the_key_from_its_own_variable() {
+    use moa_local::runtime::remote::EndpointSettings;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(async {
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(|h: axum::http::HeaderMap| async move {
+                if h.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer k-endpoint") {
+                    return (StatusCode::UNAUTHORIZED, "{}").into_response();
+                }
+                ([("content-type", "text/event-stream")], "data: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\ndata: [DONE]\n\n").into_response()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        std::env::set_var("MOA_TEST_ENDPOINT_KEY", "k-endpoint");
+        let client = RemoteClient::new(RemoteLimits::default()).unwrap();
+        let ep = Endpoint::parse(&format!("{base}#m")).unwrap();
+        let e = client.chat(&ep, &request(), &mut |_| Control::Continue).await.unwrap_err().to_string();
+        assert!(e.contains("HTTP 401"), "without the endpoint's variable no key is sent: {e}");
+        client.configure(&base, &EndpointSettings { api_key_env: Some("MOA_TEST_ENDPOINT_KEY".into()), max_concurrency: Some(1), timeout_secs: Some(30) });
+        let r = client.chat(&ep, &request(), &mut |_| Control::Continue).await.unwrap();
+        assert_eq!(r.text, "ok");
+    });
+}

@@ -17,12 +17,24 @@
 //!
 //! [aggregator_options]            # optional per-aggregator settings
 //! temperature = 0.2
+//!
+//! [endpoints.big]                 # a remote OpenAI-compatible endpoint, used as "remote:big"
+//! url = "http://10.0.0.5:8000/v1"
+//! model = "Qwen2.5-72B-Instruct"  # default: the endpoint's only model
+//! api_key_env = "VLLM_KEY"        # default: MOA_REMOTE_API_KEY
+//! max_concurrency = 4
+//! timeout_secs = 120
 //! ```
+//!
+//! An agent may also name an endpoint inline: `{ endpoint = "http://…/v1", model = "…", … }`.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::moa::prompt::AGGREGATE_AND_SYNTHESIZE;
+use crate::runtime::remote::EndpointSettings;
 
 /// One agent: a model and how it samples.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -39,13 +51,34 @@ pub struct Recipe {
     pub layers: Vec<Vec<Agent>>,
     pub aggregator: Agent,
     pub instruction: String,
+    /// Settings of the remote endpoints the recipe's URL agents use, by API base.
+    pub endpoints: BTreeMap<String, EndpointSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointToml {
+    url: String,
+    model: Option<String>,
+    #[serde(flatten)]
+    settings: EndpointSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum AgentToml {
     Name(String),
-    Full { model: String, temperature: Option<f32>, max_tokens: Option<usize>, system: Option<String> },
+    Full {
+        model: String,
+        temperature: Option<f32>,
+        max_tokens: Option<usize>,
+        system: Option<String>,
+        /// A remote endpoint serving `model`.
+        endpoint: Option<String>,
+        api_key_env: Option<String>,
+        max_concurrency: Option<usize>,
+        timeout_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +112,9 @@ pub struct RecipeFile {
     /// Named recipes (used by the server's `model` field).
     #[serde(default)]
     pub recipes: std::collections::BTreeMap<String, RecipeFile>,
+    /// Remote endpoints, named by agents as `remote:NAME`.
+    #[serde(default)]
+    endpoints: BTreeMap<String, EndpointToml>,
 }
 
 impl RecipeFile {
@@ -129,23 +165,54 @@ impl Recipe {
         if max_tokens == 0 {
             return Err(Error::InvalidRequest("--max-tokens must be at least 1".into()));
         }
-        let plain = |m: &str| Agent { model: m.to_string(), temperature, max_tokens, system: system.clone() };
-        let from_toml = |a: &AgentToml| match a {
-            AgentToml::Name(m) => plain(m),
-            AgentToml::Full { model, temperature: t, max_tokens: n, system: s } => Agent {
-                model: model.clone(),
-                temperature: o.temperature.or(*t).unwrap_or(temperature),
-                max_tokens: o.max_tokens.or(*n).unwrap_or(max_tokens),
-                system: o.system.clone().or(s.clone()).or(system.clone()),
-            },
+        // Remote endpoints: `remote:NAME` and inline `endpoint = …` become URL specs.
+        let mut endpoints: BTreeMap<String, EndpointSettings> = BTreeMap::new();
+        let spec_of = |url: &str, model: Option<&str>| format!("{}{}", url.trim_end_matches('/'), model.map(|m| format!("#{m}")).unwrap_or_default());
+        let mut named: BTreeMap<String, String> = BTreeMap::new();
+        for (name, e) in &f.endpoints {
+            named.insert(name.clone(), spec_of(&e.url, e.model.as_deref()));
+            endpoints.insert(e.url.trim_end_matches('/').to_string(), e.settings.clone());
+        }
+        let resolve = |m: &str| -> Result<String> {
+            match m.strip_prefix("remote:") {
+                Some(n) => named.get(n).cloned().ok_or_else(|| {
+                    Error::InvalidRequest(format!("`{m}`: no [endpoints.{n}] table (endpoints: {:?})", named.keys().collect::<Vec<_>>()))
+                }),
+                None => Ok(m.to_string()),
+            }
         };
-        let file_layers: Vec<Vec<Agent>> = f.layer.iter().map(|l| l.models.iter().map(from_toml).collect()).collect();
-        let flag_layer: Option<Vec<Agent>> = o.models.as_ref().map(|ms| ms.iter().map(|m| plain(m)).collect());
+        let plain = |m: &str| -> Result<Agent> { Ok(Agent { model: resolve(m)?, temperature, max_tokens, system: system.clone() }) };
+        let mut inline: Vec<(String, EndpointSettings)> = Vec::new();
+        let mut from_toml = |a: &AgentToml| -> Result<Agent> {
+            match a {
+                AgentToml::Name(m) => plain(m),
+                AgentToml::Full { model, temperature: t, max_tokens: n, system: s, endpoint, api_key_env, max_concurrency, timeout_secs } => {
+                    let model = match endpoint {
+                        Some(url) => {
+                            let settings = EndpointSettings { api_key_env: api_key_env.clone(), max_concurrency: *max_concurrency, timeout_secs: *timeout_secs };
+                            inline.push((url.trim_end_matches('/').to_string(), settings));
+                            spec_of(url, Some(model))
+                        }
+                        None => resolve(model)?,
+                    };
+                    Ok(Agent {
+                        model,
+                        temperature: o.temperature.or(*t).unwrap_or(temperature),
+                        max_tokens: o.max_tokens.or(*n).unwrap_or(max_tokens),
+                        system: o.system.clone().or(s.clone()).or(system.clone()),
+                    })
+                }
+            }
+        };
+        let file_layers: Vec<Vec<Agent>> =
+            f.layer.iter().map(|l| l.models.iter().map(&mut from_toml).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+        endpoints.extend(inline);
+        let flag_layer: Option<Vec<Agent>> = o.models.as_ref().map(|ms| ms.iter().map(|m| plain(m)).collect::<Result<_>>()).transpose()?;
         let n = layers_total - 1;
         let layers: Vec<Vec<Agent>> = match (flag_layer, file_layers.is_empty()) {
             (Some(l), _) => vec![l; n],
             (None, false) => (0..n).map(|i| file_layers[i.min(file_layers.len() - 1)].clone()).collect(),
-            (None, true) => vec![default_models.iter().map(|m| plain(m)).collect(); n],
+            (None, true) => vec![default_models.iter().map(|m| plain(m)).collect::<Result<_>>()?; n],
         };
         for (i, l) in layers.iter().enumerate() {
             if l.is_empty() {
@@ -155,7 +222,10 @@ impl Recipe {
                 return Err(Error::InvalidRequest(format!("layer {} names an empty model ({:?})", i + 1, a.model)));
             }
         }
-        let agg_name = o.aggregator.clone().or(f.aggregator.clone()).unwrap_or_else(|| layers[n - 1][0].model.clone());
+        let agg_name = match o.aggregator.clone().or(f.aggregator.clone()) {
+            Some(a) => resolve(&a)?,
+            None => layers[n - 1][0].model.clone(),
+        };
         if agg_name.trim().is_empty() {
             return Err(Error::InvalidRequest("--aggregator names an empty model".into()));
         }
@@ -167,7 +237,7 @@ impl Recipe {
             system: o.system.clone().or(ao.system.clone()).or(system.clone()),
         };
         let instruction = o.instruction.clone().or(f.instruction.clone()).unwrap_or_else(|| AGGREGATE_AND_SYNTHESIZE.to_string());
-        Ok(Recipe { layers, aggregator, instruction })
+        Ok(Recipe { layers, aggregator, instruction, endpoints })
     }
 
     /// Every distinct model name the recipe uses, in first-use order.
@@ -221,6 +291,32 @@ mod tests {
         assert_eq!(r.layers[0][0].temperature, 0.5);
         let r = Recipe::build(Some(&f), &Overrides { temperature: Some(0.9), ..Default::default() }, &[]).unwrap();
         assert!(r.layers[0].iter().all(|a| a.temperature == 0.9));
+    }
+
+    #[test]
+    fn endpoints_become_url_agents_with_their_settings() {
+        let f = RecipeFile::parse(
+            r#"
+            aggregator = "remote:big"
+            [endpoints.big]
+            url = "http://10.0.0.5:8000/v1/"
+            model = "Qwen2.5-72B-Instruct"
+            api_key_env = "VLLM_KEY"
+            max_concurrency = 2
+            [[layer]]
+            models = ["a", "remote:big", { endpoint = "http://h:1/v1", model = "m", timeout_secs = 9 }]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let r = Recipe::build(Some(&f), &Overrides::default(), &[]).unwrap();
+        let names: Vec<&str> = r.layers[0].iter().map(|a| a.model.as_str()).collect();
+        assert_eq!(names, ["a", "http://10.0.0.5:8000/v1#Qwen2.5-72B-Instruct", "http://h:1/v1#m"]);
+        assert_eq!(r.aggregator.model, "http://10.0.0.5:8000/v1#Qwen2.5-72B-Instruct");
+        assert_eq!(r.endpoints["http://10.0.0.5:8000/v1"].api_key_env.as_deref(), Some("VLLM_KEY"));
+        assert_eq!(r.endpoints["http://h:1/v1"].timeout_secs, Some(9));
+        let e = Recipe::build(None, &flags(&["remote:nope"]), &[]).unwrap_err().to_string();
+        assert!(e.contains("[endpoints.nope]"), "{e}");
     }
 
     #[test]

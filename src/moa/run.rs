@@ -105,6 +105,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         infos: Mutex::new(HashMap::new()),
         sink: sink.clone(),
     });
+    for (base, s) in &recipe.endpoints {
+        rt.remote().configure(base, s);
+    }
     let (jobs, mut failed) = plan_jobs(&rt, recipe, conv);
     for (m, e) in &failed {
         sink(MoaEvent::LoadFailed { model: m.clone(), error: e.clone() });

@@ -6,7 +6,8 @@
 //! connect and overall timeouts, retries with exponential backoff and jitter on 429, 5xx and
 //! connection errors (honouring `Retry-After`) as long as nothing has streamed yet, and at most
 //! `max_concurrency` requests in flight per endpoint. The API key comes from the environment
-//! (`MOA_REMOTE_API_KEY`) and never appears in an error.
+//! (`MOA_REMOTE_API_KEY`, or the variable a recipe's endpoint names) and never appears in an
+//! error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,16 @@ pub const API_KEY_ENV: &str = "MOA_REMOTE_API_KEY";
 /// Whether a model spec names a remote endpoint.
 pub fn is_remote(spec: &str) -> bool {
     spec.starts_with("http://") || spec.starts_with("https://")
+}
+
+/// How a remote endpoint is called (a recipe's `[endpoints.NAME]` table or inline endpoint).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// The environment variable holding its API key (default [`API_KEY_ENV`]).
+    pub api_key_env: Option<String>,
+    pub max_concurrency: Option<usize>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +109,10 @@ pub struct RemoteRequest {
 pub struct RemoteClient {
     http: reqwest::Client,
     limits: RemoteLimits,
-    api_key: Option<String>,
     /// In-flight caps per endpoint base.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// A recipe's settings per endpoint base (its key variable, cap, timeout).
+    settings: Mutex<HashMap<String, EndpointSettings>>,
 }
 
 /// A failed attempt: retried or final.
@@ -115,17 +127,34 @@ impl RemoteClient {
             .connect_timeout(limits.connect_timeout)
             .build()
             .map_err(|e| Error::Other(format!("starting the HTTP client: {e}")))?;
-        let api_key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty());
-        Ok(Self { http, limits, api_key, slots: Mutex::new(HashMap::new()) })
+        Ok(Self { http, limits, slots: Mutex::new(HashMap::new()), settings: Mutex::new(HashMap::new()) })
+    }
+
+    /// Use `s` for the endpoint at `base` (a recipe's `[endpoints]` entry).
+    pub fn configure(&self, base: &str, s: &EndpointSettings) {
+        let base = base.trim_end_matches('/').to_string();
+        let mut g = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(&base) != Some(s) {
+            // A new cap takes effect for the requests that follow.
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&base);
+            g.insert(base, s.clone());
+        }
+    }
+
+    fn setting(&self, ep: &Endpoint) -> EndpointSettings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).get(&ep.base).cloned().unwrap_or_default()
     }
 
     fn slot(&self, ep: &Endpoint) -> Arc<Semaphore> {
+        let cap = self.setting(ep).max_concurrency.unwrap_or(self.limits.max_concurrency).max(1);
         let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        s.entry(ep.base.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_concurrency.max(1)))).clone()
+        s.entry(ep.base.clone()).or_insert_with(|| Arc::new(Semaphore::new(cap))).clone()
     }
 
-    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
+    /// The bearer token: from the endpoint's `api_key_env`, else [`API_KEY_ENV`].
+    fn auth(&self, ep: &Endpoint, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let var = self.setting(ep).api_key_env.unwrap_or_else(|| API_KEY_ENV.to_string());
+        match std::env::var(var).ok().filter(|k| !k.is_empty()) {
             Some(k) => r.bearer_auth(k),
             None => r,
         }
@@ -138,7 +167,7 @@ impl RemoteClient {
         }
         let url = format!("{}/models", ep.base);
         let fail = |why: String| Error::Other(format!("remote endpoint {}: {why}", ep.base));
-        let r = self.auth(self.http.get(&url)).timeout(self.limits.connect_timeout * 3).send().await.map_err(|e| fail(describe(&e)))?;
+        let r = self.auth(ep, self.http.get(&url)).timeout(self.limits.connect_timeout * 3).send().await.map_err(|e| fail(describe(&e)))?;
         let status = r.status();
         if !status.is_success() {
             return Err(fail(format!("GET /models answered HTTP {}", status.as_u16())));
@@ -165,7 +194,8 @@ impl RemoteClient {
             "max_tokens": req.max_tokens,
             "seed": req.seed,
         });
-        let deadline = Instant::now() + self.limits.timeout;
+        let timeout = self.setting(ep).timeout_secs.map_or(self.limits.timeout, Duration::from_secs);
+        let deadline = Instant::now() + timeout;
         let name = format!("remote {}#{model}", ep.base);
         let mut last = String::new();
         for attempt in 1..=self.limits.attempts.max(1) {
@@ -201,10 +231,10 @@ impl RemoteClient {
     ) -> std::result::Result<(), Failure> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::Final(format!("timed out after {} s", self.limits.timeout.as_secs())));
+            return Err(Failure::Final("timed out (the answer's time limit is spent)".into()));
         }
         let t0 = Instant::now();
-        let r = self.auth(self.http.post(format!("{}/chat/completions", ep.base))).json(body).timeout(left).send().await;
+        let r = self.auth(ep, self.http.post(format!("{}/chat/completions", ep.base))).json(body).timeout(left).send().await;
         let r = match r {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => return Err(Failure::Retry(describe(&e), None)),
