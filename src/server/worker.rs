@@ -195,7 +195,17 @@ async fn run(
             let usage = usage(g.stats.prompt_tokens, g.stats.generated_tokens);
             Ok(Finished { finish_reason: finish_reason(Some(g.stop_reason)), usage, moa: None })
         }
-        Target::Moa { name, recipe } => run_moa(rt, &name, &recipe, p, seed, defaults, cancel, tx).await,
+        Target::Moa { name, recipe } => {
+            let opts = RunOptions {
+                seed,
+                cancel: Some(cancel.clone()),
+                draft: defaults.draft,
+                reference_order: defaults.reference_order,
+                early_prefill: defaults.early_prefill,
+                ..RunOptions::default()
+            };
+            run_moa(rt, &name, &recipe, p, opts, cancel, tx).await
+        }
     }
 }
 
@@ -225,8 +235,7 @@ async fn run_moa(
     name: &str,
     recipe: &Recipe,
     p: ChatParams,
-    seed: u64,
-    defaults: Defaults,
+    opts: RunOptions,
     cancel: Arc<AtomicBool>,
     tx: UnboundedSender<JobEvent>,
 ) -> Result<Finished> {
@@ -251,15 +260,7 @@ async fn run_moa(
             _ => {}
         }
     });
-    let opts = RunOptions {
-        seed,
-        cancel: Some(cancel.clone()),
-        draft: defaults.draft,
-        reference_order: defaults.reference_order,
-        early_prefill: defaults.early_prefill,
-        ..RunOptions::default()
-    };
-    let r = moa::run(rt, recipe, &p.messages, &opts, sink).await;
+        let r = moa::run(rt, recipe, &p.messages, &opts, sink).await;
     let mut c = col.lock().unwrap_or_else(|p| p.into_inner());
     let finish = match r {
         Ok(report) => {
@@ -291,7 +292,7 @@ async fn run_moa(
     let moa = MoaUsage {
         recipe: name.to_string(),
         aggregator: recipe.aggregator.model.clone(),
-        seed,
+        seed: opts.seed,
         proposer_prompt_tokens: all().map(|a| a.prompt_tokens).sum(),
         proposer_completion_tokens: all().map(|a| a.completion_tokens).sum(),
         layers,
