@@ -142,9 +142,25 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         for a in &answers {
             order.finish(a.index, None);
         }
-        // A layer of remote agents only still runs one (empty) wave for them.
-        let only_remote = [Wave { wave: 1, jobs: Vec::new(), load: Vec::new(), unload: Vec::new(), bytes: 0 }];
-        let waves = if the_plan.layers[li].waves.is_empty() { &only_remote[..] } else { &the_plan.layers[li].waves[..] };
+        // Remote agents run beside the local waves (they take no local memory); after the last
+        // wave, an empty one waits for those still answering.
+        let mut remote_set = JoinSet::new();
+        for &i in &remote {
+            let agent = agents[i].clone();
+            let seed = agent_seed(opts.seed, layer, i);
+            let (rt, conv, refs, ctx, instruction) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone(), recipe.instruction.clone());
+            let partial = stair.as_mut().map(|s| s.stream_of(i));
+            remote_set.spawn(async move {
+                let call = AgentCall { layer, index: i, seed, stream_to_user: false, partial, draft: false, cache: None };
+                let r = run_remote(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await;
+                vec![finish(layer, i, 1, &agent, seed, r, &ctx)]
+            });
+        }
+        let local_waves = the_plan.layers[li].waves.len();
+        let mut waves = the_plan.layers[li].waves.clone();
+        if !remote.is_empty() || waves.is_empty() {
+            waves.push(Wave { wave: local_waves + 1, jobs: Vec::new(), load: Vec::new(), unload: Vec::new(), bytes: 0 });
+        }
         for (wi, wave) in waves.iter().enumerate() {
             for u in &wave.unload {
                 rt.unload(u);
@@ -153,8 +169,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             for m in &wave.load {
                 load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
             }
-            let last_wave = last_layer && wi + 1 == waves.len();
-            if last_wave && the_plan.aggregator.preload && !is_remote(&agg.model) {
+            let last_wave = last_layer && wi + 1 >= local_waves;
+            let final_wave = wi + 1 == waves.len();
+            if last_layer && wi + 1 == local_waves.max(1) && the_plan.aggregator.preload && !is_remote(&agg.model) {
                 let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), agg.model.clone());
                 preload = Some(tokio::spawn(async move {
                     let mut f = HashMap::new();
@@ -193,18 +210,6 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                     group.iter().zip(seeds).zip(results).map(|((&i, seed), r)| finish(layer, i, w, &agent, seed, r, &ctx)).collect::<Vec<_>>()
                 });
             }
-            // Remote agents run beside the first wave (they take no local memory).
-            for &i in remote.iter().filter(|_| wi == 0) {
-                let agent = agents[i].clone();
-                let seed = agent_seed(opts.seed, layer, i);
-                let (rt, conv, refs, ctx, instruction) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone(), recipe.instruction.clone());
-                let partial = stair.as_mut().map(|s| s.stream_of(i));
-                set.spawn(async move {
-                    let call = AgentCall { layer, index: i, seed, stream_to_user: false, partial, draft: false, cache: None };
-                    let r = run_remote(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await;
-                    vec![finish(layer, i, 1, &agent, seed, r, &ctx)]
-                });
-            }
             // Answers in the order they come; meanwhile the aggregator's prompt grows.
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
             loop {
@@ -221,18 +226,24 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 if let Some(s) = stair.as_mut() {
                     s.update(&order);
                 }
-                tokio::select! {
-                    done = set.join_next() => match done {
-                        None => break,
-                        Some(Ok(group)) => {
-                            for a in &group {
-                                order.finish(a.index, a.error.is_none().then(|| a.text.clone()));
-                            }
-                            answers.extend(group);
+                // A wave ends with its local agents; the final one also waits for the remote ones.
+                if set.is_empty() && (!final_wave || remote_set.is_empty()) {
+                    break;
+                }
+                let done = tokio::select! {
+                    Some(d) = set.join_next(), if !set.is_empty() => Some(d),
+                    Some(d) = remote_set.join_next(), if !remote_set.is_empty() => Some(d),
+                    _ = tick.tick() => None,
+                };
+                match done {
+                    None => {}
+                    Some(Ok(group)) => {
+                        for a in &group {
+                            order.finish(a.index, a.error.is_none().then(|| a.text.clone()));
                         }
-                        Some(Err(e)) => return Err(Error::Other(format!("a proposer task failed: {e}"))),
-                    },
-                    _ = tick.tick() => {}
+                        answers.extend(group);
+                    }
+                    Some(Err(e)) => return Err(Error::Other(format!("a proposer task failed: {e}"))),
                 }
             }
             if opts.cancelled() {
