@@ -114,6 +114,8 @@ fn a_remote_proposer_answers_like_the_local_model_and_an_unreachable_one_is_left
         base
     });
     let url = format!("{base}#smollm2");
+    let ctx = tokio.block_on(rt.remote().context_length(&Endpoint::parse(&url).unwrap()));
+    assert_eq!(ctx, Some(rt.shape("smollm2").unwrap().cfg.context_length), "the endpoint reports the model's context");
     let remote = tokio.block_on(moa::run(rt.clone(), &recipe(&["qwen-coder", &url], "qwen-coder"), &conv, &opts(), moa::report::no_events())).unwrap();
     let local = tokio.block_on(moa::run(rt.clone(), &recipe(&["qwen-coder", "smollm2"], "qwen-coder"), &conv, &opts(), moa::report::no_events())).unwrap();
     let (r, l) = (&remote.layers[0].answers[1], &local.layers[0].answers[1]);

@@ -1,7 +1,8 @@
 //! Fitting references into the next model's context. When the injected references would push
 //! the prompt past `context - max_tokens`, each reference is cut to a common token budget (found
 //! by binary search over real token counts of the rendered prompt) and a notice says so; nothing
-//! is dropped silently.
+//! is dropped silently. For a remote model, whose tokenizer is not at hand, token counts are
+//! estimated from bytes ([`fit_references_estimated`]).
 
 use crate::error::{Error, Result};
 use crate::model::{Message, Model, Prompt};
@@ -50,4 +51,69 @@ pub fn fit_references(model: &Model, conv: &[Message], instruction: &str, refs: 
     let messages = inject_references(conv, instruction, &cut(lo));
     let prompt_tokens = count(model, &messages)?;
     Ok(Fitted { messages, prompt_tokens, cut_to: Some(lo) })
+}
+
+/// Bytes per token assumed for a model whose tokenizer is not at hand (English text with BPE
+/// vocabularies averages about 4; 3 leaves room).
+pub const BYTES_PER_TOKEN_ESTIMATE: usize = 3;
+
+fn estimate(msgs: &[Message]) -> usize {
+    msgs.iter().map(|m| m.content.len().div_ceil(BYTES_PER_TOKEN_ESTIMATE) + 8).sum::<usize>() + 8
+}
+
+/// `refs` injected into `conv` for a model with `context` tokens and no tokenizer here: cut to a
+/// common byte budget (at character boundaries) when the estimate says they would overflow.
+/// `cut_to` is then the budget in estimated tokens.
+pub fn fit_references_estimated(conv: &[Message], instruction: &str, refs: &[String], context: usize, max_tokens: usize, model: &str) -> Result<Fitted> {
+    let limit = context.saturating_sub(max_tokens);
+    let full = inject_references(conv, instruction, refs);
+    if estimate(&full) <= limit {
+        return Ok(Fitted { prompt_tokens: estimate(&full), messages: full, cut_to: None });
+    }
+    let cut = |bytes: usize| -> Vec<String> {
+        refs.iter()
+            .map(|r| {
+                if r.len() <= bytes {
+                    return r.clone();
+                }
+                let mut end = bytes;
+                while !r.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{} […]", &r[..end])
+            })
+            .collect()
+    };
+    let base = estimate(&inject_references(conv, instruction, &cut(0)));
+    if base > limit {
+        return Err(Error::ContextOverflow { model: model.to_string(), prompt_tokens: base, max_tokens, context });
+    }
+    let (mut lo, mut hi) = (0usize, refs.iter().map(String::len).max().unwrap_or(0));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if estimate(&inject_references(conv, instruction, &cut(mid))) <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let messages = inject_references(conv, instruction, &cut(lo));
+    Ok(Fitted { prompt_tokens: estimate(&messages), messages, cut_to: Some(lo / BYTES_PER_TOKEN_ESTIMATE) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimated_fitting_cuts_long_references_to_fit() {
+        let conv = vec![Message::user("Q")];
+        let refs = vec!["short".to_string(), "é".repeat(3000)];
+        let f = fit_references_estimated(&conv, "Synthesize:", &refs, 100_000, 10, "m").unwrap();
+        assert!(f.cut_to.is_none());
+        let f = fit_references_estimated(&conv, "Synthesize:", &refs, 1000, 100, "m").unwrap();
+        assert!(f.cut_to.is_some() && f.prompt_tokens <= 900, "{:?} {}", f.cut_to, f.prompt_tokens);
+        assert!(f.messages[0].content.contains("1. short") && f.messages[0].content.contains("[…]"));
+        assert!(fit_references_estimated(&conv, &"x".repeat(10_000), &refs, 1000, 100, "m").is_err());
+    }
 }

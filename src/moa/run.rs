@@ -17,7 +17,7 @@ use crate::model::{GenerateRequest, Generation, Message, Prompt, PromptCache, St
 use crate::moa::prompt::inject_references;
 use crate::runtime::remote::{is_remote, Endpoint, RemoteRequest};
 use crate::runtime::scheduler::Wave;
-use crate::moa::fit::fit_references;
+use crate::moa::fit::{fit_references, fit_references_estimated};
 use crate::moa::plan::{plan, plan_jobs};
 use crate::moa::recipe::{Agent, Recipe};
 use crate::moa::staircase::{ReferenceOrder, References, Staircase};
@@ -492,9 +492,10 @@ async fn run_agent(
     Ok((g, start, ctx.secs()))
 }
 
-/// A remote agent: the same conversation and references, sent to its endpoint. References are
-/// not cut here (the remote model's tokenizer is not at hand); a request past the remote context
-/// comes back as the endpoint's error and the agent is left out.
+/// A remote agent: the same conversation and references, sent to its endpoint. Where the
+/// endpoint reports its context length, references are cut to fit it by estimated token counts
+/// (the remote tokenizer is not at hand); elsewhere a request past the remote context comes back
+/// as the endpoint's error and the agent is left out.
 async fn run_remote(
     rt: &Arc<Runtime>,
     agent: &Agent,
@@ -507,7 +508,17 @@ async fn run_remote(
     let AgentCall { layer, index, seed, stream_to_user, partial, .. } = call;
     let ep = Endpoint::parse(&agent.model)?;
     (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
-    let messages = inject_references(&with_system(conv, &agent.system), instruction, refs);
+    let conv = with_system(conv, &agent.system);
+    let messages = match rt.remote().context_length(&ep).await {
+        Some(context) => {
+            let fitted = fit_references_estimated(&conv, instruction, refs, context, agent.max_tokens, &agent.model)?;
+            if let Some(cap) = fitted.cut_to {
+                ctx.notice(format!("layer {layer}: references for {} cut to about {cap} tokens each to fit its context of {context} tokens", agent.model));
+            }
+            fitted.messages
+        }
+        None => inject_references(&conv, instruction, refs),
+    };
     let req = RemoteRequest { messages: messages.clone(), temperature: agent.temperature, max_tokens: agent.max_tokens, seed };
     let start = ctx.secs();
     let (sink, t0, cancel) = (ctx.sink.clone(), Instant::now(), ctx.cancel.clone());

@@ -113,6 +113,8 @@ pub struct RemoteClient {
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// A recipe's settings per endpoint base (its key variable, cap, timeout).
     settings: Mutex<HashMap<String, EndpointSettings>>,
+    /// Context lengths the endpoints reported, by (base, model).
+    contexts: Mutex<HashMap<(String, String), Option<usize>>>,
 }
 
 /// A failed attempt: retried or final.
@@ -127,7 +129,13 @@ impl RemoteClient {
             .connect_timeout(limits.connect_timeout)
             .build()
             .map_err(|e| Error::Other(format!("starting the HTTP client: {e}")))?;
-        Ok(Self { http, limits, slots: Mutex::new(HashMap::new()), settings: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            http,
+            limits,
+            slots: Mutex::new(HashMap::new()),
+            settings: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Use `s` for the endpoint at `base` (a recipe's `[endpoints]` entry).
@@ -179,6 +187,26 @@ impl RemoteClient {
             [] => Err(fail("GET /models lists no model".into())),
             many => Err(fail(format!("it serves {} models ({}); name one after `#` in the URL", many.len(), many.join(", ")))),
         }
+    }
+
+    /// The remote model's context length where its `GET /models` entry tells it (vLLM's
+    /// `max_model_len`, llama-server's `meta.n_ctx_train`, moa-local's `moa_local.context_length`,
+    /// or a plain `context_length`); asked once per endpoint and model.
+    pub async fn context_length(&self, ep: &Endpoint) -> Option<usize> {
+        let model = self.model_id(ep).await.ok()?;
+        let key = (ep.base.clone(), model.clone());
+        if let Some(c) = self.contexts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return *c;
+        }
+        let r = self.auth(ep, self.http.get(format!("{}/models", ep.base))).timeout(self.limits.connect_timeout * 3).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        let entry = v["data"].as_array()?.iter().find(|m| m["id"].as_str() == Some(model.as_str()))?.clone();
+        let n = ["/max_model_len", "/meta/n_ctx_train", "/moa_local/context_length", "/context_length"]
+            .iter()
+            .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+            .map(|n| n as usize);
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, n);
+        n
     }
 
     /// One streamed chat completion; `on_text` sees each piece and may stop the answer.
