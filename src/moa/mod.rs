@@ -2,6 +2,7 @@
 //! into context, and the layered run itself. Talks to models only through `runtime` and
 //! `model`'s text-level API; never touches candle.
 
+pub mod agents;
 pub mod fit;
 pub mod plan;
 pub mod prompt;
