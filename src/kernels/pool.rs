@@ -22,8 +22,15 @@ const SPIN: Duration = Duration::from_micros(200);
 
 type Task<'a> = &'a (dyn Fn(usize) + Sync);
 
+/// The task counter while a job is being set up: no claim can succeed (every `n` is below it).
+const SETTING_UP: u64 = 0xFFFF_FFFF;
+
 struct Shared {
-    /// `epoch << 32 | next task`; bumping the epoch publishes a job.
+    /// `epoch << 32 | next task`; bumping the epoch publishes a job. While the caller writes the
+    /// job's closure and task count the counter is [`SETTING_UP`], so a helper still claiming
+    /// in the previous epoch can never pair the old epoch with the new count (it would run a
+    /// task of the next job early and count it as done for the old one: the caller could then
+    /// return while that task still ran, a use after free).
     state: AtomicU64,
     /// Tasks of the current job.
     n: AtomicUsize,
@@ -186,10 +193,12 @@ impl Pool {
         // SAFETY: the closure outlives its use: helpers only call it for a claimed task of this
         // job, and we return only after all `n` tasks are done.
         let f_static: Task<'static> = unsafe { std::mem::transmute::<Task<'_>, Task<'static>>(f) };
+        let epoch = (s.state.load(SeqCst) >> 32) + 1;
+        // Close the previous epoch first: from here on no claim succeeds until the job is ready.
+        s.state.store(epoch << 32 | SETTING_UP, SeqCst);
         *s.job.lock().unwrap() = Some(f_static);
         s.n.store(n, SeqCst);
         s.done.store(0, SeqCst);
-        let epoch = (s.state.load(SeqCst) >> 32) + 1;
         s.state.store(epoch << 32, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _l = s.lock.lock().unwrap();
@@ -230,8 +239,10 @@ fn helper(s: &'static Shared) {
         let start = Instant::now();
         let mut spins = 0u32;
         let epoch = loop {
-            let e = s.state.load(Acquire) >> 32;
-            if e != seen {
+            let st = s.state.load(Acquire);
+            let e = st >> 32;
+            // A job being set up is not ready: wait for it rather than skip its epoch.
+            if e != seen && st & 0xFFFF_FFFF != SETTING_UP {
                 break e;
             }
             spins += 1;
@@ -269,6 +280,32 @@ fn helper(s: &'static Shared) {
         }
         if ran > 0 {
             s.done.fetch_add(ran, SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many back-to-back jobs of different sizes on an oversubscribed pool: every task of every
+    /// job runs exactly once, and before its job returns. (A helper late in one epoch that read
+    /// the next job's task count ran that job's tasks early and twice.)
+    #[test]
+    fn back_to_back_jobs_never_run_a_task_twice_or_late() {
+        let p = Box::leak(Box::new(Pool::new(6)));
+        for round in 0..20_000usize {
+            let n = 1 + round % 7;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            p.run(n, &|i| {
+                if (i + round) % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                hits[i].fetch_add(1, SeqCst);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(h.load(SeqCst), 1, "round {round}: task {i} of {n}");
+            }
         }
     }
 }
