@@ -196,7 +196,8 @@ fn early_prefill_and_drafts_keep_the_aggregate_text() {
 fn the_second_turn_computes_only_new_tokens() {
     let rt = runtime();
     let rc = recipe(&["qwen-coder", "smollm2"], 2, 16);
-    let opts = RunOptions { seed: 5, ..RunOptions::default() };
+    // Recipe order: the aggregate prompt must not depend on which proposer finished first.
+    let opts = RunOptions { seed: 5, reference_order: moa_local::moa::staircase::ReferenceOrder::Recipe, ..RunOptions::default() };
     let mut conv = q("Name a fruit.");
     let t1 = run_with(&rt, &rc, &conv, opts.clone());
     conv.push(Message { role: "assistant".into(), content: t1.aggregate.text.clone() });
@@ -209,4 +210,8 @@ fn the_second_turn_computes_only_new_tokens() {
         assert!(a.stats.prefilled_tokens + seen <= a.stats.prompt_tokens + 4, "{}: turn 2 computed {} of {} prompt tokens, {seen} of which it had seen", a.model, a.stats.prefilled_tokens, a.stats.prompt_tokens);
         assert_eq!(f.stats.prefilled_tokens, f.stats.prompt_tokens, "a fresh runtime computes everything");
     }
+    // The aggregator's early prefill starts from its turn-1 cache (the header and instruction).
+    let early = t2.critical_path.early_prefill.as_ref().expect("early prefill ran");
+    assert!(early.reused_tokens > 16, "turn 2's aggregator reused {} tokens", early.reused_tokens);
+    assert_eq!(t2.aggregate.text, fresh.aggregate.text, "and writes what a fresh runtime writes");
 }

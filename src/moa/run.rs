@@ -22,6 +22,7 @@ use crate::moa::staircase::{ReferenceOrder, References, Staircase};
 use crate::moa::report::{AgentAnswer, CriticalPath, EventSink, LayerReport, LoadRecord, MoaEvent, MoaReport, ModelReport};
 use crate::model::gguf::sha256_file;
 use crate::runtime::estimate::peak_rss_bytes;
+use crate::runtime::prefill::TakeKept;
 use crate::runtime::Runtime;
 
 #[derive(Clone)]
@@ -201,7 +202,9 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 if let Some(s) = stair.as_mut().filter(|_| last_wave) {
                     if !s.started() {
                         if let Some(m) = rt.loaded_model(&agg.model) {
-                            if let Err(e) = s.start(m, agg_context) {
+                            let rt2 = rt.clone();
+                            let kept: TakeKept = Box::new(move |m, ids| rt2.take_prefix(m, ids));
+                            if let Err(e) = s.start(m, agg_context, Some(kept)) {
                                 ctx.notice(format!("early prefill of the aggregator not started: {e}"));
                                 stair = None;
                             }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::model::prefix::SENTINEL;
 use crate::model::{Message, Model};
 use crate::moa::prompt::inject_references;
-use crate::runtime::prefill::EarlyPrefill;
+use crate::runtime::prefill::{EarlyPrefill, TakeKept};
 
 /// How a layer's references are numbered for the next one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -112,9 +112,10 @@ impl Staircase {
         self.session.is_some()
     }
 
-    /// Start filling `model`'s cache (capacity: the planned context).
-    pub fn start(&mut self, model: Arc<Model>, capacity: usize) -> crate::error::Result<()> {
-        self.session = Some(EarlyPrefill::start(model, capacity)?);
+    /// Start filling `model`'s cache (capacity: the planned context), from a kept cache that
+    /// `kept` hands out when one shares a prefix with the prompt.
+    pub fn start(&mut self, model: Arc<Model>, capacity: usize, kept: Option<TakeKept>) -> crate::error::Result<()> {
+        self.session = Some(EarlyPrefill::start(model, capacity, kept)?);
         Ok(())
     }
 

@@ -219,6 +219,11 @@ impl Runtime {
         self.prefixes.held()
     }
 
+    /// The kept cache of `model` sharing the longest prefix with `tokens` (removed from the store).
+    pub fn take_prefix(&self, model: &Model, tokens: &[u32]) -> Option<PromptCache> {
+        self.prefixes.take(model, tokens)
+    }
+
     /// Drop every kept prompt cache (a benchmark's runs must each start cold).
     pub fn clear_prefix_caches(&self) {
         self.prefixes.clear();

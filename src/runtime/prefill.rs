@@ -24,9 +24,15 @@ const HOLD_BACK: usize = 2;
 pub struct PrefillLog {
     /// Snapshots worked on, and positions computed (recomputed ones included).
     pub updates: usize,
+    /// Positions already in the kept cache it started from (the previous turn's, say).
+    pub reused_tokens: usize,
     pub computed_tokens: usize,
     pub busy_secs: f64,
 }
+
+/// Hands out a kept prompt cache of the model sharing a prefix with the tokens (the runtime's
+/// prefix store).
+pub type TakeKept = Box<dyn FnOnce(&Model, &[u32]) -> Option<PromptCache> + Send>;
 
 pub struct EarlyPrefill {
     tx: Option<mpsc::Sender<Vec<Message>>>,
@@ -34,9 +40,11 @@ pub struct EarlyPrefill {
 }
 
 impl EarlyPrefill {
-    /// Start a worker for `model` with an empty cache of `capacity` positions.
-    pub fn start(model: Arc<Model>, capacity: usize) -> Result<Self> {
+    /// Start a worker for `model` with a cache of `capacity` positions; on its first snapshot it
+    /// asks `kept` for a kept cache sharing a prefix with it (None: start empty).
+    pub fn start(model: Arc<Model>, capacity: usize, kept: Option<TakeKept>) -> Result<Self> {
         let mut pc = model.new_prompt_cache(capacity)?;
+        let mut kept = kept;
         let (tx, rx) = mpsc::channel::<Vec<Message>>();
         let worker = std::thread::Builder::new()
             .name("moa-early-prefill".into())
@@ -49,6 +57,12 @@ impl EarlyPrefill {
                     let t = Instant::now();
                     let Some(text) = model.prompt_prefix(&msgs)? else { continue };
                     let ids = model.encode_rendered(&text)?;
+                    if let Some(take) = kept.take() {
+                        if let Some(k) = take(&model, &ids) {
+                            log.reused_tokens = crate::model::prefix::common_prefix(k.tokens(), &ids);
+                            pc = k;
+                        }
+                    }
                     let _cores = Tenant::enter();
                     log.computed_tokens += pc.extend(&model, &ids, HOLD_BACK)?;
                     log.updates += 1;
