@@ -164,3 +164,21 @@ fn an_endpoint_sends_the_key_from_its_own_variable() {
         assert_eq!(r.text, "ok");
     });
 }
+
+/// An endpoint that streams one endless line is cut off with an error, not buffered.
+#[test]
+fn an_endless_stream_line_is_an_error() {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    tokio.block_on(async {
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(|| async { ([("content-type", "text/event-stream")], "x".repeat(moa_local::runtime::remote::MAX_LINE_BYTES + 10)).into_response() }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = RemoteClient::new(RemoteLimits::default()).unwrap();
+        let e = client.chat(&Endpoint::parse(&format!("{base}#m")).unwrap(), &request(), &mut |_| Control::Continue).await.unwrap_err().to_string();
+        assert!(e.contains("stream line is longer than"), "{e}");
+    });
+}

@@ -134,7 +134,9 @@ impl Seq {
     ) -> Result<usize> {
         let mut kept = 0;
         for (i, mut logits) in rows.into_iter().enumerate() {
-            let hint = self.lookup.as_ref().and_then(|l| l.next(&[])).map(|g| g.0);
+            // Greedy ignores the hint: no lookup then.
+            let sampled = sampler.params().temperature > 0.0;
+            let hint = self.lookup.as_ref().filter(|_| sampled).and_then(|l| l.next(&[])).map(|g| g.0);
             let tok = sampler.sample_hinted(&mut logits, &self.hist, hint);
             if self.out.is_empty() {
                 self.ttft = start.elapsed().as_secs_f64();

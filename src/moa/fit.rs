@@ -35,22 +35,29 @@ pub fn fit_references(model: &Model, conv: &[Message], instruction: &str, refs: 
             .map(|(t, r)| if t.len() <= cap { r.clone() } else { format!("{} […]", model.tokenizer.decode(&t[..cap])) })
             .collect()
     };
-    let (mut lo, mut hi) = (0usize, ids.iter().map(Vec::len).max().unwrap_or(0));
+    let (lo, hi) = (0usize, ids.iter().map(Vec::len).max().unwrap_or(0));
     let base = count(model, &inject_references(conv, instruction, &cut(0)))?;
     if base > limit {
         return Err(Error::ContextOverflow { model: model.name.clone(), prompt_tokens: base, max_tokens, context: ctx });
     }
+    let lo = largest_fitting(lo, hi, |cap| Ok(count(model, &inject_references(conv, instruction, &cut(cap)))? <= limit))?;
+    let messages = inject_references(conv, instruction, &cut(lo));
+    let prompt_tokens = count(model, &messages)?;
+    Ok(Fitted { messages, prompt_tokens, cut_to: Some(lo) })
+}
+
+/// The largest cap in `lo..=hi` for which `fits` holds, given that it holds for `lo` and, once
+/// false, stays false for larger caps.
+fn largest_fitting(mut lo: usize, mut hi: usize, fits: impl Fn(usize) -> Result<bool>) -> Result<usize> {
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if count(model, &inject_references(conv, instruction, &cut(mid)))? <= limit {
+        if fits(mid)? {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    let messages = inject_references(conv, instruction, &cut(lo));
-    let prompt_tokens = count(model, &messages)?;
-    Ok(Fitted { messages, prompt_tokens, cut_to: Some(lo) })
+    Ok(lo)
 }
 
 /// Bytes per token assumed for a model whose tokenizer is not at hand (English text with BPE
@@ -88,15 +95,8 @@ pub fn fit_references_estimated(conv: &[Message], instruction: &str, refs: &[Str
     if base > limit {
         return Err(Error::ContextOverflow { model: model.to_string(), prompt_tokens: base, max_tokens, context });
     }
-    let (mut lo, mut hi) = (0usize, refs.iter().map(String::len).max().unwrap_or(0));
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if estimate(&inject_references(conv, instruction, &cut(mid))) <= limit {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    let longest = refs.iter().map(String::len).max().unwrap_or(0);
+    let lo = largest_fitting(0, longest, |cap| Ok(estimate(&inject_references(conv, instruction, &cut(cap))) <= limit))?;
     let messages = inject_references(conv, instruction, &cut(lo));
     Ok(Fitted { prompt_tokens: estimate(&messages), messages, cut_to: Some(lo / BYTES_PER_TOKEN_ESTIMATE) })
 }

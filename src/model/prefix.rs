@@ -102,16 +102,26 @@ impl Model {
     /// token), ready for the next turn of the conversation.
     pub fn generate_cached(&self, req: &GenerateRequest, pc: &mut PromptCache, on_text: &mut dyn FnMut(&str) -> Control) -> Result<Generation> {
         let (prompt_text, prompt_ids) = self.tokenize_prompt(&req.prompt)?;
+        self.generate_cached_ids(req, prompt_text, prompt_ids, pc, on_text)
+    }
+
+    /// [`Model::generate_cached`] for a prompt already rendered and tokenized.
+    pub fn generate_cached_ids(
+        &self,
+        req: &GenerateRequest,
+        prompt_text: String,
+        prompt_ids: Vec<u32>,
+        pc: &mut PromptCache,
+        on_text: &mut dyn FnMut(&str) -> Control,
+    ) -> Result<Generation> {
         // Validates the request and the context; its fresh cache is not needed.
         self.check_request(&prompt_ids, req)?;
         let common = common_prefix(&pc.tokens, &prompt_ids).min(prompt_ids.len() - 1);
         pc.truncate(common);
         pc.reserve(prompt_ids.len() + req.max_tokens)?;
-        let mut cache = std::mem::replace(&mut pc.cache, self.transformer.new_cache(1)?);
         let mut sampler = Sampler::new(req.sampling.clone());
-        let r = self.decode_text(req, &prompt_ids, &mut cache, &mut sampler, on_text);
-        let len = cache.len();
-        pc.cache = cache;
+        let r = self.decode_text(req, &prompt_ids, &mut pc.cache, &mut sampler, on_text);
+        let len = pc.cache.len();
         let (ids, text, stop_reason, stats) = r?;
         let mut all = prompt_ids.clone();
         all.extend_from_slice(&ids);

@@ -254,17 +254,12 @@ impl Runtime {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _cores = Tenant::enter();
-            let mut pc = match pc {
+            let (text, ids) = model.tokenize_prompt(&req.prompt)?;
+            let mut pc = match pc.or_else(|| this.prefixes.take(&model, &ids)) {
                 Some(pc) => pc,
-                None => {
-                    let (_, ids) = model.tokenize_prompt(&req.prompt)?;
-                    match this.prefixes.take(&model, &ids) {
-                        Some(pc) => pc,
-                        None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
-                    }
-                }
+                None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
             };
-            let g = model.generate_cached(&req, &mut pc, &mut on_text)?;
+            let g = model.generate_cached_ids(&req, text, ids, &mut pc, &mut on_text)?;
             this.prefixes.put(&model, pc, this.prefix_store_cap());
             Ok(g)
         })

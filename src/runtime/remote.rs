@@ -24,6 +24,11 @@ use crate::model::Message;
 /// The environment variable holding the bearer token sent to remote endpoints.
 pub const API_KEY_ENV: &str = "MOA_REMOTE_API_KEY";
 
+/// The longest stream line and the longest answer accepted from an endpoint: a server that sends
+/// more is cut off with an error instead of growing this process's memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+
 /// Whether a model spec names a remote endpoint.
 pub fn is_remote(spec: &str) -> bool {
     spec.starts_with("http://") || spec.starts_with("https://")
@@ -115,6 +120,8 @@ pub struct RemoteClient {
     settings: Mutex<HashMap<String, EndpointSettings>>,
     /// Context lengths the endpoints reported, by (base, model).
     contexts: Mutex<HashMap<(String, String), Option<usize>>>,
+    /// The only model of endpoints named without one, by base.
+    model_ids: Mutex<HashMap<String, String>>,
 }
 
 /// A failed attempt: retried or final.
@@ -135,6 +142,7 @@ impl RemoteClient {
             slots: Mutex::new(HashMap::new()),
             settings: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
+            model_ids: Mutex::new(HashMap::new()),
         })
     }
 
@@ -173,6 +181,9 @@ impl RemoteClient {
         if let Some(m) = &ep.model {
             return Ok(m.clone());
         }
+        if let Some(m) = self.model_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&ep.base) {
+            return Ok(m.clone());
+        }
         let url = format!("{}/models", ep.base);
         let fail = |why: String| Error::Other(format!("remote endpoint {}: {why}", ep.base));
         let r = self.auth(ep, self.http.get(&url)).timeout(self.limits.connect_timeout * 3).send().await.map_err(|e| fail(describe(&e)))?;
@@ -183,7 +194,10 @@ impl RemoteClient {
         let v: Value = r.json().await.map_err(|e| fail(format!("GET /models: {}", describe(&e))))?;
         let ids: Vec<String> = v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(String::from)).collect();
         match ids.as_slice() {
-            [one] => Ok(one.clone()),
+            [one] => {
+                self.model_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(ep.base.clone(), one.clone());
+                Ok(one.clone())
+            }
             [] => Err(fail("GET /models lists no model".into())),
             many => Err(fail(format!("it serves {} models ({}); name one after `#` in the URL", many.len(), many.join(", ")))),
         }
@@ -286,6 +300,9 @@ impl RemoteClient {
                 Some(Err(e)) => return Err(Failure::Final(format!("the stream broke after {} pieces: {}", reply.pieces, describe(&e)))),
             };
             buf.extend_from_slice(&chunk);
+            if buf.len() > MAX_LINE_BYTES && !buf.contains(&b'\n') {
+                return Err(Failure::Final(format!("a stream line is longer than {MAX_LINE_BYTES} bytes")));
+            }
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 let line = String::from_utf8_lossy(&line);
@@ -312,6 +329,9 @@ impl RemoteClient {
                         reply.ttft_secs = t0.elapsed().as_secs_f64();
                     }
                     reply.pieces += 1;
+                    if reply.text.len() + piece.len() > MAX_ANSWER_BYTES {
+                        return Err(Failure::Final(format!("the answer is longer than {MAX_ANSWER_BYTES} bytes")));
+                    }
                     reply.text.push_str(piece);
                     if on_text(piece) == Control::Stop {
                         reply.finish_reason = Some("cancelled".into());
