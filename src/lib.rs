@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod engine;
+pub mod eval;
 pub mod error;
 pub mod kernels;
 pub mod model;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_moa;
+mod eval;
 mod generate;
 mod moa_cmd;
 mod progress;
@@ -39,6 +40,8 @@ pub enum Command {
     Plan(MoaArgs),
     /// Measure prefill/decode tokens per second (like llama-bench), or a whole MoA run.
     Bench(bench::BenchArgs),
+    /// Evaluate models, MoA recipes and Self-MoA on IFEval, MT-Bench or AlpacaEval, offline.
+    Eval(eval::EvalArgs),
 }
 
 /// Options of a MoA run (also used by `plan`, `bench` and `serve`).
@@ -122,6 +125,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Serve(a)) => serve::serve(a),
         Some(Command::Plan(a)) => moa_cmd::plan(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Eval(a)) => eval::eval(a),
         None => moa_cmd::run(cli.moa),
     }
 }
