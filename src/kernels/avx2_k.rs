@@ -123,14 +123,18 @@ unsafe fn hsum4_i32x4(v: [__m128i; 4]) -> __m128i {
     _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]))
 }
 
-/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`).
-pub(crate) struct Q45K<const HIGH: bool>;
+/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`). `EXACT`: Q5_K takes Q4_K's float side (one
+/// exact integer per block for the quants and one for the mins), the form of the AVX-512 column
+/// kernels, so decode and prefill agree on that instruction set (Q4_K is that form either way).
+pub(crate) struct Q45K<const HIGH: bool, const EXACT: bool = false>;
 
-impl<const HIGH: bool> Kern for Q45K<HIGH> {
+impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let bytes = if HIGH { 176 } else { 144 };
+        // Q5_K's float side as llama.cpp's vec_dot (8 lanes), unless `EXACT`.
+        let f8 = HIGH && !EXACT;
         let ya = rows::<R>(a, r0);
         let m4 = _mm256_set1_epi8(0xF);
         let m1 = _mm256_set1_epi8(1);
@@ -167,7 +171,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                     let yd = *ya.d[r].add(i);
                     let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
                     let imin = hsum_i32x4(prod) as f32;
-                    if HIGH {
+                    if f8 {
                         summs[c][r] = (-yd * dminx).mul_add(imin, summs[c][r]);
                     } else {
                         accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
@@ -176,7 +180,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                 if v == 4 {
                     let prods: [__m128i; 4] = std::array::from_fn(|r| _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i))));
                     let imin = _mm_cvtepi32_ps(hsum4_i32x4(prods));
-                    if HIGH {
+                    if f8 {
                         let neg = _mm_xor_ps(yd4, _mm_set1_ps(-0.0));
                         accm4v[c] = _mm_fmadd_ps(_mm_mul_ps(neg, _mm_set1_ps(dminx)), imin, accm4v[c]);
                     } else {
@@ -208,7 +212,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
                     }
                 }
-                if HIGH {
+                if f8 {
                     for r in 0..R {
                         acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
                     }
@@ -231,7 +235,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
             _mm_storeu_ps(quants.as_mut_ptr(), acc4v[c]);
             _mm_storeu_ps(mins.as_mut_ptr(), accm4v[c]);
             for r in 0..R {
-                out[c][r] = match (HIGH, r < v) {
+                out[c][r] = match (f8, r < v) {
                     (true, true) => hsum8(acc[c][r]) + mins[r],
                     (true, false) => hsum8(acc[c][r]) + summs[c][r],
                     (false, true) => quants[r] - mins[r],
@@ -243,9 +247,11 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
     }
 }
 
-pub(crate) struct Q6K;
+/// Q6_K. `EXACT`: one exact integer per block (`acc = fma(isum, d·d_a)`), the form of the AVX-512
+/// column kernel, instead of llama.cpp's 8 converted lanes.
+pub(crate) struct Q6K<const EXACT: bool = false>;
 
-impl Kern for Q6K {
+impl<const EXACT: bool> Kern for Q6K<EXACT> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
@@ -254,6 +260,7 @@ impl Kern for Q6K {
         let m3 = _mm256_set1_epi8(3);
         let m32s = _mm256_set1_epi8(32);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let mut exact = [[0f32; R]; C];
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * 210);
@@ -294,14 +301,19 @@ impl Kern for Q6K {
                 }
                 for r in 0..R {
                     let d = *ya.d[r].add(i) * dx;
-                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                    if EXACT {
+                        let s = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
+                        exact[c][r] = (hsum_i32x4(s) as f32).mul_add(d, exact[c][r]);
+                    } else {
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                    }
                 }
             }
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
             for r in 0..R {
-                out[c][r] = hsum8(acc[c][r]);
+                out[c][r] = if EXACT { exact[c][r] } else { hsum8(acc[c][r]) };
             }
         }
         out

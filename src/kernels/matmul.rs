@@ -51,7 +51,9 @@ impl<'a> QWeight<'a> {
 pub enum Isa {
     Scalar,
     Avx2,
-    /// AVX2 kernels, with AVX-512 VNNI (256-bit, VL) in the Q4_0/Q5_0 prefill kernel.
+    /// AVX-512 F/BW/VL/VNNI: the 512-bit column kernels for K-quant prefill (`avx512_cols`),
+    /// VNNI (256-bit) in the Q4_0/Q5_0 prefill kernel, the AVX2 kernels for the rest; Q5_K and
+    /// Q6_K sum each block to one exact integer (not llama.cpp's 8 lanes) in every kernel.
     Avx512Vnni,
 }
 
@@ -65,7 +67,11 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
-                Isa::Avx2.supported() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+                Isa::Avx2.supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => false,
@@ -122,8 +128,29 @@ fn unsigned_prefill(t: QType, isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa.avx2() && matches!(t, QType::Q4_0 | QType::Q5_0)
 }
 
-/// The kernel for `t` on `isa`; `prepared` when the activations hold the unsigned copy.
-fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
+/// Activation rows from which a K-quant matmul takes the AVX-512 column kernel (unpacking 16
+/// weight rows costs about what 1–2 rows of products do).
+const COLUMN_MIN_ROWS: usize = 16;
+
+/// Whether `t` over `m` activation rows runs the AVX-512 column kernel on `isa`.
+fn column_prefill(t: QType, isa: Isa, m: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512Vnni && m >= COLUMN_MIN_ROWS && super::avx512_cols::supports(t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (t, isa, m);
+        false
+    }
+}
+
+/// The kernel for `t` on `isa` over `m` rows; `prepared` when the activations hold the unsigned copy.
+fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize) -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if column_prefill(t, isa, m) {
+        return super::avx512_cols::tile;
+    }
     #[cfg(target_arch = "x86_64")]
     if prepared && unsigned_prefill(t, isa) {
         use super::avx2::{Q4_0, Q5_0};
@@ -143,7 +170,10 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool) -> TileFn {
         Isa::Avx2 | Isa::Avx512Vnni => {
             use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
             use super::avx2_k::{Q45K, Q6K};
+            let exact = isa == Isa::Avx512Vnni;
             match t {
+                QType::Q5K if exact => avx2_tile::<Q45K<true, true>, 6>,
+                QType::Q6K if exact => avx2_tile::<Q6K<true>, 6>,
                 QType::Q4_0 => avx2_tile::<SmallKern<Q4_0>, 8>,
                 QType::Q4_1 => avx2_tile::<SmallKern<Q4_1>, 8>,
                 QType::Q5_0 => avx2_tile::<SmallKern<Q5_0>, 8>,
@@ -223,7 +253,16 @@ struct Split {
 fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split {
     assert!(acts.kind == w.ty.act() && acts.m >= m && acts.nb * acts.kind.block_elems() == w.k);
     let prepared = acts.d_stride >= m + 8;
-    let f = tile_fn(w.ty, isa, prepared);
+    let f = tile_fn(w.ty, isa, prepared, m);
+    if column_prefill(w.ty, isa, m) {
+        // One 16-row chunk per task: its scratch (~1.2× the chunk's weights as bytes) stays in
+        // L1/L2 while every activation row passes over it.
+        #[cfg(target_arch = "x86_64")]
+        let cols = super::avx512_cols::COLS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let cols = 16;
+        return Split { f, rows: cols, tasks: w.n.div_ceil(cols) };
+    }
     let (n, rb) = (w.n, w.row_bytes());
     // The unpacking prefill kernel keeps its chunk of weight rows in a scratch of this size.
     #[cfg(target_arch = "x86_64")]

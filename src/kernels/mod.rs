@@ -5,11 +5,9 @@
 //!
 //! Module map: `blocks` (layouts, decode, portable scalar dots), `quantize` (activations),
 //! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `avx2_prefill` (Q4_0/Q5_0 over
-//! many rows), `matmul` (`qmatmul`, fused weights, threading), `tensor` (candle integration),
-//! `pool` (persistent threads, cores split between concurrent generations).
-//!
-//! Not done here: an AVX-512/VNNI path (the development machines are Zen 3, AVX2 only, so it
-//! could not be tested); AVX-512 machines take the AVX2 path.
+//! many rows), `avx512_cols` (K-quant prefill, 16 weight rows per 512-bit register), `matmul`
+//! (`qmatmul`, fused weights, threading), `tensor` (candle integration), `pool` (persistent
+//! threads, cores split between concurrent generations).
 
 pub mod blocks;
 pub mod matmul;
@@ -23,6 +21,8 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_prefill;
+#[cfg(target_arch = "x86_64")]
+mod avx512_cols;
 
 #[cfg(test)]
 mod tests;
