@@ -224,6 +224,7 @@ impl<W: Small> Kern for SmallKern<W> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let nb = a.nb;
+        let ahead = super::avx2_k::prefetch_distance(C * nb * W::BYTES);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
         let mut summs = [[0f32; R]; C];
@@ -273,7 +274,7 @@ impl<W: Small> Kern for SmallKern<W> {
                     // Decode (one row, or a few sequences batched) streams the weights from DRAM:
                     // fetch the next tile's block now.
                     for c in 0..C {
-                        _mm_prefetch::<_MM_HINT_T0>(w[c].add((C * nb + b) * W::BYTES) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(w[c].add(b * W::BYTES + ahead) as *const i8);
                     }
                 }
                 if !W::SIGNED && R > 1 {

@@ -53,7 +53,7 @@ static SHUF_Q6: [[u8; 16]; 8] = {
 /// Scales (low 128 bits) and mins (high 128) of a Q4_K/Q5_K block as 16-bit lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mins_and_scales(p: *const u8) -> __m256i {
+pub(crate) unsafe fn mins_and_scales(p: *const u8) -> __m256i {
     const KM1: u32 = 0x3f3f3f3f;
     const KM2: u32 = 0x0f0f0f0f;
     const KM3: u32 = 0x03030303;
@@ -69,7 +69,7 @@ unsafe fn mins_and_scales(p: *const u8) -> __m256i {
 /// Decode streams the weights from DRAM: fetch the block the next tile will read at this point.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch_block(p: *const u8, bytes: usize) {
+pub(crate) unsafe fn prefetch_block(p: *const u8, bytes: usize) {
     let mut o = 0;
     while o < bytes {
         _mm_prefetch::<_MM_HINT_T0>(p.add(o) as *const i8);
@@ -77,9 +77,19 @@ unsafe fn prefetch_block(p: *const u8, bytes: usize) {
     }
 }
 
+/// How far ahead decode prefetches the weight stream: whole tiles (so the same block of a later
+/// tile), at least 8 KiB. (One tile ahead, 1.7 KiB for Qwen2.5-1.5B's attention, left the loads
+/// waiting on DRAM: on Zen 5, 2 threads, decode gained 23–36% on the four test models at 8 KiB;
+/// 2, 4, 12 and 16 KiB were slower.)
+#[inline]
+pub(crate) fn prefetch_distance(tile_bytes: usize) -> usize {
+    const MIN: usize = 8192;
+    tile_bytes * MIN.div_ceil(tile_bytes).max(1)
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32x4(v: __m128i) -> i32 {
+pub(crate) unsafe fn hsum_i32x4(v: __m128i) -> i32 {
     let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
     _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v)))
 }
@@ -87,19 +97,19 @@ unsafe fn hsum_i32x4(v: __m128i) -> i32 {
 /// Pairwise sums of the 16 bsums of a q8_K block (one per 32-element sub-block).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bsums32(p: *const i16) -> __m128i {
+pub(crate) unsafe fn bsums32(p: *const i16) -> __m128i {
     let v = _mm256_loadu_si256(p as *const __m256i);
     _mm_hadd_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
 }
 
-struct RowPtrs<const R: usize> {
-    qs: [*const i8; R],
-    d: [*const f32; R],
-    bs: [*const i16; R],
+pub(crate) struct RowPtrs<const R: usize> {
+    pub(crate) qs: [*const i8; R],
+    pub(crate) d: [*const f32; R],
+    pub(crate) bs: [*const i16; R],
 }
 
 #[inline(always)]
-unsafe fn rows<const R: usize>(a: &Acts, r0: usize) -> RowPtrs<R> {
+pub(crate) unsafe fn rows<const R: usize>(a: &Acts, r0: usize) -> RowPtrs<R> {
     let nb = a.nb;
     RowPtrs {
         qs: std::array::from_fn(|r| a.qs.as_ptr().add((r0 + r) * nb * 256)),
@@ -133,6 +143,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let bytes = if HIGH { 176 } else { 144 };
+        let ahead = prefetch_distance(C * a.nb * bytes);
         // Q5_K's float side as llama.cpp's vec_dot (8 lanes), unless `EXACT`.
         let f8 = HIGH && !EXACT;
         let ya = rows::<R>(a, r0);
@@ -159,7 +170,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
             for c in 0..C {
                 let p = w[c].add(i * bytes);
                 if R <= 4 {
-                    prefetch_block(p.add(C * a.nb * bytes), bytes);
+                    prefetch_block(p.add(ahead), bytes);
                 }
                 let (dx, dminx) = (f16_to_f32(p), f16_to_f32(p.add(2)));
                 let ms = mins_and_scales(p.add(4));
@@ -261,11 +272,12 @@ impl<const EXACT: bool> Kern for Q6K<EXACT> {
         let m32s = _mm256_set1_epi8(32);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
         let mut exact = [[0f32; R]; C];
+        let ahead = prefetch_distance(C * a.nb * 210);
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * 210);
                 if R <= 4 {
-                    prefetch_block(p.add(C * a.nb * 210), 210);
+                    prefetch_block(p.add(ahead), 210);
                 }
                 let dx = f16_to_f32(p.add(208));
                 let scales = _mm_loadu_si128(p.add(192) as *const __m128i);

@@ -170,10 +170,12 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize) -> TileFn {
         Isa::Avx2 | Isa::Avx512Vnni => {
             use super::avx2::{SmallKern, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
             use super::avx2_k::{Q45K, Q6K};
-            let exact = isa == Isa::Avx512Vnni;
+            use super::avx512_k::{tile as tile512, Q45K512, Q6K512};
+            let avx512 = isa == Isa::Avx512Vnni;
             match t {
-                QType::Q5K if exact => avx2_tile::<Q45K<true, true>, 6>,
-                QType::Q6K if exact => avx2_tile::<Q6K<true>, 6>,
+                QType::Q4K if avx512 => tile512::<Q45K512<false>, 6>,
+                QType::Q5K if avx512 => tile512::<Q45K512<true>, 6>,
+                QType::Q6K if avx512 => tile512::<Q6K512, 6>,
                 QType::Q4_0 => avx2_tile::<SmallKern<Q4_0>, 8>,
                 QType::Q4_1 => avx2_tile::<SmallKern<Q4_1>, 8>,
                 QType::Q5_0 => avx2_tile::<SmallKern<Q5_0>, 8>,

@@ -5,7 +5,8 @@
 //!
 //! Module map: `blocks` (layouts, decode, portable scalar dots), `quantize` (activations),
 //! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `avx2_prefill` (Q4_0/Q5_0 over
-//! many rows), `avx512_cols` (K-quant prefill, 16 weight rows per 512-bit register), `matmul`
+//! many rows), `avx512_cols` (K-quant prefill, 16 weight rows per 512-bit register), `avx512_k`
+//! (K-quant decode and small batches, 64 quants per step), `matmul`
 //! (`qmatmul`, fused weights, threading), `tensor` (candle integration), `pool` (persistent
 //! threads, cores split between concurrent generations).
 
@@ -23,6 +24,8 @@ mod avx2_k;
 mod avx2_prefill;
 #[cfg(target_arch = "x86_64")]
 mod avx512_cols;
+#[cfg(target_arch = "x86_64")]
+mod avx512_k;
 
 #[cfg(test)]
 mod tests;
