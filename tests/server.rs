@@ -288,7 +288,11 @@ async fn api_key_is_required_when_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let s = start(|c| c.queue = 0).await;
+    let s = start(|c| {
+        c.queue = 0;
+        c.concurrency = 1;
+    })
+    .await;
     let held = stream_until_content(&s, "qwen-coder").await;
     assert_eq!(s.server.stats().running, 1);
     let (status, headers, v) = post(&s, &chat_body("smollm2", "hi", json!({"max_tokens": 1}))).await;

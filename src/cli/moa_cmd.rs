@@ -33,9 +33,14 @@ pub fn recipe_of(a: &MoaArgs) -> anyhow::Result<Recipe> {
 
 /// The runtime the flags describe (device + memory budget).
 pub fn runtime(a: &MoaArgs) -> anyhow::Result<Arc<Runtime>> {
+    runtime_parallel(a, moa_local::runtime::pool::DEFAULT_PARALLEL)
+}
+
+/// [`runtime`] whose model decode loops run up to `parallel` sequences at once.
+pub fn runtime_parallel(a: &MoaArgs, parallel: usize) -> anyhow::Result<Arc<Runtime>> {
     let spec: DeviceSpec = a.device.parse()?;
     let budget = a.memory_budget.as_deref().map(parse_bytes).transpose()?;
-    Ok(Arc::new(Runtime::new(spec)?.with_memory_budget(budget)))
+    Ok(Arc::new(Runtime::new(spec)?.with_memory_budget(budget).with_parallel(parallel)))
 }
 
 /// `moa-local plan`: the placement a run would use, from the GGUF headers alone.

@@ -30,9 +30,15 @@ pub struct ServeArgs {
     /// Requests that may wait for a run slot; more get HTTP 429 with Retry-After.
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
-    /// Runs at once (default 1: on CPU one run already uses every core).
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    /// Requests running at once (default: --parallel). Single-model requests to the same model
+    /// share its decode loop's batch; MoA runs go one at a time (each plans the whole memory
+    /// budget for its agents).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Sequences one model's decode loop runs at once (continuous batching); more wait for a
+    /// place in arrival order.
+    #[arg(long, default_value_t = moa_local::runtime::pool::DEFAULT_PARALLEL)]
+    pub parallel: usize,
     /// Largest request body in bytes; larger requests get HTTP 413 before they are read in full.
     #[arg(long, default_value_t = moa_local::server::DEFAULT_MAX_BODY)]
     pub max_body: usize,
@@ -45,7 +51,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if a.moa.json || a.moa.show_proposals {
         anyhow::bail!("--json and --show-proposals apply to a single run, not to `serve`");
     }
-    anyhow::ensure!(a.concurrency >= 1, "--concurrency must be at least 1");
+    let concurrency = a.concurrency.unwrap_or(a.parallel);
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(a.parallel >= 1, "--parallel must be at least 1");
     let recipe = recipe_of(&a.moa)?;
     let mut recipes = BTreeMap::new();
     if let Some(path) = &a.moa.config {
@@ -60,7 +68,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.recipes = recipes;
     cfg.api_key = a.api_key.clone();
     cfg.queue = a.queue;
-    cfg.concurrency = a.concurrency;
+    cfg.concurrency = concurrency;
     anyhow::ensure!(a.max_body >= 1024, "--max-body must be at least 1024 bytes");
     cfg.max_body_bytes = a.max_body;
     cfg.system = a.moa.system.clone();
@@ -68,7 +76,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.defaults.draft = !a.moa.no_draft;
     cfg.defaults.reference_order = a.moa.reference_order;
     cfg.defaults.early_prefill = !a.moa.no_early_prefill;
-    let rt = super::moa_cmd::runtime(&a.moa)?;
+    let rt = super::moa_cmd::runtime_parallel(&a.moa, a.parallel)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     tokio.block_on(async {
         eprintln!("moa-local serve: reading the models…");

@@ -89,24 +89,24 @@ impl DecodeOptions {
     }
 }
 
-/// One sequence's decoding state between steps.
-struct Seq {
+/// One sequence's decoding state between steps (also `engine::batch`'s).
+pub(crate) struct Seq {
     hist: Vec<u32>,
-    out: Vec<u32>,
+    pub(crate) out: Vec<u32>,
     lookup: Option<Lookup>,
     /// Sampled, not yet fed; the draft fed after it in the current step.
     pending: u32,
-    draft: Vec<u32>,
+    pub(crate) draft: Vec<u32>,
     /// Cache length before the current step.
-    base: usize,
-    active: bool,
-    ttft: f64,
-    drafted: usize,
-    accepted: usize,
+    pub(crate) base: usize,
+    pub(crate) active: bool,
+    pub(crate) ttft: f64,
+    pub(crate) drafted: usize,
+    pub(crate) accepted: usize,
 }
 
 impl Seq {
-    fn new(prompt: &[u32], draft: bool) -> Self {
+    pub(crate) fn new(prompt: &[u32], draft: bool) -> Self {
         Self {
             hist: prompt.to_vec(),
             out: Vec::new(),
@@ -123,7 +123,7 @@ impl Seq {
 
     /// Sample from the rows of the last step (one per fed token) in order, up to the first
     /// token that is not the draft's; roll the cache back past what was not kept.
-    fn take_rows(
+    pub(crate) fn take_rows(
         &mut self,
         rows: Vec<Vec<f32>>,
         cache: &mut KvCache,
@@ -165,7 +165,7 @@ impl Seq {
     }
 
     /// Choose this step's draft (up to `k` tokens, within max tokens and the cache).
-    fn plan(&mut self, k: usize, cache: &KvCache, max_tokens: usize) {
+    pub(crate) fn plan(&mut self, k: usize, cache: &KvCache, max_tokens: usize) {
         self.base = cache.len();
         let room = max_tokens.saturating_sub(self.out.len() + 1).min(cache.capacity().saturating_sub(cache.len() + 1));
         self.draft = match &self.lookup {
@@ -174,7 +174,7 @@ impl Seq {
         };
     }
 
-    fn fed(&self) -> Vec<u32> {
+    pub(crate) fn fed(&self) -> Vec<u32> {
         let mut v = Vec::with_capacity(1 + self.draft.len());
         v.push(self.pending);
         v.extend_from_slice(&self.draft);
@@ -246,7 +246,7 @@ fn run_steps(
 }
 
 /// Mutable references to `items[i]` for the increasing indices `idx`.
-fn pick_mut<'a, T>(items: &'a mut [T], idx: &[usize]) -> Vec<&'a mut T> {
+pub(crate) fn pick_mut<'a, T>(items: &'a mut [T], idx: &[usize]) -> Vec<&'a mut T> {
     let mut out = Vec::with_capacity(idx.len());
     let mut rest: &mut [T] = items;
     let mut taken = 0;

@@ -2,6 +2,7 @@
 //! nothing about files, tokenizers or async runtimes (no tokio here).
 
 pub mod attention;
+pub mod batch;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 pub mod decode;

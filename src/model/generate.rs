@@ -35,7 +35,7 @@ impl GenerateRequest {
         Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT }
     }
 
-    fn decode_options(&self) -> DecodeOptions {
+    pub(crate) fn decode_options(&self) -> DecodeOptions {
         DecodeOptions { max_tokens: self.max_tokens, max_draft: self.max_draft }
     }
 }
@@ -154,7 +154,7 @@ impl Model {
         let cache = self.prepare_cache(&prompt_ids, req)?;
         let mut samplers: Vec<Sampler> =
             seeds.iter().map(|&seed| Sampler::new(SamplingParams { seed, ..req.sampling.clone() })).collect();
-        let mut texts: Vec<TextState> = seeds.iter().map(|_| TextState::new(self, req)).collect();
+        let mut texts: Vec<TextState<&Model>> = seeds.iter().map(|_| TextState::new(self, req)).collect();
         let opts = req.decode_options();
         let mut on_token = |i: usize, tok: u32| Ok(texts[i].on_token(tok, &mut |p| on_text(i, p)));
         let results = decode_samples(&self.transformer, cache, &prompt_ids, &mut samplers, &opts, &mut on_token)?;
@@ -171,9 +171,10 @@ impl Model {
 }
 
 /// Token ids → streamed text for one sequence: end-of-generation tokens, stop strings (held back
-/// until they can no longer start one), and whole UTF-8 characters only.
-struct TextState<'m> {
-    model: &'m Model,
+/// until they can no longer start one), and whole UTF-8 characters only. `M` is `&Model`, or
+/// `Arc<Model>` where the state outlives the call (a batched sequence's callbacks).
+pub(crate) struct TextState<M> {
+    model: M,
     stops: Vec<String>,
     utf8: Utf8Stream,
     held: String,
@@ -181,14 +182,14 @@ struct TextState<'m> {
     reason: StopReason,
 }
 
-impl<'m> TextState<'m> {
-    fn new(model: &'m Model, req: &GenerateRequest) -> Self {
+impl<M: std::ops::Deref<Target = Model>> TextState<M> {
+    pub(crate) fn new(model: M, req: &GenerateRequest) -> Self {
         let mut stops: Vec<String> = req.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
         stops.extend(model.template.stop_strings().iter().cloned());
         Self { model, stops, utf8: Utf8Stream::default(), held: String::new(), text: String::new(), reason: StopReason::MaxTokens }
     }
 
-    fn on_token(&mut self, tok: u32, on_text: &mut dyn FnMut(&str) -> Control) -> Control {
+    pub(crate) fn on_token(&mut self, tok: u32, on_text: &mut dyn FnMut(&str) -> Control) -> Control {
         if self.model.tokenizer.is_eog(tok) {
             self.reason = StopReason::EndOfGeneration;
             return Control::Stop;
@@ -213,7 +214,7 @@ impl<'m> TextState<'m> {
 
     /// Flush what was held back for a possible stop string. Bytes of a character that the last
     /// token left unfinished are dropped: they can never complete.
-    fn finish(mut self, on_text: &mut dyn FnMut(&str) -> Control) -> (String, StopReason) {
+    pub(crate) fn finish(mut self, on_text: &mut dyn FnMut(&str) -> Control) -> (String, StopReason) {
         if matches!(self.reason, StopReason::MaxTokens | StopReason::EndOfGeneration) && !self.held.is_empty() {
             self.text.push_str(&self.held);
             on_text(&self.held);

@@ -12,6 +12,7 @@ pub mod ubatch;
 pub mod activation;
 mod row_ops;
 pub mod generate;
+pub mod batched;
 pub mod prefix;
 pub mod loaded;
 

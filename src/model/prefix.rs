@@ -53,13 +53,22 @@ impl PromptCache {
         Ok(new.len())
     }
 
-    fn truncate(&mut self, len: usize) {
+    pub(crate) fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
         self.cache.truncate(len);
     }
 
+    /// The cache and the tokens it holds (a batched sequence takes the cache and gives it back).
+    pub(crate) fn into_parts(self) -> (KvCache, Vec<u32>) {
+        (self.cache, self.tokens)
+    }
+
+    pub(crate) fn from_parts(cache: KvCache, tokens: Vec<u32>) -> Self {
+        Self { cache, tokens }
+    }
+
     /// Room for at least `positions` (the cache grows by copying, at least doubling).
-    fn reserve(&mut self, positions: usize) -> Result<()> {
+    pub(crate) fn reserve(&mut self, positions: usize) -> Result<()> {
         if positions > self.cache.capacity() {
             self.cache = self.cache.fork(positions.max(2 * self.cache.capacity()))?;
         }

@@ -2,6 +2,7 @@
 //! async code. The MoA layer asks it for models by name and for generations; it decides where
 //! the work runs. (Memory-aware placement and waves live in `scheduler`.)
 
+pub mod batcher;
 pub mod device;
 pub mod estimate;
 pub mod pool;

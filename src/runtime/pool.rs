@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
 use crate::model::{GenerateRequest, Generation, Model, PromptCache};
+use crate::runtime::batcher::ModelLoop;
 use crate::runtime::device::DeviceSpec;
 use crate::runtime::estimate::{MemoryEstimate, ModelShape};
 use crate::runtime::remote::{is_remote, RemoteClient, RemoteLimits};
@@ -45,7 +46,14 @@ pub struct Runtime {
     prefixes: PrefixStore,
     /// The HTTP client of remote agents (URL model specs).
     remote: RemoteClient,
+    /// Each model's continuous-batching decode loop (started on first use), and how many
+    /// sequences one loop runs at once.
+    loops: Mutex<HashMap<PathBuf, Arc<ModelLoop>>>,
+    parallel: usize,
 }
+
+/// Sequences one model's decode loop runs at once unless `with_parallel` says otherwise.
+pub const DEFAULT_PARALLEL: usize = 4;
 
 /// The prefix store takes at most this share of the memory budget, and at most
 /// [`PREFIX_STORE_MAX`] bytes.
@@ -64,7 +72,19 @@ impl Runtime {
             budget: None,
             prefixes: PrefixStore::default(),
             remote: RemoteClient::new(RemoteLimits::default())?,
+            loops: Mutex::new(HashMap::new()),
+            parallel: DEFAULT_PARALLEL,
         })
+    }
+
+    /// Sequences per model decode loop (`serve --parallel`).
+    pub fn with_parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
+    }
+
+    pub fn parallel(&self) -> usize {
+        self.parallel
     }
 
     /// Cap the memory the scheduler may plan for on this device.
@@ -171,6 +191,8 @@ impl Runtime {
     pub fn unload(&self, name: &str) -> bool {
         let Ok(path) = self.resolve(name) else { return false };
         let removed = self.models.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        // Its loop ends once the sequences it runs are done.
+        self.loops.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
         self.prefixes.clear();
         let unloaded = removed.is_some();
         // The last holder frees the weights (their own mappings) and the tokenizer (heap).
@@ -266,5 +288,41 @@ impl Runtime {
             .await
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
-}
 
+    /// [`Runtime::generate`] as a sequence of the model's continuous batch: it joins the
+    /// model's decode loop beside every other sequence of that model (requests, agents) and
+    /// generates what it would alone. Same prompt-cache reuse and keeping as `generate`.
+    pub async fn generate_batched(
+        self: &Arc<Self>,
+        model: Arc<Model>,
+        req: GenerateRequest,
+        pc: Option<PromptCache>,
+        on_text: impl FnMut(&str) -> Control + Send + 'static,
+    ) -> Result<Generation> {
+        let lp = self.model_loop(&model)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (text, ids) = model.tokenize_prompt(&req.prompt)?;
+        let pc = match pc.or_else(|| self.prefixes.take(&model, &ids)) {
+            Some(pc) => pc,
+            None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
+        };
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        lp.submit(model.batch_join(&req, text, ids, pc, Box::new(on_text), done)?);
+        let (g, pc) = rx.await.map_err(|_| Error::Other("the decode loop dropped a sequence".into()))??;
+        self.prefixes.put(&model, pc, self.prefix_store_cap());
+        Ok(g)
+    }
+
+    /// The decode loop of `model`, started on first use.
+    fn model_loop(&self, model: &Arc<Model>) -> Result<Arc<ModelLoop>> {
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = loops.get(&model.path) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(ModelLoop::start(model.clone(), self.parallel)?);
+        loops.insert(model.path.clone(), l.clone());
+        Ok(l)
+    }
+}

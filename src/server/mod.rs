@@ -43,7 +43,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Requests that may wait for a run slot (beyond the running ones).
     pub queue: usize,
-    /// Runs at once (1 on CPU: one run already uses every core).
+    /// Requests running at once (default `runtime::pool::DEFAULT_PARALLEL`): single-model
+    /// requests batch in their model's decode loop; MoA runs still go one at a time.
     pub concurrency: usize,
     /// Temperature and max_tokens when a single-model request gives none; the seed of requests
     /// without one.
@@ -67,7 +68,7 @@ impl ServerConfig {
             reference_order: Default::default(),
             early_prefill: true,
         };
-        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: 1, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
+        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: crate::runtime::pool::DEFAULT_PARALLEL, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
     }
 }
 
@@ -86,6 +87,8 @@ pub struct AppState {
     pub started: u64,
     /// Largest request body accepted (413 beyond it).
     pub max_body_bytes: usize,
+    /// MoA runs hold it while they run: one at a time, whatever `concurrency` allows.
+    pub moa_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -132,6 +135,7 @@ impl Server {
             models,
             started,
             max_body_bytes: cfg.max_body_bytes,
+            moa_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         Ok(Self { state: Arc::new(state) })
     }

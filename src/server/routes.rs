@@ -106,7 +106,7 @@ async fn chat(State(s): St, body: Result<Bytes, axum::extract::rejection::BytesR
             p.messages.insert(0, Message::system(sys.clone()));
         }
     }
-    let job = worker::submit(&s.rt, &s.queue, &s.models, target, p.clone(), s.defaults).await?;
+    let job = worker::submit(&s.rt, &s.queue, &s.models, target, p.clone(), s.defaults, s.moa_gate.clone()).await?;
     let meta = Meta { id: completion_id(), created: unix_now(), model: p.model.clone() };
     if p.stream {
         Ok(Sse::new(sse(job, meta, p)).keep_alive(KeepAlive::new().interval(Duration::from_secs(5))).into_response())

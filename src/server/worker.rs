@@ -83,6 +83,7 @@ pub async fn submit(
     target: Target,
     params: ChatParams,
     defaults: Defaults,
+    moa_gate: Arc<tokio::sync::Semaphore>,
 ) -> std::result::Result<Job, ApiError> {
     let ticket = queue.try_enter().map_err(|f| ApiError::queue_full(f.waiting, f.retry_after_secs))?;
     let target = match target {
@@ -95,7 +96,7 @@ pub async fn submit(
         .map_err(|e| ApiError::from(Error::Other(format!("the prompt check failed: {e}"))))??;
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(job(rt.clone(), ticket, target, params, defaults, cancel.clone(), tx));
+    tokio::spawn(job(rt.clone(), ticket, target, params, defaults, moa_gate, cancel.clone(), tx));
     Ok(Job { events: rx, _guard: CancelGuard(cancel) })
 }
 
@@ -126,6 +127,7 @@ async fn job(
     target: Target,
     p: ChatParams,
     defaults: Defaults,
+    moa_gate: Arc<tokio::sync::Semaphore>,
     cancel: Arc<AtomicBool>,
     tx: UnboundedSender<JobEvent>,
 ) {
@@ -137,7 +139,7 @@ async fn job(
         slot.finish(Outcome::Cancelled);
         return;
     }
-    let run = run(rt, target, p, defaults, cancel.clone(), tx.clone());
+    let run = run(rt, target, p, defaults, moa_gate, cancel.clone(), tx.clone());
     tokio::pin!(run);
     let r = tokio::select! {
         r = &mut run => r,
@@ -162,6 +164,7 @@ async fn run(
     target: Target,
     p: ChatParams,
     defaults: Defaults,
+    moa_gate: Arc<tokio::sync::Semaphore>,
     cancel: Arc<AtomicBool>,
     tx: UnboundedSender<JobEvent>,
 ) -> Result<Finished> {
@@ -181,7 +184,8 @@ async fn run(
                 req.max_draft = 0;
             }
             let c = cancel.clone();
-            let g = rt.generate(model, req, None, move |piece| {
+            // Joins the model's decode loop: batched with every other sequence of that model.
+            let g = rt.generate_batched(model, req, None, move |piece| {
                 if c.load(Ordering::Relaxed) {
                     return Control::Stop;
                 }
@@ -196,6 +200,7 @@ async fn run(
             Ok(Finished { finish_reason: finish_reason(Some(g.stop_reason)), usage, moa: None })
         }
         Target::Moa { name, recipe } => {
+            let _one_at_a_time = moa_gate.acquire_owned().await.map_err(|_| Error::Other("the server is shutting down".into()))?;
             let opts = RunOptions {
                 seed,
                 cancel: Some(cancel.clone()),
