@@ -121,6 +121,7 @@ fn adjust(recipe: &Recipe, p: &ChatParams) -> Recipe {
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn job(
     rt: Arc<Runtime>,
     ticket: Ticket,
