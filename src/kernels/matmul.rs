@@ -130,6 +130,7 @@ fn unsigned_prefill(t: QType, isa: Isa) -> bool {
 
 /// Activation rows from which a K-quant matmul takes the AVX-512 column kernel (unpacking 16
 /// weight rows costs about what 1–2 rows of products do).
+#[cfg(target_arch = "x86_64")]
 const COLUMN_MIN_ROWS: usize = 16;
 
 /// Whether `t` over `m` activation rows runs the AVX-512 column kernel on `isa`.
@@ -163,7 +164,7 @@ fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize) -> TileFn {
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (t, prepared);
+    let _ = (t, prepared, m);
     match isa {
         Isa::Scalar => tile_scalar,
         #[cfg(target_arch = "x86_64")]
