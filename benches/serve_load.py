@@ -34,9 +34,9 @@ PROMPTS = [
 ]
 
 
-def ask(base, model, prompt, n):
+def ask(base, model, prompt, n, temperature=0.0, seed=1):
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": n,
-                       "temperature": 0, "seed": 1}).encode()
+                       "temperature": temperature, "seed": seed}).encode()
     req = urllib.request.Request(f"{base}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
     t = time.monotonic()
     with urllib.request.urlopen(req, timeout=600) as r:
@@ -52,7 +52,11 @@ def main():
     ap.add_argument("-r", type=int, default=2, help="requests per client")
     ap.add_argument("-n", type=int, default=64, help="max_tokens")
     ap.add_argument("--out")
+    ap.add_argument("--pair", action="store_true",
+                    help="two requests one after the other, then the same two at once (seeded, temperature 0.7)")
     a = ap.parse_args()
+    if a.pair:
+        return pair(a)
     ask(a.base, a.model, "Say hi.", 4)  # warm-up: the model is loaded
     results, lock = [], threading.Lock()
 
@@ -83,6 +87,27 @@ def main():
     print(json.dumps(summary))
     if a.out:
         json.dump({"summary": summary, "results": results}, open(a.out, "w"), indent=1)
+
+
+def pair(a):
+    ask(a.base, a.model, "Say hi.", 4)
+    two = [(PROMPTS[15], 11), (PROMPTS[9], 12)]
+    t0 = time.monotonic()
+    seq = [ask(a.base, a.model, p, a.n, 0.7, s)[2] for p, s in two]
+    t_seq = time.monotonic() - t0
+    got = [None, None]
+
+    def one(i):
+        got[i] = ask(a.base, a.model, two[i][0], a.n, 0.7, two[i][1])[2]
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t_con = time.monotonic() - t0
+    print(json.dumps({"sequential_s": t_seq, "concurrent_s": t_con, "same_answers": got == seq}))
 
 
 if __name__ == "__main__":

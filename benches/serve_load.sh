@@ -3,7 +3,8 @@
 # same with --parallel 1 (one sequence at a time: the previous behaviour), and llama-server
 # (-np P, built from the same llama-cpp-python sdist as compare_llama_cpp.sh) on the same GGUF,
 # threads and requests. For each client count: aggregate completion tok/s, mean and p95
-# latency; then whether moa-local's answers (temperature 0) are the same batched and alone.
+# latency; then whether moa-local's answers (temperature 0) are the same batched and alone; then
+# two MoA requests one after the other against the same two at once.
 #
 #   bash benches/serve_load.sh [-m qwen-coder] [-p 4] [-t 2] [-n 64] [-r 2] [-c "1 4 8"]
 set -euo pipefail
@@ -50,6 +51,10 @@ wait_up; run_all moa; stop
 MOA_THREADS=$threads ./target/release/moa-local serve --port $port --models "$model" --parallel 1 --queue 64 \
   >"$out/moa1.log" 2>&1 & pid=$!
 wait_up; run_all moa1; stop
+# Two MoA requests (the default recipe over the bundled models) one after the other, then at once.
+MOA_THREADS=$threads ./target/release/moa-local serve --port $port --moa-concurrency 2 \
+  >"$out/moa2.log" 2>&1 & pid=$!
+wait_up; python3 benches/serve_load.py --base "http://127.0.0.1:$port" --model moa -n "$n" --pair >"$out/pair.json"; stop
 "$server" -m "$gguf" -t "$threads" -np "$par" -c $((par * 2048)) --port $port >"$out/llama.log" 2>&1 & pid=$!
 wait_up; run_all llama; stop
 python3 - "$out" "$clients" "$par" "$threads" "$n" <<'PY'
@@ -67,4 +72,6 @@ for c in clients:
     b = {r["prompt"]: r["text"] for r in m1["results"]}
     same += [a[p] == b[p] for p in a if p in b]
 print(f"\n{threads} threads, max_tokens {n}, temperature 0; moa-local answers batched vs one at a time: {sum(same)} of {len(same)} identical")
+p = json.load(open(f"{out}/pair.json"))
+print(f"two MoA requests (default recipe, --moa-concurrency 2): one after the other {p['sequential_s']:.1f} s, at once {p['concurrent_s']:.1f} s; same answers: {p['same_answers']}")
 PY

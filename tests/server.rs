@@ -386,3 +386,32 @@ async fn oversized_bodies_get_413_and_long_prompts_are_refused_by_their_bytes() 
     println!("24 MiB prompt refused in {:?}", t.elapsed());
     assert_eq!(s.server.stats().completed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_moa_runs_and_requests_batch_and_answer_as_alone() {
+    // Two MoA runs at once (their agents share the model decode loops with a single-model
+    // request) give the answers each gives alone: seeded, so every agent's tokens are fixed.
+    let s = Arc::new(start(|c| c.moa_concurrency = 2).await);
+    let bodies = [
+        chat_body("moa", "Name a fruit.", json!({"max_tokens": 8, "seed": 3})),
+        chat_body("moa", "Name a tree.", json!({"max_tokens": 8, "seed": 4})),
+        chat_body("qwen-coder", "Name a river.", json!({"max_tokens": 8, "seed": 5})),
+    ];
+    let content = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let mut alone = Vec::new();
+    for b in &bodies {
+        let (status, _, v) = post(&s, b).await;
+        assert_eq!(status, 200, "{v}");
+        alone.push(content(&v));
+    }
+    let mut tasks = Vec::new();
+    for b in bodies.clone() {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { post(&s, &b).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, _, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(content(&v), alone[i], "request {i}: the concurrent answer differs from the one alone");
+    }
+}

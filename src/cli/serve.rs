@@ -30,11 +30,14 @@ pub struct ServeArgs {
     /// Requests that may wait for a run slot; more get HTTP 429 with Retry-After.
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
-    /// Requests running at once (default: --parallel). Single-model requests to the same model
-    /// share its decode loop's batch; MoA runs go one at a time (each plans the whole memory
-    /// budget for its agents).
+    /// Requests running at once (default: --parallel). Requests and MoA agents of the same model
+    /// share its decode loop's batch.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// MoA runs at once (default 1: each plans the whole memory budget for its agents; raise it
+    /// when the recipe's models and caches fit that many times).
+    #[arg(long, default_value_t = 1)]
+    pub moa_concurrency: usize,
     /// Sequences one model's decode loop runs at once (continuous batching); more wait for a
     /// place in arrival order.
     #[arg(long, default_value_t = moa_local::runtime::pool::DEFAULT_PARALLEL)]
@@ -54,6 +57,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let concurrency = a.concurrency.unwrap_or(a.parallel);
     anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(a.parallel >= 1, "--parallel must be at least 1");
+    anyhow::ensure!(a.moa_concurrency >= 1, "--moa-concurrency must be at least 1");
     let recipe = recipe_of(&a.moa)?;
     let mut recipes = BTreeMap::new();
     if let Some(path) = &a.moa.config {
@@ -69,6 +73,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.api_key = a.api_key.clone();
     cfg.queue = a.queue;
     cfg.concurrency = concurrency;
+    cfg.moa_concurrency = a.moa_concurrency;
     anyhow::ensure!(a.max_body >= 1024, "--max-body must be at least 1024 bytes");
     cfg.max_body_bytes = a.max_body;
     cfg.system = a.moa.system.clone();

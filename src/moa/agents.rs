@@ -135,7 +135,9 @@ pub(crate) async fn run_agent(
     }
     let start = ctx.secs();
     let on_text = text_sink(ctx, layer, index, stream_to_user, partial);
-    let g = rt.generate(model, req, cache, on_text).await?;
+    // Through the model's decode loop: batched with every other sequence of that model (other
+    // runs' agents, single-model requests), the same tokens as alone.
+    let g = rt.generate_batched(model, req, cache, on_text).await?;
     Ok((g, start, ctx.secs()))
 }
 

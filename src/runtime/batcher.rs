@@ -76,14 +76,14 @@ fn run(model: &Model, rx: Receiver<Join>, parallel: usize) {
                 }
             }
         }
+        if tenant.is_none() && !waiting.is_empty() {
+            tenant = Some(Tenant::enter()); // before joining: the sequences' stats see their share
+        }
         while batch.len() < parallel {
             match waiting.pop_front() {
                 Some(j) => batch.join(j),
                 None => break,
             }
-        }
-        if tenant.is_none() && !batch.is_empty() {
-            tenant = Some(Tenant::enter());
         }
         batch.step(&model.transformer);
     }

@@ -44,8 +44,11 @@ pub struct ServerConfig {
     /// Requests that may wait for a run slot (beyond the running ones).
     pub queue: usize,
     /// Requests running at once (default `runtime::pool::DEFAULT_PARALLEL`): single-model
-    /// requests batch in their model's decode loop; MoA runs still go one at a time.
+    /// requests batch in their model's decode loop.
     pub concurrency: usize,
+    /// MoA runs at once (default 1: each plans the whole memory budget for its agents). Their
+    /// agents batch in the model decode loops with everything else.
+    pub moa_concurrency: usize,
     /// Temperature and max_tokens when a single-model request gives none; the seed of requests
     /// without one.
     pub defaults: Defaults,
@@ -68,7 +71,7 @@ impl ServerConfig {
             reference_order: Default::default(),
             early_prefill: true,
         };
-        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: crate::runtime::pool::DEFAULT_PARALLEL, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
+        Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: crate::runtime::pool::DEFAULT_PARALLEL, moa_concurrency: 1, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
     }
 }
 
@@ -87,7 +90,7 @@ pub struct AppState {
     pub started: u64,
     /// Largest request body accepted (413 beyond it).
     pub max_body_bytes: usize,
-    /// MoA runs hold it while they run: one at a time, whatever `concurrency` allows.
+    /// MoA runs hold a permit while they run (`moa_concurrency` permits).
     pub moa_gate: Arc<tokio::sync::Semaphore>,
 }
 
@@ -135,7 +138,7 @@ impl Server {
             models,
             started,
             max_body_bytes: cfg.max_body_bytes,
-            moa_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            moa_gate: Arc::new(tokio::sync::Semaphore::new(cfg.moa_concurrency.max(1))),
         };
         Ok(Self { state: Arc::new(state) })
     }
