@@ -26,6 +26,11 @@ struct TestServer {
 }
 
 async fn start(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    start_on(runtime(), configure).await
+}
+
+/// A server on its own runtime (counters no other test touches).
+async fn start_on(rt: Arc<Runtime>, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let o = Overrides {
         models: Some(vec!["qwen-coder".into(), "smollm2".into()]),
         layers: Some(2),
@@ -35,7 +40,7 @@ async fn start(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
     };
     let mut cfg = ServerConfig::new(Recipe::build(None, &o, &[]).unwrap());
     configure(&mut cfg);
-    let server = Server::new(runtime(), cfg).await.unwrap();
+    let server = Server::new(rt, cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -414,4 +419,40 @@ async fn concurrent_moa_runs_and_requests_batch_and_answer_as_alone() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(content(&v), alone[i], "request {i}: the concurrent answer differs from the one alone");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_tokens_and_latencies_per_model() {
+    let s = start_on(Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap()), |_| {}).await;
+    let (status, _, v) = post(&s, &chat_body("qwen-coder", "Name a fruit.", json!({"max_tokens": 6, "seed": 1}))).await;
+    assert_eq!(status, 200, "{v}");
+    let generated = v["usage"]["completion_tokens"].as_u64().unwrap();
+    wait_idle(&s, Duration::from_secs(10)).await;
+    let health: Value = reqwest::get(format!("{}/health", s.base)).await.unwrap().json().await.unwrap();
+    let loops = health["decode_loops"].as_array().unwrap();
+    assert_eq!(loops.len(), 1, "{health}");
+    assert_eq!(loops[0]["finished"], 1);
+    assert_eq!(loops[0]["running"], 0);
+    let model = loops[0]["model"].as_str().unwrap().to_string();
+    let r = reqwest::get(format!("{}/metrics", s.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    // Every sample line is `name{labels} value` with a numeric value, under a TYPE line.
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (k, v) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let v: f64 = v.parse().unwrap_or_else(|_| panic!("non-numeric value in {line:?}"));
+        let name = k.split('{').next().unwrap();
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(text.contains(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE line");
+        samples.insert(k.to_string(), v);
+    }
+    let m = |k: &str| samples.get(k).copied().unwrap_or_else(|| panic!("no sample {k}\n{text}"));
+    assert_eq!(m("moa_requests_total{outcome=\"completed\"}"), 1.0);
+    assert_eq!(m(&format!("moa_generated_tokens_total{{model=\"{model}\"}}")), generated as f64);
+    assert_eq!(m(&format!("moa_time_to_first_token_seconds_count{{model=\"{model}\"}}")), 1.0);
+    assert_eq!(m(&format!("moa_time_to_first_token_seconds_bucket{{model=\"{model}\",le=\"+Inf\"}}")), 1.0);
+    assert!(m(&format!("moa_prompt_tokens_total{{model=\"{model}\"}}")) > 0.0);
+    assert_eq!(m(&format!("moa_sequences_running{{model=\"{model}\"}}")), 0.0);
 }

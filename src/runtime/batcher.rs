@@ -6,10 +6,11 @@
 //! like any generation does, and it ends when its model is unloaded and its batch is drained.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
-use crate::engine::batch::{Batch, Join};
+use crate::engine::batch::{Batch, Finished, Join};
 use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::Model;
@@ -19,10 +20,110 @@ use crate::model::Model;
 /// such chunk per token.
 pub const PREFILL_BUDGET: usize = 256;
 
+/// Histogram bucket bounds (seconds): time to first token, and time between tokens.
+pub const TTFT_BOUNDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const ITL_BOUNDS: &[f64] = &[0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// A histogram of seconds with fixed bounds, updated lock-free.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound (observations ≤ it, not cumulative) and one for the rest.
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+    }
+
+    fn observe(&self, secs: f64) {
+        let i = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((secs.max(0.0) * 1e6) as u64, Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut cum = 0;
+        let cumulative = self.counts.iter().map(|c| {
+            cum += c.load(Relaxed);
+            cum
+        });
+        let cumulative: Vec<u64> = cumulative.collect();
+        HistogramSnapshot {
+            bounds: self.bounds.to_vec(),
+            count: *cumulative.last().unwrap_or(&0),
+            cumulative,
+            sum_secs: self.sum_micros.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// Prometheus-style: `cumulative[i]` observations ≤ `bounds[i]`, the last one all of them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistogramSnapshot {
+    pub bounds: Vec<f64>,
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+/// What one decode loop has done and holds now.
+struct Counters {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    steps: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    prefilled_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    ttft: Histogram,
+    itl: Histogram,
+}
+
+impl Counters {
+    fn record(&self, r: &crate::error::Result<Finished>) {
+        match r {
+            Ok(f) => {
+                let s = &f.stats;
+                self.finished.fetch_add(1, Relaxed);
+                self.prefilled_tokens.fetch_add(s.prefilled_tokens as u64, Relaxed);
+                self.generated_tokens.fetch_add(s.generated_tokens as u64, Relaxed);
+                self.ttft.observe(s.ttft_secs);
+                if s.generated_tokens > 1 {
+                    self.itl.observe(s.decode_secs / (s.generated_tokens - 1) as f64);
+                }
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// A decode loop's numbers (`/health`, `/metrics`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoopSnapshot {
+    pub model: String,
+    pub parallel: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub steps: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub prefilled_tokens: u64,
+    pub generated_tokens: u64,
+    pub ttft: HistogramSnapshot,
+    /// Mean time between tokens of each finished sequence.
+    pub itl: HistogramSnapshot,
+}
+
 /// The sending side of a model's loop.
 pub struct ModelLoop {
     tx: Mutex<Sender<Join>>,
     parallel: usize,
+    model: String,
+    counters: Arc<Counters>,
 }
 
 impl ModelLoop {
@@ -30,11 +131,40 @@ impl ModelLoop {
     pub fn start(model: Arc<Model>, parallel: usize) -> Result<Self> {
         let (tx, rx) = channel::<Join>();
         let parallel = parallel.max(1);
+        let counters = Arc::new(Counters {
+            running: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            steps: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            prefilled_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            ttft: Histogram::new(TTFT_BOUNDS),
+            itl: Histogram::new(ITL_BOUNDS),
+        });
+        let (name, c) = (model.name.clone(), counters.clone());
         std::thread::Builder::new()
             .name(format!("moa-batch-{}", model.name))
-            .spawn(move || run(&model, rx, parallel))
+            .spawn(move || run(&model, rx, parallel, &c))
             .map_err(|e| Error::Other(format!("cannot start the decode loop thread: {e}")))?;
-        Ok(Self { tx: Mutex::new(tx), parallel })
+        Ok(Self { tx: Mutex::new(tx), parallel, model: name, counters })
+    }
+
+    pub fn snapshot(&self) -> LoopSnapshot {
+        let c = &self.counters;
+        LoopSnapshot {
+            model: self.model.clone(),
+            parallel: self.parallel,
+            running: c.running.load(Relaxed),
+            waiting: c.waiting.load(Relaxed),
+            steps: c.steps.load(Relaxed),
+            finished: c.finished.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            prefilled_tokens: c.prefilled_tokens.load(Relaxed),
+            generated_tokens: c.generated_tokens.load(Relaxed),
+            ttft: c.ttft.snapshot(),
+            itl: c.itl.snapshot(),
+        }
     }
 
     pub fn parallel(&self) -> usize {
@@ -42,7 +172,12 @@ impl ModelLoop {
     }
 
     /// Hands a sequence to the loop; if the loop is gone its `done` gets the error.
-    pub fn submit(&self, j: Join) {
+    pub fn submit(&self, mut j: Join) {
+        let (c, done) = (self.counters.clone(), j.done);
+        j.done = Box::new(move |r| {
+            c.record(&r);
+            done(r)
+        });
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = tx.send(j) {
             (e.0.done)(Err(Error::Other("the model's decode loop has stopped".into())));
@@ -50,7 +185,7 @@ impl ModelLoop {
     }
 }
 
-fn run(model: &Model, rx: Receiver<Join>, parallel: usize) {
+fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: &Counters) {
     let mut batch = Batch::new(PREFILL_BUDGET);
     let mut waiting: VecDeque<Join> = VecDeque::new();
     let mut open = true;
@@ -85,6 +220,10 @@ fn run(model: &Model, rx: Receiver<Join>, parallel: usize) {
                 None => break,
             }
         }
+        counters.running.store(batch.len(), Relaxed);
+        counters.waiting.store(waiting.len(), Relaxed);
         batch.step(&model.transformer);
+        counters.steps.fetch_add(1, Relaxed);
+        counters.running.store(batch.len(), Relaxed);
     }
 }

@@ -315,6 +315,14 @@ impl Runtime {
         Ok(g)
     }
 
+    /// Every model decode loop's numbers, by model name.
+    pub fn decode_loops(&self) -> Vec<crate::runtime::batcher::LoopSnapshot> {
+        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = loops.values().map(|l| l.snapshot()).collect();
+        v.sort_by(|a, b| a.model.cmp(&b.model));
+        v
+    }
+
     /// The decode loop of `model`, started on first use.
     fn model_loop(&self, model: &Arc<Model>) -> Result<Arc<ModelLoop>> {
         let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());

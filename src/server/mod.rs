@@ -12,6 +12,7 @@
 
 pub mod models;
 pub mod openai;
+pub mod metrics;
 pub mod queue;
 pub mod routes;
 pub mod worker;

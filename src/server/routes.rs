@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -67,7 +68,12 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 async fn health(State(s): St) -> Json<Value> {
-    Json(json!({"status": "ok", "queue": s.queue.stats(), "models": s.known()}))
+    Json(json!({"status": "ok", "queue": s.queue.stats(), "models": s.known(), "decode_loops": s.rt.decode_loops()}))
+}
+
+async fn metrics(State(s): St) -> Response {
+    let text = crate::server::metrics::render(&s.queue.stats(), &s.rt.decode_loops());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn model_entry(s: &AppState, id: &str) -> Option<Value> {
