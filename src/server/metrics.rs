@@ -7,6 +7,9 @@ use std::fmt::Write;
 use crate::runtime::batcher::{HistogramSnapshot, LoopSnapshot};
 use crate::server::queue::QueueStats;
 
+/// A per-model sample family: name, type, help, value.
+type PerModel = (&'static str, &'static str, &'static str, fn(&LoopSnapshot) -> u64);
+
 /// The exposition text.
 pub fn render(q: &QueueStats, loops: &[LoopSnapshot]) -> String {
     let mut o = String::new();
@@ -17,7 +20,7 @@ pub fn render(q: &QueueStats, loops: &[LoopSnapshot]) -> String {
     gauge(&mut o, "moa_queue_waiting", "Admitted requests waiting for a run slot.", q.waiting as u64);
     gauge(&mut o, "moa_queue_running", "Requests running.", q.running as u64);
     gauge(&mut o, "moa_queue_slots", "Requests that may run at once.", q.slots as u64);
-    let per_model: [(&str, &str, &str, fn(&LoopSnapshot) -> u64); 6] = [
+    let per_model: [PerModel; 6] = [
         ("moa_sequences_running", "gauge", "Sequences in the model's decode batch.", |l| l.running as u64),
         ("moa_sequences_waiting", "gauge", "Sequences waiting for a place in the batch.", |l| l.waiting as u64),
         ("moa_sequences_parallel", "gauge", "Sequences the batch holds at most.", |l| l.parallel as u64),
