@@ -145,7 +145,7 @@ impl ModelLoop {
         let (name, c) = (model.name.clone(), counters.clone());
         std::thread::Builder::new()
             .name(format!("moa-batch-{}", model.name))
-            .spawn(move || run(&model, rx, parallel, &c))
+            .spawn(move || run(&model, rx, parallel, c))
             .map_err(|e| Error::Other(format!("cannot start the decode loop thread: {e}")))?;
         Ok(Self { tx: Mutex::new(tx), parallel, model: name, counters })
     }
@@ -172,12 +172,7 @@ impl ModelLoop {
     }
 
     /// Hands a sequence to the loop; if the loop is gone its `done` gets the error.
-    pub fn submit(&self, mut j: Join) {
-        let (c, done) = (self.counters.clone(), j.done);
-        j.done = Box::new(move |r| {
-            c.record(&r);
-            done(r)
-        });
+    pub fn submit(&self, j: Join) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = tx.send(j) {
             (e.0.done)(Err(Error::Other("the model's decode loop has stopped".into())));
@@ -185,7 +180,7 @@ impl ModelLoop {
     }
 }
 
-fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: &Counters) {
+fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: Arc<Counters>) {
     let mut batch = Batch::new(PREFILL_BUDGET);
     let mut waiting: VecDeque<Join> = VecDeque::new();
     let mut open = true;
@@ -216,14 +211,22 @@ fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: &Counters) 
         }
         while batch.len() < parallel {
             match waiting.pop_front() {
-                Some(j) => batch.join(j),
+                Some(mut j) => {
+                    // Counted before its answer goes out, so a client that then asks sees it.
+                    let (c, done) = (counters.clone(), j.done);
+                    j.done = Box::new(move |r| {
+                        c.running.fetch_sub(1, Relaxed);
+                        c.record(&r);
+                        done(r)
+                    });
+                    counters.running.fetch_add(1, Relaxed);
+                    batch.join(j);
+                }
                 None => break,
             }
         }
-        counters.running.store(batch.len(), Relaxed);
         counters.waiting.store(waiting.len(), Relaxed);
         batch.step(&model.transformer);
         counters.steps.fetch_add(1, Relaxed);
-        counters.running.store(batch.len(), Relaxed);
     }
 }
