@@ -70,6 +70,13 @@ def test_single_model():
     assert r.choices[0].message.content is not None and r.usage.completion_tokens <= 2, r
 
 
+def test_n_choices():
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=3, temperature=0.9, seed=7, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2], r
+    assert all(c.message.content is not None and c.finish_reason for c in r.choices), r
+    assert r.usage.completion_tokens <= 9, r
+
+
 def test_unknown_model_is_not_found():
     try:
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)

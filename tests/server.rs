@@ -456,3 +456,46 @@ async fn metrics_count_requests_tokens_and_latencies_per_model() {
     assert!(m(&format!("moa_prompt_tokens_total{{model=\"{model}\"}}")) > 0.0);
     assert_eq!(m(&format!("moa_sequences_running{{model=\"{model}\"}}")), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_are_sampled_in_one_batch_with_consecutive_seeds() {
+    let s = start(|_| {}).await;
+    let body = |n: usize, seed: u64, stream: bool| {
+        chat_body("qwen-coder", "Name a color.", json!({"max_tokens": 6, "temperature": 0.9, "seed": seed, "n": n, "stream": stream}))
+    };
+    let content = |v: &Value, i: usize| v["choices"][i]["message"]["content"].as_str().unwrap().to_string();
+    let (status, _, three) = post(&s, &body(3, 40, false)).await;
+    assert_eq!(status, 200, "{three}");
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{three}");
+    let mut completion = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert!(c["finish_reason"].is_string(), "{c}");
+        // Choice i is what n = 1 with seed + i answers.
+        let (_, _, one) = post(&s, &body(1, 40 + i as u64, false)).await;
+        assert_eq!(content(&one, 0), content(&three, i), "choice {i}");
+        completion += one["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(three["usage"]["completion_tokens"].as_u64().unwrap(), completion, "usage sums the choices");
+    // Streaming: deltas of both choices, one final chunk with both finish reasons.
+    let r = reqwest::Client::new().post(format!("{}/v1/chat/completions", s.base)).json(&body(2, 40, true)).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let chunks: Vec<Value> = sse_data(&text).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+    let mut streamed = [String::new(), String::new()];
+    for c in &chunks {
+        for ch in c["choices"].as_array().unwrap() {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            streamed[i] += ch["delta"]["content"].as_str().unwrap_or("");
+        }
+    }
+    assert_eq!(streamed[0], content(&three, 0));
+    assert_eq!(streamed[1], content(&three, 1));
+    let last = chunks.last().unwrap()["choices"].as_array().unwrap().clone();
+    assert_eq!(last.len(), 2);
+    assert!(last.iter().all(|c| c["finish_reason"].is_string()), "{last:?}");
+    // A recipe answers one choice: n > 1 is a 400 naming n.
+    let (status, _, v) = post(&s, &chat_body("moa", "hi", json!({"n": 2}))).await;
+    assert_eq!(status, 400, "{v}");
+    assert_error(&v, "invalid_request_error", Some("n"));
+}

@@ -23,10 +23,16 @@ pub struct ChatParams {
     pub stream: bool,
     /// `stream_options.include_usage`: send a last chunk with `usage` (and `choices: []`).
     pub include_usage: bool,
+    /// Choices to generate (1..=`MAX_N`; single models only), sampled in one batch with seeds
+    /// `seed`, `seed + 1`, …
+    pub n: usize,
 }
 
+/// The most choices one request may ask for.
+pub const MAX_N: usize = 8;
+
 /// Parse and validate a request body. Unknown fields are ignored, as OpenAI's own server does
-/// for fields it does not use; fields whose meaning we cannot honour (`n > 1`, `tools`) are 400s.
+/// for fields it does not use; fields whose meaning we cannot honour (`tools`, `n` past `MAX_N`) are 400s.
 pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
@@ -81,11 +87,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         Some(_) => return Err(ApiError::bad_request("stream must be a boolean", Some("stream"))),
     };
     let include_usage = m.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    if let Some(n) = integer(&m, "n")? {
-        if n != 1 {
-            return Err(ApiError::bad_request(format!("only n = 1 is supported, got {n}"), Some("n")));
-        }
-    }
+    let n = match integer(&m, "n")? {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => return Err(ApiError::bad_request(format!("n must be between 1 and {MAX_N}, got {n}"), Some("n"))),
+    };
     if m.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request("tools are not supported by this server", Some("tools")));
     }
@@ -99,6 +105,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         stop,
         stream,
         include_usage,
+        n,
     })
 }
 
@@ -329,6 +336,7 @@ mod tests {
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":-1}"#).param, Some("temperature"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).param, Some("max_tokens"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}"#).param, Some("stop"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).param, Some("n"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":9}"#).param, Some("n"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).param, Some("n"));
     }
 }

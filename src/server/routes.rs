@@ -107,6 +107,9 @@ async fn chat(State(s): St, body: Result<Bytes, axum::extract::rejection::BytesR
             Some("top_p"),
         ));
     }
+    if let (Target::Moa { .. }, true) = (&target, p.n > 1) {
+        return Err(ApiError::bad_request("n > 1 is supported with a single model, not with a MoA recipe", Some("n")));
+    }
     if let Some(sys) = &s.system {
         if !p.messages.iter().any(|m| m.role == "system") {
             p.messages.insert(0, Message::system(sys.clone()));
@@ -137,23 +140,35 @@ fn unix_now() -> u64 {
 
 /// Wait for the whole answer. If the client goes away this future is dropped with the job.
 async fn complete(mut job: Job, meta: Meta) -> Result<Response, ApiError> {
-    let mut text = String::new();
+    let mut texts: Vec<String> = Vec::new();
     let fin: Finished = loop {
         match job.events.recv().await {
-            Some(JobEvent::Text(t)) => text.push_str(&t),
+            Some(JobEvent::Text(i, t)) => {
+                if texts.len() <= i {
+                    texts.resize(i + 1, String::new());
+                }
+                texts[i].push_str(&t);
+            }
             Some(JobEvent::Done(f)) => break f,
             Some(JobEvent::Failed(e)) => return Err(e.into()),
             None => return Err(ApiError::from(crate::Error::Other("the job ended without an answer".into()))),
         }
     };
-    let choice =
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": fin.finish_reason});
+    texts.resize(texts.len().max(fin.finish_reasons.len()), String::new());
+    let choices = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let reason = fin.finish_reasons.get(i).copied().unwrap_or("stop");
+            json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": reason})
+        })
+        .collect();
     let body = ChatCompletion {
         id: &meta.id,
         object: "chat.completion",
         created: meta.created,
         model: &meta.model,
-        choices: vec![choice],
+        choices,
         usage: &fin.usage,
         moa: fin.moa.as_ref(),
     };
@@ -171,25 +186,32 @@ enum Phase {
 /// The job lives in the stream's state: when the client goes away the stream is dropped, and
 /// with it the job, which cancels the run.
 fn sse(job: Job, meta: Meta, p: ChatParams) -> impl Stream<Item = Result<Event, Infallible>> {
-    let include_usage = p.include_usage;
+    let (include_usage, n) = (p.include_usage, p.n.max(1));
     let data = |v: Value| Event::default().data(v.to_string());
     stream::unfold((job, meta, Phase::Start), move |(mut job, meta, phase)| async move {
         let ch = |choices: Value, extra: Option<(&str, Value)>| data(chunk(&meta.id, meta.created, &meta.model, choices, extra));
         match phase {
             Phase::Start => {
-                let first =
-                    ch(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None);
+                let roles: Vec<Value> =
+                    (0..n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
+                let first = ch(json!(roles), None);
                 Some((Ok(first), (job, meta, Phase::Body)))
             }
             Phase::Body => loop {
                 let ev = match job.events.recv().await {
-                    Some(JobEvent::Text(t)) if t.is_empty() => continue,
-                    Some(JobEvent::Text(t)) => {
-                        ch(json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None)
+                    Some(JobEvent::Text(_, t)) if t.is_empty() => continue,
+                    Some(JobEvent::Text(i, t)) => {
+                        ch(json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None)
                     }
                     Some(JobEvent::Done(f)) => {
                         let moa = f.moa.as_ref().map(|m| ("moa", json!(m)));
-                        let last = ch(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": f.finish_reason}]), moa.clone());
+                        let ends: Vec<Value> = f
+                            .finish_reasons
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": r}))
+                            .collect();
+                        let last = ch(json!(ends), moa.clone());
                         let mut tail = vec![Event::default().data("[DONE]")];
                         if include_usage {
                             let mut u = chunk(&meta.id, meta.created, &meta.model, json!([]), Some(("usage", json!(f.usage))));

@@ -49,14 +49,15 @@ pub struct Defaults {
 }
 
 pub enum JobEvent {
-    /// A piece of the answer (the aggregator's, for MoA).
-    Text(String),
+    /// A piece of choice `index`'s answer (the aggregator's, for MoA; index 0 unless `n > 1`).
+    Text(usize, String),
     Done(Finished),
     Failed(Error),
 }
 
 pub struct Finished {
-    pub finish_reason: &'static str,
+    /// One per choice.
+    pub finish_reasons: Vec<&'static str>,
     pub usage: Usage,
     pub moa: Option<MoaUsage>,
 }
@@ -184,21 +185,29 @@ async fn run(
             if !defaults.draft {
                 req.max_draft = 0;
             }
-            let c = cancel.clone();
-            // Joins the model's decode loop: batched with every other sequence of that model.
-            let g = rt.generate_batched(model, req, None, move |piece| {
-                if c.load(Ordering::Relaxed) {
-                    return Control::Stop;
+            // Every choice joins the model's decode loop (batched), choice i with seed + i.
+            let runs = (0..p.n.max(1)).map(|i| {
+                let (c, tx, rt, model) = (cancel.clone(), tx.clone(), rt.clone(), model.clone());
+                let mut req = req.clone();
+                req.sampling.seed = seed.wrapping_add(i as u64);
+                async move {
+                    rt.generate_batched(model, req, None, move |piece| {
+                        if c.load(Ordering::Relaxed) {
+                            return Control::Stop;
+                        }
+                        let _ = tx.send(JobEvent::Text(i, piece.to_string()));
+                        Control::Continue
+                    })
+                    .await
                 }
-                let _ = tx.send(JobEvent::Text(piece.to_string()));
-                Control::Continue
-            })
-            .await?;
-            if g.stop_reason == StopReason::Cancelled || cancel.load(Ordering::Relaxed) {
+            });
+            let gens = futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>>>()?;
+            if cancel.load(Ordering::Relaxed) || gens.iter().any(|g| g.stop_reason == StopReason::Cancelled) {
                 return Err(Error::Cancelled);
             }
-            let usage = usage(g.stats.prompt_tokens, g.stats.generated_tokens);
-            Ok(Finished { finish_reason: finish_reason(Some(g.stop_reason)), usage, moa: None })
+            let completion: usize = gens.iter().map(|g| g.stats.generated_tokens).sum();
+            let usage = usage(gens[0].stats.prompt_tokens, completion);
+            Ok(Finished { finish_reasons: gens.iter().map(|g| finish_reason(Some(g.stop_reason))).collect(), usage, moa: None })
         }
         Target::Moa { name, recipe } => {
             let _one_at_a_time = moa_gate.acquire_owned().await.map_err(|_| Error::Other("the server is shutting down".into()))?;
@@ -253,7 +262,7 @@ async fn run_moa(
             MoaEvent::AggregateText(t) => {
                 let (emit, hit) = c.stop.push(&t);
                 if !emit.is_empty() {
-                    let _ = tx.send(JobEvent::Text(emit));
+                    let _ = tx.send(JobEvent::Text(0, emit));
                 }
                 if hit {
                     // A stop string: end the aggregator at its next token (the run then reports
@@ -272,7 +281,7 @@ async fn run_moa(
         Ok(report) => {
             let rest = std::mem::take(&mut c.stop.held);
             if !rest.is_empty() {
-                let _ = out.send(JobEvent::Text(rest));
+                let _ = out.send(JobEvent::Text(0, rest));
             }
             finish_reason(report.aggregate.stop_reason)
         }
@@ -304,7 +313,7 @@ async fn run_moa(
         layers,
         notices: std::mem::take(&mut c.notices),
     };
-    Ok(Finished { finish_reason: finish, usage: agg, moa: Some(moa) })
+    Ok(Finished { finish_reasons: vec![finish], usage: agg, moa: Some(moa) })
 }
 
 /// Stop strings applied to streamed text: text that could begin a stop string is held back
