@@ -1,9 +1,11 @@
 //! An OpenAI-compatible HTTP server (`moa-local serve`): `POST /v1/chat/completions` (plain and
-//! streamed as server-sent events), `GET /v1/models`, `GET /health`.
+//! streamed as server-sent events, `n` choices for single models), `GET /v1/models`, `GET /health`,
+//! `GET /metrics` (Prometheus text, `metrics`).
 //!
 //! Layout: `openai` holds the wire types and errors, `routes` the axum handlers (they validate,
 //! authenticate and enqueue, nothing more), `queue` the bounded admission queue and run slots,
-//! `worker` the jobs that run a recipe through `moa::run` or one model through the runtime.
+//! `worker` the jobs that run a recipe through `moa::run` or one model through the runtime (its
+//! decode loop: requests to one model are batched).
 //!
 //! A request's `model` is `moa` (the configured recipe), a named recipe from the config file
 //! (`[recipes.NAME]`), or one of the models those recipes use (run alone); no request can name

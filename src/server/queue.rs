@@ -6,10 +6,10 @@
 //! FIFO) and runs while holding a [`Slot`]. Dropping either gives its place back, so a client that
 //! goes away while waiting frees its place at once.
 //!
-//! Runs execute one at a time by default: on CPU a single generation already uses every core
-//! (the matmul kernels are multi-threaded and a MoA layer runs its proposers concurrently), so a
-//! second concurrent run only splits the same cores and doubles KV-cache memory while making each
-//! answer slower. `slots > 1` is there for GPUs or many-core machines.
+//! The slots default to the model decode loops' `--parallel`: requests to one model run as one
+//! batch there (a forward pass reads the weights once for all of them), so admitting several at
+//! once raises throughput instead of splitting the cores. MoA runs take a further permit
+//! (`--moa-concurrency`, default 1) because each plans the whole memory budget.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
