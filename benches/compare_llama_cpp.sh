@@ -14,16 +14,7 @@ while getopts "t:p:n:r:" o; do case $o in t) threads=$OPTARG;; p) pp=$OPTARG;; n
 shift $((OPTIND - 1))
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf models/SmolLM2-135M-Instruct.Q4_1.gguf)
 
-dir="${MOA_LLAMA_CPP_DIR:-$HOME/.cache/moa-local/llama.cpp}"
-bench="$dir/build/bin/llama-bench"
-if [ ! -x "$bench" ]; then
-  command -v cmake >/dev/null || { echo "compare_llama_cpp.sh: cmake is required (apt-get install cmake)" >&2; exit 1; }
-  bash benches/llama_cpp_src.sh "$dir"
-  echo "building llama-bench (CPU, native)…" >&2
-  cmake -S "$dir" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_CUDA=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  cmake --build "$dir/build" --target llama-bench -j "$(nproc)" >/dev/null
-fi
+bench=$(bash benches/llama_cpp_build.sh llama-bench)
 cargo build --release -q
 out=$(mktemp -d)
 for m in "${models[@]}"; do

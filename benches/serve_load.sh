@@ -12,16 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model=qwen-coder; par=4; threads=$(nproc); n=64; reps=2; clients="1 4 8"
 while getopts "m:p:t:n:r:c:" o; do case $o in m) model=$OPTARG;; p) par=$OPTARG;; t) threads=$OPTARG;; n) n=$OPTARG;; r) reps=$OPTARG;; c) clients=$OPTARG;; *) exit 2;; esac; done
 
-dir="${MOA_LLAMA_CPP_DIR:-$HOME/.cache/moa-local/llama.cpp}"
-server="$dir/build/bin/llama-server"
-if [ ! -x "$server" ]; then
-  command -v cmake >/dev/null || { echo "serve_load.sh: cmake is required (apt-get install cmake)" >&2; exit 1; }
-  bash benches/llama_cpp_src.sh "$dir"
-  echo "building llama-server (CPU, native)…" >&2
-  cmake -S "$dir" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_CUDA=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
-  cmake --build "$dir/build" --target llama-server -j "$(nproc)" >/dev/null
-fi
+server=$(bash benches/llama_cpp_build.sh llama-server)
 cargo build --release -q
 gguf=$(python3 - "$model" <<'PY'
 import sys, tomllib

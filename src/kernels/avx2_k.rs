@@ -133,22 +133,53 @@ unsafe fn hsum4_i32x4(v: [__m128i; 4]) -> __m128i {
     _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]))
 }
 
-/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`). `EXACT`: Q5_K takes Q4_K's float side (one
-/// exact integer per block for the quants and one for the mins), the form of the AVX-512 column
-/// kernels, so decode and prefill agree on that instruction set (Q4_K is that form either way).
-pub(crate) struct Q45K<const HIGH: bool, const EXACT: bool = false>;
+/// Q4_K/Q5_K quants `64j..64j+64` of a block (`q` at its packed nibbles) as two vectors of 32
+/// unsigned bytes: sub-block `2j` and `2j + 1`. Q5_K (`HIGH`) adds the fifth bit from `hb`
+/// (the block's 32 high-bit bytes, shifted on by two bits per call).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q45k_pair<const HIGH: bool>(q: *const u8, j: usize, hb: &mut __m256i) -> (__m256i, __m256i) {
+    let (m4, m1) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(1));
+    let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+    let mut ql = _mm256_and_si256(bits, m4);
+    let mut qh = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+    if HIGH {
+        ql = _mm256_or_si256(ql, _mm256_slli_epi16::<4>(_mm256_and_si256(*hb, m1)));
+        qh = _mm256_or_si256(qh, _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(*hb), m1)));
+        *hb = _mm256_srli_epi16::<2>(*hb);
+    }
+    (ql, qh)
+}
 
-impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
+/// Q6_K quants `128j..128j+128` of the block at `p` as four vectors of 32 unsigned bytes
+/// (`q + 32`, 0..64).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6k_quarter(p: *const u8, j: usize) -> [__m256i; 4] {
+    let (m4, m3) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
+    let ql = p.add(64 * j);
+    let b1 = _mm256_loadu_si256(ql as *const __m256i);
+    let b2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+    let bh = _mm256_loadu_si256(p.add(128 + 32 * j) as *const __m256i);
+    let h = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m3));
+    [
+        _mm256_or_si256(_mm256_and_si256(b1, m4), h(bh)),
+        _mm256_or_si256(_mm256_and_si256(b2, m4), h(_mm256_srli_epi16::<2>(bh))),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m4), h(_mm256_srli_epi16::<4>(bh))),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m4), h(_mm256_srli_epi16::<6>(bh))),
+    ]
+}
+
+/// Q4_K (`HIGH = false`) and Q5_K (`HIGH = true`).
+pub(crate) struct Q45K<const HIGH: bool>;
+
+impl<const HIGH: bool> Kern for Q45K<HIGH> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let bytes = if HIGH { 176 } else { 144 };
         let ahead = prefetch_distance(C * a.nb * bytes);
-        // Q5_K's float side as llama.cpp's vec_dot (8 lanes), unless `EXACT`.
-        let f8 = HIGH && !EXACT;
         let ya = rows::<R>(a, r0);
-        let m4 = _mm256_set1_epi8(0xF);
-        let m1 = _mm256_set1_epi8(1);
         // Tiles of 4 rows or more take rows 0..4 four to a vector through the per-block steps
         // outside the quants (horizontal sums, the min term, the fma with the block scale):
         // lane by lane the same operations as the scalar form, so a row's result never depends
@@ -182,7 +213,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
                     let yd = *ya.d[r].add(i);
                     let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
                     let imin = hsum_i32x4(prod) as f32;
-                    if f8 {
+                    if HIGH {
                         summs[c][r] = (-yd * dminx).mul_add(imin, summs[c][r]);
                     } else {
                         accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
@@ -191,7 +222,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
                 if v == 4 {
                     let prods: [__m128i; 4] = std::array::from_fn(|r| _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i))));
                     let imin = _mm_cvtepi32_ps(hsum4_i32x4(prods));
-                    if f8 {
+                    if HIGH {
                         let neg = _mm_xor_ps(yd4, _mm_set1_ps(-0.0));
                         accm4v[c] = _mm_fmadd_ps(_mm_mul_ps(neg, _mm_set1_ps(dminx)), imin, accm4v[c]);
                     } else {
@@ -207,14 +238,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
                 for j in 0..4 {
                     let sl = _mm256_shuffle_epi8(scales, _mm256_loadu_si256(SHUF_K4[2 * j].as_ptr() as *const __m256i));
                     let sh = _mm256_shuffle_epi8(scales, _mm256_loadu_si256(SHUF_K4[2 * j + 1].as_ptr() as *const __m256i));
-                    let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
-                    let mut ql = _mm256_and_si256(bits, m4);
-                    let mut qh = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                    if HIGH {
-                        ql = _mm256_or_si256(ql, _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m1)));
-                        qh = _mm256_or_si256(qh, _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(hb), m1)));
-                        hb = _mm256_srli_epi16::<2>(hb);
-                    }
+                    let (ql, qh) = q45k_pair::<HIGH>(q, j, &mut hb);
                     for r in 0..R {
                         let y = ya.qs[r].add(256 * i + 64 * j);
                         let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, _mm256_loadu_si256(y as *const __m256i)));
@@ -223,7 +247,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
                     }
                 }
-                if f8 {
+                if HIGH {
                     for r in 0..R {
                         acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
                     }
@@ -246,7 +270,7 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
             _mm_storeu_ps(quants.as_mut_ptr(), acc4v[c]);
             _mm_storeu_ps(mins.as_mut_ptr(), accm4v[c]);
             for r in 0..R {
-                out[c][r] = match (f8, r < v) {
+                out[c][r] = match (HIGH, r < v) {
                     (true, true) => hsum8(acc[c][r]) + mins[r],
                     (true, false) => hsum8(acc[c][r]) + summs[c][r],
                     (false, true) => quants[r] - mins[r],
@@ -258,20 +282,15 @@ impl<const HIGH: bool, const EXACT: bool> Kern for Q45K<HIGH, EXACT> {
     }
 }
 
-/// Q6_K. `EXACT`: one exact integer per block (`acc = fma(isum, d·d_a)`), the form of the AVX-512
-/// column kernel, instead of llama.cpp's 8 converted lanes.
-pub(crate) struct Q6K<const EXACT: bool = false>;
+pub(crate) struct Q6K;
 
-impl<const EXACT: bool> Kern for Q6K<EXACT> {
+impl Kern for Q6K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let ya = rows::<R>(a, r0);
-        let m4 = _mm256_set1_epi8(0xF);
-        let m3 = _mm256_set1_epi8(3);
         let m32s = _mm256_set1_epi8(32);
         let mut acc = [[_mm256_setzero_ps(); R]; C];
-        let mut exact = [[0f32; R]; C];
         let ahead = prefetch_distance(C * a.nb * 210);
         for i in 0..a.nb {
             for c in 0..C {
@@ -283,17 +302,7 @@ impl<const EXACT: bool> Kern for Q6K<EXACT> {
                 let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
                 let mut sumi = [_mm256_setzero_si256(); R];
                 for j in 0..2 {
-                    let ql = p.add(64 * j);
-                    let b1 = _mm256_loadu_si256(ql as *const __m256i);
-                    let b2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                    let bh = _mm256_loadu_si256(p.add(128 + 32 * j) as *const __m256i);
-                    let h = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m3));
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(b1, m4), h(bh)),
-                        _mm256_or_si256(_mm256_and_si256(b2, m4), h(_mm256_srli_epi16::<2>(bh))),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m4), h(_mm256_srli_epi16::<4>(bh))),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m4), h(_mm256_srli_epi16::<6>(bh))),
-                    ];
+                    let q = q6k_quarter(p, j);
                     let sc: [__m256i; 4] = std::array::from_fn(|k| {
                         let s = _mm_shuffle_epi8(scales, _mm_loadu_si128(SHUF_Q6[4 * j + k].as_ptr() as *const __m128i));
                         _mm256_cvtepi8_epi16(s)
@@ -313,19 +322,14 @@ impl<const EXACT: bool> Kern for Q6K<EXACT> {
                 }
                 for r in 0..R {
                     let d = *ya.d[r].add(i) * dx;
-                    if EXACT {
-                        let s = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
-                        exact[c][r] = (hsum_i32x4(s) as f32).mul_add(d, exact[c][r]);
-                    } else {
-                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
-                    }
+                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
                 }
             }
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
             for r in 0..R {
-                out[c][r] = if EXACT { exact[c][r] } else { hsum8(acc[c][r]) };
+                out[c][r] = hsum8(acc[c][r]);
             }
         }
         out

@@ -12,8 +12,8 @@
 //! `bsums` through `vpdpwssd`. The result is one exact integer per block, row and column: Q4_K's
 //! float side is then the AVX2 kernel's (`acc = fma(isum, d·d_a)`, `accm = fma(imin, dmin·d_a)`,
 //! `acc - accm`), bit for bit; Q5_K and Q6_K take the same one-integer form, which the per-row
-//! kernels also use on this instruction set (`avx2_k`'s `EXACT`), so a row never depends on
-//! whether it was computed here or alone.
+//! kernels of this instruction set (`avx512_k`) also use, so a row never depends on whether it
+//! was computed here or alone.
 //!
 //! Tested on Zen 5 (AVX-512 F/BW/VL/VNNI); any CPU with those flags takes it.
 
@@ -23,7 +23,8 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2::f16_to_f32;
-use super::blocks::QType;
+use super::avx2_k::{q45k_pair, q6k_quarter};
+use super::blocks::{scale_min_k4, QType};
 use super::quantize::Acts;
 
 /// Weight rows per chunk (lanes of a 512-bit register).
@@ -60,37 +61,17 @@ unsafe fn put_f32(scr: *mut u8, off: usize, c: usize, v: f32) {
     (scr.add(off + 4 * c) as *mut f32).write(v)
 }
 
-/// Scale and min `j` of a Q4_K/Q5_K block's 12 packed bytes (llama.cpp's `get_scale_min_k4`).
-#[inline]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
-}
-
 /// Unpacks one weight row's block `p` into column `c` of the chunk's block scratch `scr`: its
 /// 256 quants in order into `stage` (256 bytes) and its scales into lane `c` of the vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unpack_col(t: QType, p: *const u8, stage: *mut u8, scr: *mut u8, c: usize) {
-    let m4 = _mm256_set1_epi8(0xF);
     let st = |i: usize, v: __m256i| _mm256_storeu_si256(stage.add(32 * i) as *mut __m256i, v);
     match t {
         QType::Q4K | QType::Q5K => {
-            let high = t == QType::Q5K;
-            let q = if high { p.add(48) } else { p.add(16) };
-            let mut hb = if high { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
-            let m1 = _mm256_set1_epi8(1);
+            let q = if t == QType::Q5K { p.add(48) } else { p.add(16) };
+            let mut hb = if t == QType::Q5K { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
             for j in 0..4 {
-                let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                if high {
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m1)));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(hb), m1)));
-                    hb = _mm256_srli_epi16::<2>(hb);
-                }
+                let (lo, hi) = if t == QType::Q5K { q45k_pair::<true>(q, j, &mut hb) } else { q45k_pair::<false>(q, j, &mut hb) };
                 st(2 * j, lo);
                 st(2 * j + 1, hi);
             }
@@ -106,17 +87,10 @@ unsafe fn unpack_col(t: QType, p: *const u8, stage: *mut u8, scr: *mut u8, c: us
             put_f32(scr, K45_DMIN, c, f16_to_f32(p.add(2)));
         }
         QType::Q6K => {
-            let m3 = _mm256_set1_epi8(3);
-            let h = |v: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(v, m3));
             for j in 0..2 {
-                let ql = p.add(64 * j);
-                let b1 = _mm256_loadu_si256(ql as *const __m256i);
-                let b2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                let bh = _mm256_loadu_si256(p.add(128 + 32 * j) as *const __m256i);
-                st(4 * j, _mm256_or_si256(_mm256_and_si256(b1, m4), h(bh)));
-                st(4 * j + 1, _mm256_or_si256(_mm256_and_si256(b2, m4), h(_mm256_srli_epi16::<2>(bh))));
-                st(4 * j + 2, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m4), h(_mm256_srli_epi16::<4>(bh))));
-                st(4 * j + 3, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m4), h(_mm256_srli_epi16::<6>(bh))));
+                for (k, v) in q6k_quarter(p, j).into_iter().enumerate() {
+                    st(4 * j + k, v);
+                }
             }
             let sc: [i8; 16] = std::ptr::read_unaligned(p.add(192) as *const [i8; 16]);
             for g in 0..16 {
@@ -162,6 +136,22 @@ unsafe fn transpose_block(stage: *const u8, scr: *mut u8) {
     }
 }
 
+/// `$f::<R>(args)` for `R = $left` (1..=8).
+macro_rules! by_rows {
+    ($f:ident, $left:expr, $($arg:expr),*) => {
+        match $left {
+            8 => $f::<8>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            _ => $f::<1>($($arg),*),
+        }
+    };
+}
+
 /// `out[r * ldo + j]` for weight rows `j < nw` (from `w`, `row_bytes` apart) and activation rows
 /// `r0..r0 + nr`: the matmul's `TileFn`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -204,23 +194,10 @@ pub(crate) unsafe fn tile(t: QType, w: *const u8, row_bytes: usize, nw: usize, a
                 let left = (nr - r).min(8);
                 let o = out.add(r * ldo + j0);
                 let rr = r0 + r;
-                match (t == QType::Q6K, left) {
-                    (false, 8) => rows45::<8>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 7) => rows45::<7>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 6) => rows45::<6>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 5) => rows45::<5>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 4) => rows45::<4>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 3) => rows45::<3>(scr, blk, a, rr, o, ldo, mask),
-                    (false, 2) => rows45::<2>(scr, blk, a, rr, o, ldo, mask),
-                    (false, _) => rows45::<1>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 8) => rows6::<8>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 7) => rows6::<7>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 6) => rows6::<6>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 5) => rows6::<5>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 4) => rows6::<4>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 3) => rows6::<3>(scr, blk, a, rr, o, ldo, mask),
-                    (true, 2) => rows6::<2>(scr, blk, a, rr, o, ldo, mask),
-                    (true, _) => rows6::<1>(scr, blk, a, rr, o, ldo, mask),
+                if t == QType::Q6K {
+                    by_rows!(rows6, left, scr, blk, a, rr, o, ldo, mask);
+                } else {
+                    by_rows!(rows45, left, scr, blk, a, rr, o, ldo, mask);
                 }
                 r += left;
             }

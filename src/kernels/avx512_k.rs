@@ -7,8 +7,8 @@
 //! [4h + 1, 4h + 3], so the activation halves are regrouped to match with `shuffle_i64x2`; Q6_K's
 //! 64 quants are contiguous. Every block reduces to one exact integer for the quants (and, for
 //! Q4_K/Q5_K, one for the mins; Q6_K's `-32` comes from the `bsums`), and the float side is
-//! `avx2_k`'s for Q4_K, so results equal the AVX2 Q4_K kernel and the `EXACT` Q5_K/Q6_K
-//! kernels, and the column kernels, bit for bit.
+//! `avx2_k`'s for Q4_K, so results equal the AVX2 Q4_K kernel and, for all three types, the
+//! column kernels (`avx512_cols`), bit for bit.
 
 #![allow(clippy::missing_safety_doc, clippy::needless_range_loop, clippy::too_many_arguments)]
 
@@ -77,6 +77,7 @@ impl<const HIGH: bool> Kern for Q45K512<HIGH> {
         let m1 = _mm512_set1_epi8(1);
         let (mut acc, mut accm) = ([[0f32; R]; C], [[0f32; R]; C]);
         let ahead = prefetch_distance(C * a.nb * bytes);
+        let perm: [__m512i; 4] = std::array::from_fn(|h| idx(&IDX45[h]));
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * bytes);
@@ -87,7 +88,7 @@ impl<const HIGH: bool> Kern for Q45K512<HIGH> {
                 let ms = mins_and_scales(p.add(4));
                 let mins = _mm256_extracti128_si256::<1>(ms);
                 let ms = _mm512_castsi256_si512(ms);
-                let sc: [__m512i; 4] = std::array::from_fn(|h| _mm512_permutexvar_epi16(idx(&IDX45[h]), ms));
+                let sc: [__m512i; 4] = std::array::from_fn(|h| _mm512_permutexvar_epi16(perm[h], ms));
                 let q = if HIGH { p.add(48) } else { p.add(16) };
                 let hb = if HIGH { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16) as *const __m256i)) } else { _mm512_setzero_si512() };
                 let mut qv = [_mm512_setzero_si512(); 4];
@@ -141,6 +142,7 @@ impl Kern for Q6K512 {
         let m3 = _mm512_set1_epi8(3);
         let mut acc = [[0f32; R]; C];
         let ahead = prefetch_distance(C * a.nb * 210);
+        let perm: [__m512i; 4] = std::array::from_fn(|t| idx(&IDX6[t]));
         for i in 0..a.nb {
             for c in 0..C {
                 let p = w[c].add(i * 210);
@@ -150,7 +152,7 @@ impl Kern for Q6K512 {
                 let dx = f16_to_f32(p.add(208));
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
                 let sc512 = _mm512_castsi256_si512(sc16);
-                let sc: [__m512i; 4] = std::array::from_fn(|t| _mm512_permutexvar_epi16(idx(&IDX6[t]), sc512));
+                let sc: [__m512i; 4] = std::array::from_fn(|t| _mm512_permutexvar_epi16(perm[t], sc512));
                 let mut qv = [_mm512_setzero_si512(); 4];
                 for j in 0..2 {
                     // ql[64j..64j+64] and qh[32j..32j+32] (in both halves) give elements
