@@ -10,7 +10,7 @@ use crate::engine::{Control, Sampler};
 use crate::error::{Error, Result};
 use crate::model::generate::{GenerateRequest, Generation, TextState};
 use crate::model::loaded::Model;
-use crate::model::prefix::{common_prefix, PromptCache};
+use crate::model::prefix::PromptCache;
 
 /// Streams the answer's text pieces; `Stop` cancels.
 pub type OnText = Box<dyn FnMut(&str) -> Control + Send>;
@@ -30,10 +30,8 @@ impl Model {
         done: OnDone,
     ) -> Result<Join> {
         self.check_request(&prompt_ids, req)?;
-        let common = common_prefix(pc.tokens(), &prompt_ids).min(prompt_ids.len() - 1);
-        pc.truncate(common);
-        pc.reserve(prompt_ids.len() + req.max_tokens)?;
-        let (cache, _) = pc.into_parts();
+        pc.prepare_for(&prompt_ids, prompt_ids.len() + req.max_tokens)?;
+        let cache = pc.into_cache();
         // Shared by the two callbacks; `done` takes it out.
         let state = Arc::new(Mutex::new(Some((TextState::new(self.clone(), req), on_text))));
         let st = state.clone();
@@ -51,15 +49,12 @@ impl Model {
                 Err(e) => return done(Err(e)),
             };
             let (text, stop_reason) = text_state.finish(&mut *on_text);
-            let len = f.cache.len();
-            let mut all = ids.clone();
-            all.extend_from_slice(&f.ids);
-            if len > all.len() {
-                return done(Err(Error::Other(format!("prompt cache: {len} positions for {} tokens", all.len()))));
+            let mut pc = PromptCache::from_cache(f.cache);
+            if let Err(e) = pc.record(&ids, &f.ids) {
+                return done(Err(e));
             }
-            all.truncate(len);
             let g = Generation { prompt_text, prompt_ids: ids, ids: f.ids, text, stop_reason, stats: f.stats };
-            done(Ok((g, PromptCache::from_parts(f.cache, all))))
+            done(Ok((g, pc)))
         });
         Ok(Join { prompt: prompt_ids, cache, sampler: Sampler::new(req.sampling.clone()), opts: req.decode_options(), on_token, done })
     }

@@ -53,22 +53,44 @@ impl PromptCache {
         Ok(new.len())
     }
 
-    pub(crate) fn truncate(&mut self, len: usize) {
+    fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
         self.cache.truncate(len);
     }
 
-    /// The cache and the tokens it holds (a batched sequence takes the cache and gives it back).
-    pub(crate) fn into_parts(self) -> (KvCache, Vec<u32>) {
-        (self.cache, self.tokens)
+    /// Keep the longest prefix shared with `prompt` (always recomputing its last token) and make
+    /// room for `positions`: the state a generation of `prompt` starts from.
+    pub(crate) fn prepare_for(&mut self, prompt: &[u32], positions: usize) -> Result<()> {
+        let common = common_prefix(&self.tokens, prompt).min(prompt.len().saturating_sub(1));
+        self.truncate(common);
+        self.reserve(positions)
     }
 
-    pub(crate) fn from_parts(cache: KvCache, tokens: Vec<u32>) -> Self {
-        Self { cache, tokens }
+    /// After generating `out` from `prompt`: the tokens the cache now holds (all but the last
+    /// generated one, never fed).
+    pub(crate) fn record(&mut self, prompt: &[u32], out: &[u32]) -> Result<()> {
+        let len = self.cache.len();
+        let mut all = prompt.to_vec();
+        all.extend_from_slice(out);
+        if len > all.len() {
+            return Err(Error::Other(format!("prompt cache: {len} positions for {} tokens", all.len())));
+        }
+        all.truncate(len);
+        self.tokens = all;
+        Ok(())
+    }
+
+    /// The cache alone (a batched sequence takes it and gives it back through [`PromptCache::from_cache`]).
+    pub(crate) fn into_cache(self) -> KvCache {
+        self.cache
+    }
+
+    pub(crate) fn from_cache(cache: KvCache) -> Self {
+        Self { cache, tokens: Vec::new() }
     }
 
     /// Room for at least `positions` (the cache grows by copying, at least doubling).
-    pub(crate) fn reserve(&mut self, positions: usize) -> Result<()> {
+    fn reserve(&mut self, positions: usize) -> Result<()> {
         if positions > self.cache.capacity() {
             self.cache = self.cache.fork(positions.max(2 * self.cache.capacity()))?;
         }
@@ -125,20 +147,10 @@ impl Model {
     ) -> Result<Generation> {
         // Validates the request and the context; its fresh cache is not needed.
         self.check_request(&prompt_ids, req)?;
-        let common = common_prefix(&pc.tokens, &prompt_ids).min(prompt_ids.len() - 1);
-        pc.truncate(common);
-        pc.reserve(prompt_ids.len() + req.max_tokens)?;
+        pc.prepare_for(&prompt_ids, prompt_ids.len() + req.max_tokens)?;
         let mut sampler = Sampler::new(req.sampling.clone());
-        let r = self.decode_text(req, &prompt_ids, &mut pc.cache, &mut sampler, on_text);
-        let len = pc.cache.len();
-        let (ids, text, stop_reason, stats) = r?;
-        let mut all = prompt_ids.clone();
-        all.extend_from_slice(&ids);
-        if len > all.len() {
-            return Err(Error::Other(format!("prompt cache: {len} positions for {} tokens", all.len())));
-        }
-        all.truncate(len);
-        pc.tokens = all;
+        let (ids, text, stop_reason, stats) = self.decode_text(req, &prompt_ids, &mut pc.cache, &mut sampler, on_text)?;
+        pc.record(&prompt_ids, &ids)?;
         Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
     }
 }
