@@ -9,7 +9,10 @@
 # llama_ref.cpp is the small program that drives it. Each model runs twice: without flash
 # attention (the reference the test compares with) and with it (llama.cpp's CPU flash-attention
 # kernel rounds Q to f16 and accumulates in f16). How far llama.cpp's two runs lie apart is stored
-# as `spread`: the noise floor any second engine is measured against.
+# as `spread`: the noise floor any second engine is measured against. A key
+# `synthetic-ARCH-SIZE-QUANT` is the synthetic file `moa-local bench --synthetic ARCH:SIZE:QUANT`
+# writes (seed 1), e.g. synthetic-qwen3moe-tiny-q4_k_m: the mixtures of experts have no real file
+# small enough to bundle.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 threads=2
@@ -36,8 +39,15 @@ g++ -O2 -std=c++17 -I"$dir/include" -I"$dir/ggml/include" -I"$dir/vendor" benche
 
 out=$(mktemp -d)
 mkdir -p tests/data/parity
+synth="$out/synthetic"
 for k in "${keys[@]}"; do
-  m="models/${file[$k]:?unknown model key $k}"
+  if [[ $k == synthetic-* ]]; then
+    spec=${k#synthetic-}; spec=${spec//-/:}
+    cargo run --release -q -- bench --synthetic "$spec" --synthetic-dir "$synth" -p 0 -n 0 -r 1 >/dev/null
+    m="$synth/${k#synthetic-}.gguf"
+  else
+    m="models/${file[$k]:?unknown model key $k}"
+  fi
   echo "$k: llama.cpp without flash attention…" >&2
   "$tool" "$m" tests/data/parity_prompts.json 32 5 "$threads" >"$out/$k.json"
   echo "$k: with flash attention…" >&2

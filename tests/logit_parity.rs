@@ -16,6 +16,16 @@
 //!   token within 1% of our top logit, or within twice the spread's 95th percentile (the error of
 //!   two logits at once);
 //! - tokenization: our ids for each prompt equal llama.cpp's.
+//!
+//! The mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) have no real file small enough to
+//! bundle: their references come from the synthetic `tiny` files (`moa-local bench --synthetic
+//! ARCH:tiny:q4_k_m`, seed 1, peaked weights), which the test writes again and checks by sha256
+//! before comparing. There one more kind of disagreement is inherent: where a token's router
+//! scores two experts within rounding of each other, any change of rounding can swap the expert
+//! it runs, and that token's logits jump (llama.cpp against itself shows such jumps: its largest
+//! spread is 4–17× its p95 on these files, 4× on the dense ones). So a mixture of experts may
+//! part from llama.cpp with a gap up to twice llama.cpp's own largest spread, on at most 1% of
+//! the steps (`ROUTING_FLIPS`); every other check is the dense models'.
 
 mod common;
 
@@ -28,6 +38,10 @@ const NEAR_TIE_REL: f32 = 0.01;
 const SPREAD_FACTOR: f32 = 1.25;
 /// Sequences per batched step.
 const BATCH: usize = 12;
+/// Mixtures of experts: the most steps (a fraction of all) whose disagreement is past the dense
+/// models' near-tie but within twice llama.cpp's own largest spread (an expert swapped on a
+/// router near-tie).
+const ROUTING_FLIPS: f64 = 0.01;
 
 struct Case {
     name: String,
@@ -38,6 +52,7 @@ struct Case {
 }
 
 struct Reference {
+    sha256: String,
     cases: Vec<Case>,
     /// llama.cpp against itself: median, p95 and max absolute logit difference.
     spread: [f32; 3],
@@ -69,17 +84,38 @@ fn reference(key: &str) -> Reference {
         .collect();
     let s = &data["spread"];
     let f = |k: &str| s[k].as_f64().unwrap_or_else(|| panic!("{key}: spread.{k} missing")) as f32;
-    Reference { cases, spread: [f("logit_abs_median"), f("logit_abs_p95"), f("logit_abs_max")] }
+    let sha256 = data["sha256"].as_str().unwrap_or_default().to_string();
+    Reference { sha256, cases, spread: [f("logit_abs_median"), f("logit_abs_p95"), f("logit_abs_max")] }
 }
 
 fn check_model(key: &str) -> Vec<String> {
-    let model = Model::load_uncached(&common::model_path(key), &Device::Cpu).unwrap();
-    let Reference { cases, spread } = reference(key);
+    check_file(key, &common::model_path(key), reference(key))
+}
+
+/// A synthetic file (`arch:tiny:q4_k_m`, seed 1), written here and checked against the reference's
+/// sha256 (reference key `synthetic-ARCH-tiny-q4_k_m`).
+fn check_synthetic(spec: &str) -> Vec<String> {
+    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+    let key = format!("synthetic-{}", spec.replace(':', "-"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{key}.gguf"));
+    write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 1).unwrap();
+    let r = reference(&key);
+    let sha = moa_local::model::gguf::sha256_file(&path).unwrap();
+    assert_eq!(sha, r.sha256, "{spec}: the synthetic file differs from the one llama.cpp's reference was made from");
+    check_file(&key, &path, r)
+}
+
+fn check_file(key: &str, path: &std::path::Path, r: Reference) -> Vec<String> {
+    let model = Model::load_uncached(path, &Device::Cpu).unwrap();
+    let Reference { cases, spread, .. } = r;
     assert!(cases.len() >= 30);
     let mut failures = Vec::new();
     let (mut agreed, mut steps_total, mut partings) = (0usize, 0usize, 0usize);
     let mut devs: Vec<f32> = Vec::new();
     let tie_abs = 2.0 * spread[1];
+    let moe = model.cfg().moe.is_some();
+    let mut flips = 0usize;
     for chunk in cases.chunks(BATCH) {
         let mut caches: Vec<_> = chunk.iter().map(|c| model.transformer.new_cache(c.prompt.len() + c.greedy.len()).unwrap()).collect();
         let mut logits: Vec<Vec<f32>> =
@@ -94,7 +130,11 @@ fn check_model(key: &str) -> Vec<String> {
                     partings += 1;
                     parted[j].get_or_insert(step);
                     let (best, gap) = (l[top as usize], l[top as usize] - l[want as usize]);
-                    if gap > NEAR_TIE_REL * best.abs() && gap > tie_abs {
+                    let near_tie = gap <= NEAR_TIE_REL * best.abs() || gap <= tie_abs;
+                    if !near_tie && moe && gap <= 2.0 * spread[2] {
+                        flips += 1;
+                        println!("{key} {:?} step {step}: llama.cpp's {want} is {gap:.3} below our {top}: an expert swap", c.name);
+                    } else if !near_tie {
                         failures.push(format!(
                             "{key} {:?} step {step}: llama.cpp's {want} is {gap:.3} below our {top} ({best:.3}): \
                              past 1% and past twice llama.cpp's own p95 spread ({tie_abs:.3})",
@@ -134,6 +174,9 @@ fn check_model(key: &str) -> Vec<String> {
     if ours[2] > 2.0 * spread[2] {
         failures.push(format!("{key}: largest logit deviation {:.3} > 2 × llama.cpp's own {:.3}", ours[2], spread[2]));
     }
+    if flips as f64 > ROUTING_FLIPS * steps_total as f64 {
+        failures.push(format!("{key}: {flips} of {steps_total} steps part from llama.cpp past a near-tie (at most {ROUTING_FLIPS} of them may)"));
+    }
     for c in &cases {
         let ours = model.tokenizer.encode(&c.text, true).unwrap();
         if ours != c.prompt {
@@ -158,5 +201,23 @@ fn logits_match_llama_cpp_smollm2() {
 #[test]
 fn logits_match_llama_cpp_gemma3() {
     let f = check_model(common::GEMMA);
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
+fn logits_match_llama_cpp_mixtral_tiny() {
+    let f = check_synthetic("mixtral:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
+fn logits_match_llama_cpp_qwen3moe_tiny() {
+    let f = check_synthetic("qwen3moe:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
+fn logits_match_llama_cpp_qwen2moe_tiny() {
+    let f = check_synthetic("qwen2moe:tiny:q4_k_m");
     assert!(f.is_empty(), "{f:#?}");
 }

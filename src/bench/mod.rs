@@ -149,6 +149,8 @@ pub struct ModelBench {
     pub file: String,
     pub arch: String,
     pub file_bytes: u64,
+    /// A mixture of experts: the weight bytes one decoded token reads (the picked experts only).
+    pub active_bytes: Option<u64>,
     pub device: String,
     pub threads: usize,
     pub synthetic: bool,
@@ -205,10 +207,11 @@ pub fn markdown(rows: &[ModelBench]) -> String {
     for b in rows {
         for r in &b.results {
             s.push_str(&format!(
-                "| {}{} | {:.2} MiB | {} | {} | {} | {:.2} ± {:.2} |\n",
+                "| {}{} | {:.2} MiB{} | {} | {} | {} | {:.2} ± {:.2} |\n",
                 b.model,
                 if b.synthetic { " (random weights)" } else { "" },
                 b.file_bytes as f64 / 1048576.0,
+                b.active_bytes.map_or(String::new(), |a| format!(" ({:.2} MiB active)", a as f64 / 1048576.0)),
                 b.device,
                 b.threads,
                 r.test,

@@ -147,6 +147,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             file: path.display().to_string(),
             arch: format!("{:?}", model.cfg().arch).to_lowercase(),
             file_bytes: model.file_size,
+            active_bytes: model.cfg().moe.as_ref().map(|_| model.transformer.active_bytes()),
             device: spec.to_string(),
             threads,
             synthetic,

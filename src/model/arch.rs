@@ -1,6 +1,7 @@
 //! Architecture hyper-parameters read from GGUF metadata, dispatched on `general.architecture`.
 //! One `Config` describes every supported family; the differences (bias, QK-norm, sandwich
-//! norms, RoPE style, sliding windows, activation) are flags the forward pass reads.
+//! norms, RoPE style, sliding windows, activation, a mixture-of-experts feed-forward) are flags
+//! the forward pass reads.
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
@@ -10,13 +11,18 @@ pub const MAX_VOCAB: usize = 1 << 22;
 /// Longest context accepted from a file's metadata.
 pub const MAX_CONTEXT: u32 = 1 << 24;
 
-pub const SUPPORTED_ARCHS: &[&str] = &["llama (Llama, Mistral, SmolLM2)", "qwen2", "qwen3", "gemma3"];
+pub const SUPPORTED_ARCHS: &[&str] =
+    &["llama (Llama, Mistral, SmolLM2, Mixtral)", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma3"];
+/// Most experts per layer accepted (real models have up to 256 or 384).
+pub const MAX_EXPERTS: u32 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Arch {
     Llama,
     Qwen2,
+    Qwen2Moe,
     Qwen3,
+    Qwen3Moe,
     Gemma3,
 }
 
@@ -32,6 +38,21 @@ pub enum RopeStyle {
 pub enum Activation {
     Silu,
     GeluTanh,
+}
+
+/// A mixture-of-experts feed-forward (every layer of the file): a router picks `n_used` of
+/// `n_expert` gated MLPs per token (softmax over all experts, then the top `n_used`), and their
+/// outputs are summed with the picked probabilities as weights — renormalized to sum to 1 where
+/// the architecture does (Mixtral, Qwen3-MoE; not Qwen2-MoE), then times `weights_scale`.
+/// Qwen2-MoE adds a shared expert of `n_ff_shared`, gated per token by a sigmoid.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MoeConfig {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub n_ff_exp: usize,
+    pub n_ff_shared: Option<usize>,
+    pub norm_weights: bool,
+    pub weights_scale: f32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +79,7 @@ pub struct Config {
     pub embed_scale: Option<f32>,
     pub attn_scale: f32,
     pub activation: Activation,
+    pub moe: Option<MoeConfig>,
 }
 
 impl Config {
@@ -66,7 +88,9 @@ impl Config {
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "qwen2moe" => Arch::Qwen2Moe,
             "qwen3" => Arch::Qwen3,
+            "qwen3moe" => Arch::Qwen3Moe,
             "gemma3" => Arch::Gemma3,
             other => {
                 return Err(Error::UnsupportedArch {
@@ -130,6 +154,8 @@ impl Config {
         };
         let attn_scale = if gemma { positive("attention.scale", 1.0 / (head_dim as f32).sqrt())? } else { 1.0 / (head_dim as f32).sqrt() };
         let rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5)?;
+        let n_ff = dim("feed_forward_length", None, 1 << 20)?;
+        let moe = Self::moe_from_gguf(g, arch, n_ff)?;
         Ok(Self {
             arch,
             n_layer: dim("block_count", None, 1 << 10)?,
@@ -137,7 +163,7 @@ impl Config {
             n_head,
             n_kv_head,
             head_dim,
-            n_ff: dim("feed_forward_length", None, 1 << 20)?,
+            n_ff,
             rms_eps: rms_eps as f64,
             rope_base,
             // llama.cpp's key; 10k when absent, as there.
@@ -146,12 +172,63 @@ impl Config {
             context_length: dim("context_length", Some(4096), MAX_CONTEXT)?,
             vocab_size,
             sliding_window,
-            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3),
             sandwich_norm: gemma,
             embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
             attn_scale,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            moe,
         })
+    }
+
+    /// The experts of `arch`, as llama.cpp reads them: `expert_count` experts (required by the
+    /// `*moe` architectures, optional for `llama`, where it makes Mixtral), `expert_used_count` per
+    /// token, each of `expert_feed_forward_length` (Mixtral: `feed_forward_length`; the Qwen MoEs
+    /// without the key: `feed_forward_length / expert_used_count`).
+    fn moe_from_gguf(g: &GgufFile, arch: Arch, n_ff: usize) -> Result<Option<MoeConfig>> {
+        let arch_name = g.architecture()?;
+        let k = |s: &str| format!("{arch_name}.{s}");
+        let moe_arch = matches!(arch, Arch::Qwen2Moe | Arch::Qwen3Moe);
+        let n_expert = g.u32_or(&k("expert_count"), 0)?;
+        if n_expert == 0 {
+            if moe_arch {
+                return Err(g.field_err(&k("expert_count"), &format!("is missing or 0: {arch_name} needs experts")));
+            }
+            return Ok(None);
+        }
+        if !matches!(arch, Arch::Llama) && !moe_arch {
+            return Err(g.field_err(&k("expert_count"), &format!("is {n_expert}: experts are not supported for {arch_name}")));
+        }
+        if n_expert > MAX_EXPERTS {
+            return Err(g.field_err(&k("expert_count"), &format!("is {n_expert}, above the limit of {MAX_EXPERTS}")));
+        }
+        let n_used = g.u32_or(&k("expert_used_count"), 0)?;
+        if n_used == 0 || n_used > n_expert {
+            return Err(g.field_err(&k("expert_used_count"), &format!("is {n_used}, outside 1..={n_expert} (expert_count)")));
+        }
+        let (n_expert, n_used) = (n_expert as usize, n_used as usize);
+        let ff = |key: &str, default: usize| -> Result<usize> {
+            let v = g.u32_or(&k(key), default as u32)? as usize;
+            if v == 0 || v > 1 << 20 {
+                return Err(g.field_err(&k(key), &format!("is {v}, outside 1..={}", 1 << 20)));
+            }
+            Ok(v)
+        };
+        let n_ff_exp = if arch == Arch::Llama { n_ff } else { ff("expert_feed_forward_length", (n_ff / n_used).max(1))? };
+        let n_ff_shared = (arch == Arch::Qwen2Moe).then(|| ff("expert_shared_feed_forward_length", n_ff)).transpose()?;
+        let scale = g.f32_or(&k("expert_weights_scale"), 0.0)?;
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(g.field_err(&k("expert_weights_scale"), &format!("is {scale}, not a finite number ≥ 0")));
+        }
+        Ok(Some(MoeConfig {
+            n_expert,
+            n_used,
+            n_ff_exp,
+            n_ff_shared,
+            norm_weights: arch != Arch::Qwen2Moe,
+            // llama.cpp scales only by a value other than 0 and 1.
+            weights_scale: if scale == 0.0 { 1.0 } else { scale },
+        }))
     }
 
     /// Whether layer `i` attends through a sliding window, and its size.

@@ -206,6 +206,47 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// Read a 3-D tensor `[n, rows, cols]` (a layer's experts) as `n` separate `[rows, cols]`
+    /// tensors: each expert's blocks are contiguous in the file, so expert `i` is the `i`-th
+    /// slice of the data, read on its own (the kernels then run only the experts a token picks).
+    pub fn tensor_experts<R: Read + Seek>(&self, reader: &mut R, name: &str, device: &Device) -> Result<Vec<QTensor>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Err(Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}` is missing") });
+        };
+        let bad = |e: String| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") };
+        let &[n, rows, cols] = info.shape.dims() else {
+            return Err(bad(format!("has shape {:?}, expected 3 dimensions (experts, rows, columns)", info.shape.dims())));
+        };
+        let dtype = info.ggml_dtype;
+        let elems = rows.checked_mul(cols).filter(|e| e.is_multiple_of(dtype.block_size()));
+        let Some(elems) = elems else {
+            return Err(bad(format!("an expert of {rows}x{cols} is not a whole number of {dtype:?} blocks")));
+        };
+        let slice = elems / dtype.block_size() * dtype.type_size();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let at = (i as u64)
+                .checked_mul(slice as u64)
+                .and_then(|o| o.checked_add(info.offset))
+                .and_then(|o| o.checked_add(self.content.tensor_data_offset))
+                .ok_or_else(|| bad(format!("expert {i}'s offset overflows")))?;
+            reader.seek(SeekFrom::Start(at)).map_err(|e| bad(format!("seeking to expert {i}: {e}")))?;
+            let shape = candle_core::Shape::from((rows, cols));
+            let t = if device.is_cpu() {
+                cpu_tensor::read(reader, dtype, shape).map_err(|e| bad(format!("expert {i}: {e}")))?
+            } else {
+                let mut raw = vec![0u8; slice];
+                reader.read_exact(&mut raw).map_err(|e| bad(format!("reading expert {i}: {e}")))?;
+                candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &raw, vec![rows, cols], device)
+                    .map_err(|e| bad(format!("expert {i}: {}", crate::error::candle_message(&e))))?
+            };
+            out.push(t);
+        }
+        Ok(out)
+    }
+}
+
 /// Bytes occupied by `elems` elements of `dtype`.
 pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> u64 {
     (elems / dtype.block_size() * dtype.type_size()) as u64

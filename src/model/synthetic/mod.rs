@@ -1,6 +1,9 @@
-//! Synthetic GGUF files: real architectures and shapes (Qwen2, Llama/Mistral/SmolLM2, Gemma 3)
-//! with random weights, so speed, memory and the whole load → generate path can be exercised at
-//! full size without downloading a model.
+//! Synthetic GGUF files: real architectures and shapes (Qwen2, Llama/Mistral/SmolLM2, Gemma 3,
+//! and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE) with random weights, so speed,
+//! memory and the whole load → generate path can be exercised at full size without downloading
+//! a model. The `tiny` shapes are small files for tests, with larger weights ([`Shape::peaked`])
+//! so that their logits and their experts' routing are decided by clear margins: on N(0, 0.02²)
+//! weights every distribution is near-uniform and any two implementations agree on it.
 //!
 //! A spec is `arch:size:quant`, e.g. `qwen2:7b:q4_k_m` or `llama:135m:q8_0` (see [`KNOWN`] and
 //! [`SyntheticQuant`]). Weights are N(0, 0.02²) (norms 1.0) so activations stay finite (large
@@ -54,12 +57,66 @@ pub struct Shape {
     pub rms_eps: f32,
     pub qkv_bias: bool,
     pub tied_output: bool,
+    /// Experts per layer, used per token, their feed-forward length, and a shared expert's
+    /// (0: none); all 0 for a dense model.
+    pub experts: [usize; 4],
+    /// Weights of std 0.06 (router 0.15, output 0.25) instead of 0.02: peaked distributions.
+    pub peaked: bool,
+}
+
+impl Shape {
+    /// The same shape with experts (`n_expert`, `n_used`, `n_ff_exp`, shared `n_ff`, 0 for none).
+    const fn moe(self, experts: [usize; 4]) -> Self {
+        Shape { experts, ..self }
+    }
+
+    const fn peaked(self) -> Self {
+        Shape { peaked: true, ..self }
+    }
+
+    /// `general.architecture` of the file (Mixtral is `llama` with experts).
+    pub fn gguf_arch(&self) -> &'static str {
+        if self.arch == "mixtral" { "llama" } else { self.arch }
+    }
+
+    fn is_moe(&self) -> bool {
+        self.experts[0] > 0
+    }
+
+    /// Standard deviation of the random weights of a matrix `kind`.
+    fn std_of(&self, kind: &str) -> f32 {
+        match (self.peaked, kind) {
+            (false, _) => 0.02,
+            (true, "ffn_gate_inp") => 0.15,
+            (true, "output") => 0.25,
+            (true, "token_embd") if self.tied_output => 0.25,
+            (true, _) => 0.06,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 const fn shape(arch: &'static str, size: &'static str, like: &'static str, dims: [usize; 8], rope_base: f32, rms_eps: f32, qkv_bias: bool, tied_output: bool) -> Shape {
     let [n_layer, n_embd, n_head, n_kv_head, head_dim, n_ff, vocab, context] = dims;
-    Shape { arch, size, like, n_layer, n_embd, n_head, n_kv_head, head_dim, n_ff, vocab, context, rope_base, rms_eps, qkv_bias, tied_output }
+    Shape {
+        arch,
+        size,
+        like,
+        n_layer,
+        n_embd,
+        n_head,
+        n_kv_head,
+        head_dim,
+        n_ff,
+        vocab,
+        context,
+        rope_base,
+        rms_eps,
+        qkv_bias,
+        tied_output,
+        experts: [0; 4],
+        peaked: false,
+    }
 }
 
 /// The known `arch:size` combinations. dims: layers, embd, heads, kv heads, head dim, ff, vocab, ctx.
@@ -70,6 +127,18 @@ pub const KNOWN: &[Shape] = &[
     shape("llama", "8b", "Llama-3.1-8B", [32, 4096, 32, 8, 128, 14336, 128256, 131072], 5e5, 1e-5, false, false),
     shape("llama", "135m", "SmolLM2-135M", [30, 576, 9, 3, 64, 1536, 49152, 8192], 1e5, 1e-5, false, true),
     shape("gemma3", "270m", "gemma-3-270m", [18, 640, 4, 1, 256, 2048, 262144, 32768], 1e6, 1e-6, false, true),
+    shape("mixtral", "8x7b", "Mixtral-8x7B-v0.1", [32, 4096, 32, 8, 128, 14336, 32000, 32768], 1e6, 1e-5, false, false)
+        .moe([8, 2, 14336, 0]),
+    shape("qwen3moe", "30b-a3b", "Qwen3-30B-A3B", [48, 2048, 32, 4, 128, 6144, 151936, 40960], 1e6, 1e-6, false, false)
+        .moe([128, 8, 768, 0]),
+    shape("qwen2moe", "a2.7b", "Qwen1.5-MoE-A2.7B", [24, 2048, 16, 16, 128, 5632, 151936, 8192], 1e6, 1e-6, true, false)
+        .moe([60, 4, 1408, 5632]),
+    // Test files: two layers, 8 experts of which 2 per token, peaked weights.
+    shape("mixtral", "tiny", "Mixtral (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-5, false, false).moe([8, 2, 512, 0]).peaked(),
+    shape("qwen3moe", "tiny", "Qwen3-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, false, true).moe([8, 2, 256, 0]).peaked(),
+    shape("qwen2moe", "tiny", "Qwen2-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, true, false)
+        .moe([8, 2, 256, 512])
+        .peaked(),
 ];
 
 const CONTROL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -124,7 +193,7 @@ impl SyntheticSpec {
             SyntheticQuant::Q8_0 => GgmlDType::Q8_0,
             _ if is_output => GgmlDType::Q6K,
             SyntheticQuant::Q4_0 => GgmlDType::Q4_0,
-            SyntheticQuant::Q4KM if (kind == "attn_v" || kind == "ffn_down") && more_bits => GgmlDType::Q6K,
+            SyntheticQuant::Q4KM if (kind == "attn_v" || kind.starts_with("ffn_down")) && more_bits => GgmlDType::Q6K,
             SyntheticQuant::Q4KM => GgmlDType::Q4K,
         };
         let fits = cols.is_multiple_of(256); // k-quant super-blocks of 256
@@ -153,7 +222,7 @@ fn byte_to_unicode(b: u8) -> char {
 
 /// Tokenizer, template and architecture metadata.
 fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
-    let a = sh.arch;
+    let a = sh.gguf_arch();
     let u = |x: usize| Value::U32(x as u32);
     let n = sh.vocab;
     let n_normal = n - CONTROL_TOKENS.len();
@@ -178,7 +247,7 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
         (format!("{a}.rope.freq_base"), Value::F32(sh.rope_base)),
         (format!("{a}.rope.dimension_count"), u(sh.head_dim)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String(if a == "qwen2" { "qwen2" } else { "default" }.into())),
+        ("tokenizer.ggml.pre".into(), Value::String(if a.starts_with("qwen") { "qwen2" } else { "default" }.into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
         ("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("\u{120} \u{120}".into())])),
@@ -188,9 +257,22 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
         ("tokenizer.chat_template".into(), Value::String(CHATML.into())),
     ];
-    if a == "gemma3" {
+    if sh.is_moe() {
+        let [n_expert, n_used, n_ff_exp, n_ff_shared] = sh.experts;
+        m.push((format!("{a}.expert_count"), u(n_expert)));
+        m.push((format!("{a}.expert_used_count"), u(n_used)));
+        if a != "llama" {
+            m.push((format!("{a}.expert_feed_forward_length"), u(n_ff_exp)));
+        }
+        if n_ff_shared > 0 {
+            m.push((format!("{a}.expert_shared_feed_forward_length"), u(n_ff_shared)));
+        }
+    }
+    if a == "gemma3" || a == "qwen3moe" {
         m.push((format!("{a}.attention.key_length"), u(sh.head_dim)));
         m.push((format!("{a}.attention.value_length"), u(sh.head_dim)));
+    }
+    if a == "gemma3" {
         m.push((format!("{a}.attention.sliding_window"), Value::U32(512)));
     }
     m
@@ -204,24 +286,40 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
     let (e, hd) = (sh.n_embd, sh.head_dim);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut pools = BlockPools::default();
-    let mut matrix = |name: String, kind: &str, layer: usize, rows: usize, cols: usize| -> Result<()> {
-        let t = random_matrix(&name, rows, cols, spec.weight_type(sh, kind, layer, cols), seed, &mut pools)?;
+    // `experts` matrices of `rows × cols`: one 3-D tensor when `experts > 0`, a matrix when 0.
+    let mut tensor = |name: String, kind: &str, layer: usize, experts: usize, rows: usize, cols: usize| -> Result<()> {
+        let dtype = if kind == "ffn_gate_inp" { GgmlDType::F32 } else { spec.weight_type(sh, kind, layer, cols) };
+        let t = random_matrix(&name, experts, rows, cols, dtype, sh.std_of(kind), seed, &mut pools)?;
         tensors.push((name, t));
         Ok(())
     };
-    matrix("token_embd.weight".into(), "token_embd", 0, sh.vocab, e)?;
+    tensor("token_embd.weight".into(), "token_embd", 0, 0, sh.vocab, e)?;
+    let [n_expert, _, n_ff_exp, n_ff_shared] = sh.experts;
     for i in 0..sh.n_layer {
         let p = format!("blk.{i}");
-        matrix(format!("{p}.attn_q.weight"), "attn_q", i, sh.n_head * hd, e)?;
-        matrix(format!("{p}.attn_k.weight"), "attn_k", i, sh.n_kv_head * hd, e)?;
-        matrix(format!("{p}.attn_v.weight"), "attn_v", i, sh.n_kv_head * hd, e)?;
-        matrix(format!("{p}.attn_output.weight"), "attn_output", i, e, sh.n_head * hd)?;
-        matrix(format!("{p}.ffn_gate.weight"), "ffn_gate", i, sh.n_ff, e)?;
-        matrix(format!("{p}.ffn_up.weight"), "ffn_up", i, sh.n_ff, e)?;
-        matrix(format!("{p}.ffn_down.weight"), "ffn_down", i, e, sh.n_ff)?;
+        let mut m = |kind: &str, experts: usize, rows: usize, cols: usize| tensor(format!("{p}.{kind}.weight"), kind, i, experts, rows, cols);
+        m("attn_q", 0, sh.n_head * hd, e)?;
+        m("attn_k", 0, sh.n_kv_head * hd, e)?;
+        m("attn_v", 0, sh.n_kv_head * hd, e)?;
+        m("attn_output", 0, e, sh.n_head * hd)?;
+        if !sh.is_moe() {
+            m("ffn_gate", 0, sh.n_ff, e)?;
+            m("ffn_up", 0, sh.n_ff, e)?;
+            m("ffn_down", 0, e, sh.n_ff)?;
+            continue;
+        }
+        m("ffn_gate_inp", 0, n_expert, e)?;
+        m("ffn_gate_exps", n_expert, n_ff_exp, e)?;
+        m("ffn_up_exps", n_expert, n_ff_exp, e)?;
+        m("ffn_down_exps", n_expert, e, n_ff_exp)?;
+        if n_ff_shared > 0 {
+            m("ffn_gate_shexp", 0, n_ff_shared, e)?;
+            m("ffn_up_shexp", 0, n_ff_shared, e)?;
+            m("ffn_down_shexp", 0, e, n_ff_shared)?;
+        }
     }
     if !sh.tied_output {
-        matrix("output.weight".into(), "output", 0, sh.vocab, e)?;
+        tensor("output.weight".into(), "output", 0, 0, sh.vocab, e)?;
     }
     // 1-D f32 tensors: norms (1.0) and biases (random).
     let mut vectors = vec![("output_norm.weight".to_string(), e, Some(1.0))];
@@ -234,11 +332,16 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
             add("attn_k.bias", sh.n_kv_head * hd, None);
             add("attn_v.bias", sh.n_kv_head * hd, None);
         }
-        if sh.arch == "gemma3" {
+        if sh.arch == "gemma3" || sh.arch == "qwen3moe" {
             add("attn_q_norm.weight", hd, Some(1.0));
             add("attn_k_norm.weight", hd, Some(1.0));
+        }
+        if sh.arch == "gemma3" {
             add("post_attention_norm.weight", e, Some(1.0));
             add("post_ffw_norm.weight", e, Some(1.0));
+        }
+        if n_ff_shared > 0 {
+            add("ffn_gate_inp_shexp.weight", e, None);
         }
     }
     for (name, len, fill) in vectors {
@@ -333,5 +436,39 @@ mod tests {
     #[test]
     fn gemma3_270m_q4_k_m_generates() {
         write_and_generate("gemma3:270m:q4_k_m");
+    }
+
+    #[test]
+    fn moe_tiny_files_generate() {
+        for spec in ["mixtral:tiny:q4_k_m", "qwen3moe:tiny:q4_k_m", "qwen2moe:tiny:q4_k_m"] {
+            write_and_generate(spec);
+        }
+    }
+
+    /// A prefill groups its rows by expert; decode runs one row's experts fused. Both must give
+    /// the same logits, position by position, and the tiny files' logits must be peaked.
+    #[test]
+    fn moe_prefill_matches_decode() {
+        use crate::engine::Forward;
+        let dir = tempfile::tempdir().unwrap();
+        for spec in ["qwen2moe:tiny:q4_k_m", "mixtral:tiny:q8_0"] {
+            let path = dir.path().join("m.gguf");
+            write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 3).unwrap();
+            let model = Model::load_uncached(&path, &Device::Cpu).unwrap();
+            let moe = model.cfg().moe.clone().expect("a mixture of experts");
+            assert_eq!((moe.n_expert, moe.n_used), (8, 2));
+            let toks: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+            let mut c1 = model.transformer.new_cache(32).unwrap();
+            let all = model.transformer.forward_rows(&mut [(&toks[..], &mut c1)], &[toks.len()]).unwrap().remove(0);
+            let mut c2 = model.transformer.new_cache(32).unwrap();
+            for (i, t) in toks.iter().enumerate() {
+                let one = model.transformer.forward(&[*t], &mut c2).unwrap();
+                let scale = one.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let dev = one.iter().zip(&all[i]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(dev <= 2e-3 * scale, "{spec} position {i}: prefill and decode differ by {dev} (logits up to {scale})");
+            }
+            let spread = all[0].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) - all[0].iter().fold(f32::INFINITY, |m, &x| m.min(x));
+            assert!(spread > 5.0, "{spec}: logits spread only {spread}: not peaked");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Random weights for synthetic files: N(0, 0.02²) values drawn from a fixed table of normal
-//! samples, quantized in parallel chunks seeded per tensor and chunk (the result does not depend
+//! Random weights for synthetic files: N(0, σ²) values (σ = 0.02 unless a shape asks for more)
+//! drawn from a fixed table of normal samples, quantized in parallel chunks seeded per tensor and chunk (the result does not depend
 //! on the thread count), and large matrices assembled from a pool of quantized blocks.
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -54,32 +54,34 @@ const POOL_MIN_ELEMS: usize = 1 << 22;
 /// Blocks in each type's pool (a power of two).
 const POOL_BLOCKS: usize = 1 << 16;
 
-/// Per quant type, [`POOL_BLOCKS`] blocks quantized from N(0, 0.02²) values, made once per file.
+/// Per quant type and σ, [`POOL_BLOCKS`] blocks quantized from N(0, σ²) values, made once per file.
 #[derive(Default)]
-pub(super) struct BlockPools(Vec<(GgmlDType, Vec<u8>)>);
+pub(super) struct BlockPools(Vec<(GgmlDType, u32, Vec<u8>)>);
 
 impl BlockPools {
-    fn get(&mut self, dtype: GgmlDType, seed: u64) -> Result<&[u8]> {
-        if let Some(i) = self.0.iter().position(|(d, _)| *d == dtype) {
-            return Ok(&self.0[i].1);
+    fn get(&mut self, dtype: GgmlDType, std: f32, seed: u64) -> Result<&[u8]> {
+        if let Some(i) = self.0.iter().position(|(d, s, _)| *d == dtype && *s == std.to_bits()) {
+            return Ok(&self.0[i].2);
         }
-        let bytes = quantized_rows(&format!("pool.{dtype:?}"), POOL_BLOCKS, dtype.block_size(), dtype, seed)?;
-        self.0.push((dtype, bytes));
-        Ok(&self.0.last().expect("just pushed").1)
+        // The name of the 0.02 pool is the one it always had, so such files keep their bytes.
+        let name = if std == WEIGHT_STD { format!("pool.{dtype:?}") } else { format!("pool.{dtype:?}.{std}") };
+        let bytes = quantized_rows(&name, POOL_BLOCKS, dtype.block_size(), dtype, std, seed)?;
+        self.0.push((dtype, std.to_bits(), bytes));
+        Ok(&self.0.last().expect("just pushed").2)
     }
 }
 
-/// `rows × cols` N(0, 0.02²) values quantized to `dtype`, generated and quantized in parallel
+/// `rows × cols` N(0, σ²) values quantized to `dtype`, generated and quantized in parallel
 /// chunks of whole rows (each chunk seeded from `seed`, `name` and its index, so the result does
 /// not depend on the thread count). No f32 copy of the whole matrix is ever held.
-fn quantized_rows(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> Result<Vec<u8>> {
+fn quantized_rows(name: &str, rows: usize, cols: usize, dtype: GgmlDType, std: f32, seed: u64) -> Result<Vec<u8>> {
     let ctx = || format!("quantizing synthetic tensor `{name}` ({rows}x{cols}) to {dtype:?}");
     let rows_per_chunk = ((1 << 20) / cols).max(1);
     let chunks: Vec<Vec<u8>> = (0..rows.div_ceil(rows_per_chunk))
         .into_par_iter()
         .map(|c| -> candle_core::Result<Vec<u8>> {
             let r = rows_per_chunk.min(rows - c * rows_per_chunk);
-            let v = normals(chunk_seed(seed, name, c), r * cols, WEIGHT_STD);
+            let v = normals(chunk_seed(seed, name, c), r * cols, std);
             let t = Tensor::from_vec(v, (r, cols), &Device::Cpu)?;
             Ok(QTensor::quantize(&t, dtype)?.data()?.into_owned())
         })
@@ -88,14 +90,27 @@ fn quantized_rows(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: 
     Ok(chunks.concat())
 }
 
-/// A `rows × cols` weight matrix of `dtype`. Small ones are quantized from fresh N(0, 0.02²)
-/// values; large ones (≥ [`POOL_MIN_ELEMS`]) draw every block uniformly from the type's pool of
-/// [`POOL_BLOCKS`] quantized N(0, 0.02²) blocks: the same distribution of block values at memory
-/// speed (a 7B file in seconds instead of minutes), and rows still differ from each other.
-pub(super) fn random_matrix(name: &str, rows: usize, cols: usize, dtype: GgmlDType, seed: u64, pools: &mut BlockPools) -> Result<QTensor> {
-    let ctx = || format!("synthetic tensor `{name}` ({rows}x{cols}, {dtype:?})");
+/// A `rows × cols` weight matrix of `dtype` of N(0, σ²) values, or `experts` of them as one
+/// `[experts, rows, cols]` tensor when `experts > 0`. Small ones are quantized from fresh values;
+/// large ones (≥ [`POOL_MIN_ELEMS`]) draw every block uniformly from the type's pool of
+/// [`POOL_BLOCKS`] quantized blocks: the same distribution of block values at memory speed (a 7B
+/// file in seconds instead of minutes), and rows still differ from each other.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn random_matrix(
+    name: &str,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+    std: f32,
+    seed: u64,
+    pools: &mut BlockPools,
+) -> Result<QTensor> {
+    let ctx = || format!("synthetic tensor `{name}` ({experts}x{rows}x{cols}, {dtype:?})");
+    let (shape, rows): (candle_core::Shape, usize) =
+        if experts > 0 { ((experts, rows, cols).into(), experts * rows) } else { ((rows, cols).into(), rows) };
     let bytes = if rows * cols >= POOL_MIN_ELEMS && cols.is_multiple_of(dtype.block_size()) {
-        let pool = pools.get(dtype, seed)?;
+        let pool = pools.get(dtype, std, seed)?;
         let bb = dtype.type_size();
         let mut bytes = vec![0u8; rows * cols / dtype.block_size() * bb];
         bytes.par_chunks_mut(bb << 16).enumerate().for_each(|(c, out)| {
@@ -107,10 +122,10 @@ pub(super) fn random_matrix(name: &str, rows: usize, cols: usize, dtype: GgmlDTy
         });
         bytes
     } else {
-        quantized_rows(name, rows, cols, dtype, seed)?
+        quantized_rows(name, rows, cols, dtype, std, seed)?
     };
     let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, dtype).map_err(Error::candle(ctx()))?;
-    QTensor::new(storage, (rows, cols)).map_err(Error::candle(ctx()))
+    QTensor::new(storage, shape).map_err(Error::candle(ctx()))
 }
 
 /// A 1-D f32 tensor: all `fill` (norms), or N(0, 0.02²) values when `fill` is `None` (biases).

@@ -17,11 +17,14 @@ use crate::model::row_ops::rms_norm_cpu;
 use crate::model::ubatch;
 
 mod attention;
+mod moe;
 mod shapes;
 mod switches;
 
 pub use switches::generic_ops_requested;
+use moe::{Ffn, Mlp, Moe};
 use switches::{step_lock_for, GPU_STEP_LOCKS};
+
 
 struct Layer {
     attn_norm: Tensor,
@@ -33,9 +36,7 @@ struct Layer {
     qk_norm: Option<(Tensor, Tensor)>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    ffn: Ffn,
     post_ffn_norm: Option<Tensor>,
     window: Option<usize>,
     rope_base: f32,
@@ -56,6 +57,9 @@ pub struct Transformer {
     step_lock: Option<usize>,
     /// Rows per forward pass: longer steps go through in pieces (see [`ubatch`]).
     prefill_rows: usize,
+    /// Weight bytes one decoded token reads: all of them for a dense model; for a mixture of
+    /// experts, all but the experts a token does not pick.
+    active_bytes: u64,
 }
 
 impl Transformer {
@@ -65,14 +69,17 @@ impl Transformer {
         let mut q = |name: &str| g.tensor(&mut r, name, device);
         let embed = Arc::new(q("token_embd.weight")?);
         let mut layers = Vec::with_capacity(cfg.n_layer);
-        let mut r2 = g.reader()?;
+        let (mut r2, mut r3) = (g.reader()?, g.reader()?);
         let mut opt = |name: &str| -> Result<Option<QTensor>> {
             if g.has_tensor(name) { g.tensor(&mut r2, name, device).map(Some) } else { Ok(None) }
         };
         let mut all = Vec::new();
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let names = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+            let mut names = vec!["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"];
+            if cfg.moe.is_none() {
+                names.extend(["ffn_gate", "ffn_up", "ffn_down"]);
+            }
             let mut t = Vec::with_capacity(names.len());
             for n in names {
                 t.push(opt(&format!("{p}.{n}.weight"))?.ok_or_else(|| Error::BadGguf {
@@ -87,17 +94,21 @@ impl Transformer {
             let kn = opt(&format!("{p}.attn_k_norm.weight"))?;
             let pan = opt(&format!("{p}.post_attention_norm.weight"))?;
             let pfn = opt(&format!("{p}.post_ffw_norm.weight"))?;
-            all.push((i, t, bq, bk, bv, qn, kn, pan, pfn));
+            let experts = cfg.moe.as_ref().map(|m| Moe::load(g, &mut r3, &p, m, device)).transpose()?;
+            all.push((i, t, experts, bq, bk, bv, qn, kn, pan, pfn));
         }
         let deq = |t: QTensor| t.dequantize(device).map_err(Error::candle("dequantizing a norm/bias"));
         let mm = |t: QTensor| QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"));
-        for (i, t, bq, bk, bv, qn, kn, pan, pfn) in all {
+        for (i, t, experts, bq, bk, bv, qn, kn, pan, pfn) in all {
             let mut it = t.into_iter();
-            let mut next = || it.next().expect("nine tensors per layer");
+            let mut next = || it.next().expect("the tensors named above");
             let attn_norm = deq(next())?;
             let (wq, wk, wv, wo) = (mm(next())?, mm(next())?, mm(next())?, mm(next())?);
             let ffn_norm = deq(next())?;
-            let (gate, up, down) = (mm(next())?, mm(next())?, mm(next())?);
+            let ffn = match experts {
+                Some(m) => Ffn::Moe(m),
+                None => Ffn::Dense(Mlp { gate: mm(next())?, up: mm(next())?, down: mm(next())? }),
+            };
             let bias = match (bq, bk, bv) {
                 (Some(a), Some(b), Some(c)) => Some((deq(a)?, deq(b)?, deq(c)?)),
                 _ => None,
@@ -117,9 +128,7 @@ impl Transformer {
                 qk_norm,
                 post_attn_norm: pan.map(deq).transpose()?,
                 ffn_norm,
-                gate,
-                up,
-                down,
+                ffn,
                 post_ffn_norm: pfn.map(deq).transpose()?,
                 window,
                 rope_base: if window.is_some() { cfg.rope_base_local } else { cfg.rope_base },
@@ -133,7 +142,32 @@ impl Transformer {
         };
         let fast_cpu = device.is_cpu() && !generic_ops_requested();
         let prefill_rows = ubatch::prefill_rows(&cfg, g.tensor_data_bytes(), device.is_cpu());
-        Ok(Self { cfg, embed, layers, norm, output, device: device.clone(), fast_cpu, step_lock: step_lock_for(device), prefill_rows })
+        let idle: u64 = match &cfg.moe {
+            None => 0,
+            Some(m) => g
+                .content
+                .tensor_infos
+                .iter()
+                .filter(|(name, _)| name.ends_with("_exps.weight"))
+                .map(|(_, i)| crate::model::gguf::tensor_bytes(i.ggml_dtype, i.shape.elem_count()) / m.n_expert as u64 * (m.n_expert - m.n_used) as u64)
+                .sum(),
+        };
+        // The embedding table is read one row per token, not whole.
+        let embed_bytes = crate::model::gguf::tensor_bytes(embed.dtype(), embed.shape().elem_count());
+        let tied = !g.has_tensor("output.weight");
+        let active_bytes = g.tensor_data_bytes().saturating_sub(idle).saturating_sub(if tied { 0 } else { embed_bytes });
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            output,
+            device: device.clone(),
+            fast_cpu,
+            step_lock: step_lock_for(device),
+            prefill_rows,
+            active_bytes,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -157,9 +191,15 @@ impl Transformer {
         if self.fast_cpu { rms_norm_cpu(x, w, eps) } else { candle_nn::ops::rms_norm(x, w, eps) }
     }
 
-    fn mlp(&self, l: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = self.mm_many(&[&l.gate, &l.up], x)?.try_into().expect("two projections");
-        let h = if self.fast_cpu {
+    fn mlp(&self, m: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
+        let [gate, up]: [Tensor; 2] = self.mm_many(&[&m.gate, &m.up], x)?.try_into().expect("two projections");
+        let h = self.gated(gate, up)?;
+        self.mm(&m.down, &h)
+    }
+
+    /// `act(gate) ⊙ up`, in place in `gate` on the CPU fast path.
+    fn gated(&self, gate: Tensor, up: Tensor) -> candle_core::Result<Tensor> {
+        Ok(if self.fast_cpu {
             let kind = match self.cfg.activation {
                 Activation::Silu => Gate::Silu,
                 Activation::GeluTanh => Gate::GeluTable,
@@ -172,8 +212,7 @@ impl Transformer {
                 Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
                 Activation::GeluTanh => (gate.gelu()? * up)?,
             }
-        };
-        self.mm(&l.down, &h)
+        })
     }
 
     /// One step over several sequences: every segment's tokens are fed at its cache's position;
@@ -220,7 +259,7 @@ impl Transformer {
                 h = self.rms_norm(&h, n)?;
             }
             x = (x + h)?;
-            let mut h = self.mlp(l, &self.rms_norm(&x, &l.ffn_norm)?)?;
+            let mut h = self.ffn(&l.ffn, &self.rms_norm(&x, &l.ffn_norm)?)?;
             if let Some(n) = &l.post_ffn_norm {
                 h = self.rms_norm(&h, n)?;
             }
@@ -280,6 +319,11 @@ impl Forward for Transformer {
 }
 
 impl Transformer {
+    /// Weight bytes one decoded token reads (a mixture of experts reads only the picked ones).
+    pub fn active_bytes(&self) -> u64 {
+        self.active_bytes
+    }
+
     /// Rows per forward pass of this model.
     pub fn prefill_rows(&self) -> usize {
         self.prefill_rows

@@ -26,9 +26,26 @@ pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
         t("attn_v.weight", &[kv, e], true);
         t("attn_output.weight", &[e, q], true);
         t("ffn_norm.weight", &[e], true);
-        t("ffn_gate.weight", &[cfg.n_ff, e], true);
-        t("ffn_up.weight", &[cfg.n_ff, e], true);
-        t("ffn_down.weight", &[e, cfg.n_ff], true);
+        match &cfg.moe {
+            None => {
+                t("ffn_gate.weight", &[cfg.n_ff, e], true);
+                t("ffn_up.weight", &[cfg.n_ff, e], true);
+                t("ffn_down.weight", &[e, cfg.n_ff], true);
+            }
+            Some(m) => {
+                let (x, f) = (m.n_expert, m.n_ff_exp);
+                t("ffn_gate_inp.weight", &[x, e], true);
+                t("ffn_gate_exps.weight", &[x, f, e], true);
+                t("ffn_up_exps.weight", &[x, f, e], true);
+                t("ffn_down_exps.weight", &[x, e, f], true);
+                if let Some(s) = m.n_ff_shared {
+                    t("ffn_gate_inp_shexp.weight", &[e], true);
+                    t("ffn_gate_shexp.weight", &[s, e], true);
+                    t("ffn_up_shexp.weight", &[s, e], true);
+                    t("ffn_down_shexp.weight", &[e, s], true);
+                }
+            }
+        }
         t("attn_q.bias", &[q], false);
         t("attn_k.bias", &[kv], false);
         t("attn_v.bias", &[kv], false);
@@ -51,8 +68,18 @@ pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
                     path: g.path.clone(),
                     reason: format!(
                         "tensor `{name}` has shape {found:?}, but the metadata ({:?}: embedding {e}, {} heads of {hd}, \
-                         {} KV heads, feed-forward {}, vocabulary {}) gives {dims:?}",
-                        cfg.arch, cfg.n_head, cfg.n_kv_head, cfg.n_ff, cfg.vocab_size
+                         {} KV heads, feed-forward {}, vocabulary {}{}) gives {dims:?}",
+                        cfg.arch,
+                        cfg.n_head,
+                        cfg.n_kv_head,
+                        cfg.n_ff,
+                        cfg.vocab_size,
+                        cfg.moe.as_ref().map_or(String::new(), |m| format!(
+                            ", {} experts of feed-forward {}{}",
+                            m.n_expert,
+                            m.n_ff_exp,
+                            m.n_ff_shared.map_or(String::new(), |s| format!(", shared expert {s}"))
+                        ))
                     ),
                 })
             }
