@@ -1,11 +1,12 @@
 //! Command-line interface (clap types stop here): `moa-local [OPTIONS] [PROMPT]` runs MoA;
-//! subcommands run one model, tokenize, plan, bench and serve.
+//! subcommands run one model, tokenize, plan, bench, serve, eval and perplexity.
 
 mod bench;
 mod bench_moa;
 mod eval;
 mod generate;
 mod moa_cmd;
+mod perplexity;
 mod progress;
 mod serve;
 
@@ -42,6 +43,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Evaluate models, MoA recipes and Self-MoA on IFEval, MT-Bench or AlpacaEval, offline.
     Eval(eval::EvalArgs),
+    /// Perplexity on a text file, chunked like llama-perplexity; KL divergence against its
+    /// --kl-divergence-base logits.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Options of a MoA run (also used by `plan`, `bench` and `serve`).
@@ -126,6 +130,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Plan(a)) => moa_cmd::plan(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Eval(a)) => eval::eval(a),
+        Some(Command::Perplexity(a)) => perplexity::run(a),
         None => moa_cmd::run(cli.moa),
     }
 }

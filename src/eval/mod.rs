@@ -8,6 +8,7 @@ pub mod ifeval;
 pub mod ifeval_suite;
 pub mod judge;
 pub mod mtbench;
+pub mod perplexity;
 pub mod report;
 pub mod run;
 pub mod stats;
