@@ -31,6 +31,7 @@
 //! have no stop strings (their end-of-turn token ends generation).
 
 use minijinja::value::Kwargs;
+use minijinja::value::ValueKind;
 use minijinja::{Environment, ErrorKind, Value};
 
 use crate::error::{Error, Result};
@@ -99,7 +100,7 @@ impl ChatTemplate {
     /// Compile `source` as the chat template of `model`.
     pub fn new(model: impl Into<String>, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let model = model.into();
-        let env = make_env(source).map_err(|e| Error::Template { model: model.clone(), reason: describe(&e) })?;
+        let env = make_env(source, None).map_err(|e| Error::Template { model: model.clone(), reason: describe(&e) })?;
         Ok(Self {
             model,
             source: Some(source.to_string()),
@@ -108,6 +109,17 @@ impl ChatTemplate {
             eos_token: eos_token.to_string(),
             stops: Vec::new(),
         })
+    }
+
+    /// The same template with `strftime_now` reading a fixed clock (`unix_secs`, UTC) instead of
+    /// the system's: reproducible renders for tests and cached evaluations.
+    pub fn with_clock(mut self, unix_secs: i64) -> Result<Self> {
+        if let Some(src) = &self.source {
+            let env = make_env(src, Some(unix_secs))
+                .map_err(|e| Error::Template { model: self.model.clone(), reason: describe(&e) })?;
+            self.env = Some(env);
+        }
+        Ok(self)
     }
 
     /// The plain fallback format (see the module documentation).
@@ -185,7 +197,7 @@ fn describe(e: &minijinja::Error) -> String {
     s
 }
 
-fn make_env(source: &str) -> std::result::Result<Environment<'static>, minijinja::Error> {
+fn make_env(source: &str, clock: Option<i64>) -> std::result::Result<Environment<'static>, minijinja::Error> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -193,9 +205,17 @@ fn make_env(source: &str) -> std::result::Result<Environment<'static>, minijinja
     env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
     });
-    env.add_function("strftime_now", strftime_now);
+    env.add_function("strftime_now", move |fmt: String| format_time(&fmt, clock.unwrap_or_else(now_secs)));
     env.add_filter("tojson", tojson);
-    env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
+    // Python's `is iterable`: none is not (minijinja iterates none as empty, so its own test says
+    // yes, and `tools is iterable and tools | length > 0` fails on `tools = none`); jinja2's
+    // undefined is (it iterates as empty).
+    env.add_test("iterable", |v: Value| match v.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Invalid => false,
+        ValueKind::Undefined => true,
+        _ => v.try_iter().is_ok(),
+    });
+    env.add_template_owned(TEMPLATE_NAME, generation_blocks_as_if(source))?;
     Ok(env)
 }
 
@@ -321,12 +341,61 @@ fn format_time(fmt: &str, secs: i64) -> String {
     out
 }
 
-fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    format_time(&fmt, secs)
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// {% generation %} blocks
+// ---------------------------------------------------------------------------------------------
+
+/// transformers' `{% generation %}…{% endgeneration %}` (its AssistantTracker extension: the body
+/// renders unchanged, the tags mark the assistant's tokens for training masks) as
+/// `{% if true %}…{% endif %}`, keeping each tag's `-` whitespace markers so trimming is the same.
+/// minijinja has no custom tags; text outside `{% %}` tags is never touched.
+fn generation_blocks_as_if(source: &str) -> String {
+    if !source.contains("generation") {
+        return source.to_string();
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.strip_prefix(['-', '+']) {
+            Some(b) => (&inner[..1], b),
+            None => ("", inner),
+        };
+        let (body, trail) = match body.strip_suffix(['-', '+']) {
+            Some(b) => (b, &body[b.len()..]),
+            None => (body, ""),
+        };
+        let word = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match word {
+            Some(w) => {
+                out.push_str("{%");
+                out.push_str(lead);
+                out.push(' ');
+                out.push_str(w);
+                out.push(' ');
+                out.push_str(trail);
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -370,6 +439,28 @@ mod tests {
         let src = "{% for m in messages %}\n    {% if true %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}\n";
         let t = ChatTemplate::new("m", src, "", "").unwrap();
         assert_eq!(t.render(&[Message::user("a"), Message::user("b")], false).unwrap(), "a\nb\n");
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let src = "{%- for m in messages -%}{% if m.role == 'assistant' %}{%- generation -%} [{{ m.content }}] {%- endgeneration -%}{% else %}<{{ m.content }}>{% endif %}{%- endfor -%}";
+        let t = ChatTemplate::new("m", src, "", "").unwrap();
+        let got = t.render(&[Message::user("q"), Message::assistant("a")], false).unwrap();
+        assert_eq!(got, "<q>[a]");
+        // Raw text and other tags are left alone.
+        assert_eq!(generation_blocks_as_if("generation {% if x %}{%+ endgeneration %}"), "generation {% if x %}{%+ endif %}");
+    }
+
+    #[test]
+    fn iterable_test_is_pythons() {
+        let t = ChatTemplate::new("m", "{{ tools is iterable }} {{ x is iterable }} {{ [1] is iterable }} {{ 'ab' is iterable }} {{ 3 is iterable }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "False True True True False");
+    }
+
+    #[test]
+    fn fixed_clock() {
+        let t = ChatTemplate::new("m", "{{ strftime_now('%Y-%m-%d %H:%M') }}", "", "").unwrap().with_clock(1_780_000_000).unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "2026-05-28 20:26");
     }
 
     #[test]
