@@ -221,3 +221,25 @@ fn logits_match_llama_cpp_qwen2moe_tiny() {
     let f = check_synthetic("qwen2moe:tiny:q4_k_m");
     assert!(f.is_empty(), "{f:#?}");
 }
+
+/// Llama 3's RoPE frequency factors (`rope_freqs`).
+#[test]
+fn logits_match_llama_cpp_llama3_rope_freqs_tiny() {
+    let f = check_synthetic("llama:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+/// Gemma 2: attention and final logit soft-capping, every other layer a sliding window (of 16
+/// here, so that it bites within the prompts), sandwich norms.
+#[test]
+fn logits_match_llama_cpp_gemma2_tiny() {
+    let f = check_synthetic("gemma2:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+/// Phi-3: fused Q/K/V and gate/up matrices, LongRoPE's short factors and attention factor.
+#[test]
+fn logits_match_llama_cpp_phi3_tiny() {
+    let f = check_synthetic("phi3:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}

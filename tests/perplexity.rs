@@ -44,16 +44,17 @@ fn ppl_matches_llama_perplexity_on_the_bundled_models() {
     }
 }
 
-/// The tiny synthetic mixtures of experts (peaked weights): KL divergence from llama.cpp's
+/// The tiny synthetic files of the architectures without a bundled real one (the mixtures of
+/// experts, Llama 3's RoPE factors, Gemma 2, Phi-3; peaked weights): KL divergence from llama.cpp's
 /// logits on the same tokens, and its top-1 choice, measured against how far llama.cpp lies from
 /// itself when only its attention kernel changes (flash attention off against the base's on).
 /// Where a router scores two experts within rounding of each other either change can swap an
 /// expert, so a few positions of the mixtures diverge by far more than the rest (Mixtral: a mean
 /// KLD of 0.02 over a median of 0.002, in llama.cpp's own comparison too).
 #[test]
-fn moe_kl_divergence_from_llama_cpp_is_small() {
+fn synthetic_kl_divergence_from_llama_cpp_is_small() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["qwen3moe", "mixtral", "qwen2moe"] {
+    for arch in ["qwen3moe", "mixtral", "qwen2moe", "llama", "gemma2", "phi3"] {
         let spec = format!("{arch}:tiny:q4_k_m");
         let path = dir.path().join(format!("{arch}.gguf"));
         write_synthetic(&SyntheticSpec::parse(&spec).unwrap(), &path, 1).unwrap();

@@ -35,6 +35,8 @@ pub struct AttnShape {
     pub q_off: usize,
     pub window: Option<usize>,
     pub scale: f32,
+    /// Gemma 2's logit soft-capping: scores become `cap · tanh(score / cap)` after the scale.
+    pub softcap: Option<f32>,
 }
 
 /// The two inner loops, in a SIMD or a scalar version with identical results.
@@ -107,9 +109,19 @@ fn attend_row(ops: Ops, s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], first: u
     (ops.dots)(q16, &k[b0 * KEY_BLOCK * d..b1 * KEY_BLOCK * d], scores);
     let e = &mut scores[first - b0 * KEY_BLOCK..qp + 1 - b0 * KEY_BLOCK];
     let mut mx = f32::NEG_INFINITY;
-    for x in e.iter_mut() {
-        *x *= s.scale;
-        mx = mx.max(*x);
+    match s.softcap {
+        None => {
+            for x in e.iter_mut() {
+                *x *= s.scale;
+                mx = mx.max(*x);
+            }
+        }
+        Some(cap) => {
+            for x in e.iter_mut() {
+                *x = cap * (*x * s.scale / cap).tanh();
+                mx = mx.max(*x);
+            }
+        }
     }
     let mut sum = 0f64;
     for x in e.iter_mut() {

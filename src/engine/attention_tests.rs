@@ -17,7 +17,8 @@ fn reference(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16]) -> Vec<f32> {
             let scores: Vec<f64> = (first..=qp)
                 .map(|kp| {
                     let kr = &k[(kvh * s.capacity + kp) * d..][..d];
-                    qr.iter().zip(kr).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * s.scale as f64
+                    let x = qr.iter().zip(kr).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * s.scale as f64;
+                    s.softcap.map_or(x, |c| c as f64 * (x / c as f64).tanh())
                 })
                 .collect();
             let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -74,11 +75,15 @@ fn check(s: AttnShape, tol: f32) -> Vec<f32> {
 #[test]
 fn matches_plain_softmax_attention_with_gqa_and_windows() {
     for (window, pos, seq) in [(None, 0, 5), (None, 7, 1), (Some(3), 2, 6), (Some(4), 9, 1)] {
-        check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, capacity: 16, seq, pos, q_rows: seq, q_off: 0, window, scale: 0.35 }, 5e-3);
+        check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 8, capacity: 16, seq, pos, q_rows: seq, q_off: 0, window, scale: 0.35, softcap: None }, 5e-3);
     }
     // Long context, window ending mid-block, capacity not a multiple of the key block.
-    check(AttnShape { n_head: 2, n_kv_head: 1, head_dim: 64, capacity: 301, seq: 3, pos: 290, q_rows: 3, q_off: 0, window: Some(37), scale: 0.125 }, 5e-3);
-    check(AttnShape { n_head: 6, n_kv_head: 2, head_dim: 128, capacity: 75, seq: 70, pos: 0, q_rows: 70, q_off: 0, window: None, scale: 0.09 }, 5e-3);
+    check(AttnShape { n_head: 2, n_kv_head: 1, head_dim: 64, capacity: 301, seq: 3, pos: 290, q_rows: 3, q_off: 0, window: Some(37), scale: 0.125, softcap: None }, 5e-3);
+    check(AttnShape { n_head: 6, n_kv_head: 2, head_dim: 128, capacity: 75, seq: 70, pos: 0, q_rows: 70, q_off: 0, window: None, scale: 0.09, softcap: None }, 5e-3);
+    // Gemma 2's soft-capping, with scores large enough that the cap bends them.
+    let capped = check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32, capacity: 24, seq: 9, pos: 3, q_rows: 9, q_off: 0, window: Some(5), scale: 1.5, softcap: Some(2.0) }, 5e-3);
+    let plain = check(AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32, capacity: 24, seq: 9, pos: 3, q_rows: 9, q_off: 0, window: Some(5), scale: 1.5, softcap: None }, 5e-3);
+    assert!(capped.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 0.05), "the cap changes the result");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Architecture hyper-parameters read from GGUF metadata, dispatched on `general.architecture`.
 //! One `Config` describes every supported family; the differences (bias, QK-norm, sandwich
-//! norms, RoPE style, sliding windows, activation, a mixture-of-experts feed-forward) are flags
-//! the forward pass reads.
+//! norms, RoPE style and scaling, sliding windows, soft-capping, activation, fused projections, a
+//! mixture-of-experts feed-forward) are flags the forward pass reads.
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
@@ -12,7 +12,7 @@ pub const MAX_VOCAB: usize = 1 << 22;
 pub const MAX_CONTEXT: u32 = 1 << 24;
 
 pub const SUPPORTED_ARCHS: &[&str] =
-    &["llama (Llama, Mistral, SmolLM2, Mixtral)", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma3"];
+    &["llama (Llama, Mistral, SmolLM2, Mixtral)", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3"];
 /// Most experts per layer accepted (real models have up to 256 or 384).
 pub const MAX_EXPERTS: u32 = 1024;
 
@@ -23,7 +23,9 @@ pub enum Arch {
     Qwen2Moe,
     Qwen3,
     Qwen3Moe,
+    Gemma2,
     Gemma3,
+    Phi3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -80,6 +82,18 @@ pub struct Config {
     pub attn_scale: f32,
     pub activation: Activation,
     pub moe: Option<MoeConfig>,
+    /// Gemma 2: attention scores become `cap · tanh(score / cap)`, and so do the final logits.
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+    /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor`).
+    pub rope_freq_scale: f32,
+    /// cos/sin are multiplied by this (`rope.scaling.attn_factor`; Phi-3's LongRoPE sets it).
+    pub rope_attn_factor: f32,
+    /// The context the RoPE frequencies were trained at (`rope.scaling.original_context_length`):
+    /// a sequence with a longer cache uses Phi-3's long-context factors.
+    pub rope_orig_context: usize,
+    /// Phi-3: `ffn_up` holds the gate's rows and then the up projection's.
+    pub fused_gate_up: bool,
 }
 
 impl Config {
@@ -91,7 +105,9 @@ impl Config {
             "qwen2moe" => Arch::Qwen2Moe,
             "qwen3" => Arch::Qwen3,
             "qwen3moe" => Arch::Qwen3Moe,
+            "gemma2" => Arch::Gemma2,
             "gemma3" => Arch::Gemma3,
+            "phi3" => Arch::Phi3,
             other => {
                 return Err(Error::UnsupportedArch {
                     path: g.path.clone(),
@@ -143,22 +159,38 @@ impl Config {
             }
             Ok(v)
         };
+        if g.has(&k("rope.dimension_count")) && g.u32(&k("rope.dimension_count"))? as usize != head_dim {
+            return Err(g.field_err(&k("rope.dimension_count"), &format!("differs from the head size {head_dim} (partial rotary embeddings are not supported)")));
+        }
         let rope_base = positive("rope.freq_base", 10_000.0)?;
-        let gemma = arch == Arch::Gemma3;
-        let sliding_window = if gemma {
-            let w = dim("attention.sliding_window", Some(512), 1 << 24)?;
-            let period = dim("attention.sliding_window_pattern", Some(6), 1 << 10)?;
-            Some((w, period))
-        } else {
-            None
+        let rope_freq_scale = Self::rope_scaling(g, &k)?;
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        // llama.cpp's defaults: Gemma 3 a window of 512 with every 6th layer global, Gemma 2 4096
+        // and every other layer.
+        let sliding_window = match arch {
+            Arch::Gemma3 => Some((dim("attention.sliding_window", Some(512), 1 << 24)?, dim("attention.sliding_window_pattern", Some(6), 1 << 10)?)),
+            Arch::Gemma2 => Some((dim("attention.sliding_window", Some(4096), 1 << 24)?, dim("attention.sliding_window_pattern", Some(2), 1 << 10)?)),
+            _ => None,
         };
-        let attn_scale = if gemma { positive("attention.scale", 1.0 / (head_dim as f32).sqrt())? } else { 1.0 / (head_dim as f32).sqrt() };
+        let n_layer = dim("block_count", None, 1 << 10)?;
+        let attn_scale = match arch {
+            Arch::Gemma3 => positive("attention.scale", 1.0 / (head_dim as f32).sqrt())?,
+            // Gemma 2 27B (46 layers) scales by the embedding per head, as llama.cpp and gemma_pytorch.
+            Arch::Gemma2 if n_layer == 46 => 1.0 / ((n_embd / n_head) as f32).sqrt(),
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let (attn_softcap, final_softcap) = if arch == Arch::Gemma2 {
+            (Some(positive("attn_logit_softcapping", 50.0)?), Some(positive("final_logit_softcapping", 30.0)?))
+        } else {
+            (None, None)
+        };
         let rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5)?;
         let n_ff = dim("feed_forward_length", None, 1 << 20)?;
         let moe = Self::moe_from_gguf(g, arch, n_ff)?;
+        let context_length = dim("context_length", Some(4096), MAX_CONTEXT)?;
         Ok(Self {
             arch,
-            n_layer: dim("block_count", None, 1 << 10)?,
+            n_layer,
             n_embd,
             n_head,
             n_kv_head,
@@ -167,9 +199,13 @@ impl Config {
             rms_eps: rms_eps as f64,
             rope_base,
             // llama.cpp's key; 10k when absent, as there.
-            rope_base_local: if gemma { positive("rope.freq_base_swa", 10_000.0)? } else { rope_base },
+            rope_base_local: match arch {
+                Arch::Gemma3 => positive("rope.freq_base_swa", 10_000.0)?,
+                Arch::Gemma2 => positive("rope.freq_base_swa", rope_base)?,
+                _ => rope_base,
+            },
             rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Neox },
-            context_length: dim("context_length", Some(4096), MAX_CONTEXT)?,
+            context_length,
             vocab_size,
             sliding_window,
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3),
@@ -178,7 +214,36 @@ impl Config {
             attn_scale,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             moe,
+            attn_softcap,
+            final_softcap,
+            rope_freq_scale,
+            rope_attn_factor: positive("rope.scaling.attn_factor", 1.0)?,
+            rope_orig_context: dim("rope.scaling.original_context_length", Some(context_length as u32), MAX_CONTEXT)?,
+            fused_gate_up: arch == Arch::Phi3,
         })
+    }
+
+    /// The position scale of `rope.scaling.type`: `none`, or `linear` by `rope.scaling.factor`
+    /// (llama.cpp's default type is linear, and a factor of 0 or 1 means none). Other types
+    /// (YaRN, LongRoPE's in-metadata form) change the frequencies in ways not implemented here:
+    /// refused rather than run with the wrong positions. Llama 3's and Phi-3's frequency factors
+    /// are tensors (`rope_freqs`, `rope_factors_*`), read by the transformer.
+    fn rope_scaling(g: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<f32> {
+        let kind = if g.has(&k("rope.scaling.type")) { g.str(&k("rope.scaling.type"))?.to_string() } else { "linear".to_string() };
+        let factor = if g.has(&k("rope.scaling.factor")) {
+            g.f32_or(&k("rope.scaling.factor"), 0.0)?
+        } else {
+            g.f32_or(&k("rope.scale_linear"), 0.0)?
+        };
+        if !(factor.is_finite() && factor >= 0.0) {
+            return Err(g.field_err(&k("rope.scaling.factor"), &format!("is {factor}, not a finite number ≥ 0")));
+        }
+        match kind.as_str() {
+            "none" => Ok(1.0),
+            "linear" => Ok(if factor == 0.0 || factor == 1.0 { 1.0 } else { 1.0 / factor }),
+            _ if factor == 0.0 || factor == 1.0 => Ok(1.0),
+            other => Err(g.field_err(&k("rope.scaling.type"), &format!("is `{other}` (factor {factor}): only linear RoPE scaling is supported"))),
+        }
     }
 
     /// The experts of `arch`, as llama.cpp reads them: `expert_count` experts (required by the

@@ -218,32 +218,65 @@ impl GgufFile {
         let &[n, rows, cols] = info.shape.dims() else {
             return Err(bad(format!("has shape {:?}, expected 3 dimensions (experts, rows, columns)", info.shape.dims())));
         };
-        let dtype = info.ggml_dtype;
-        let elems = rows.checked_mul(cols).filter(|e| e.is_multiple_of(dtype.block_size()));
-        let Some(elems) = elems else {
-            return Err(bad(format!("an expert of {rows}x{cols} is not a whole number of {dtype:?} blocks")));
+        let slice = self.row_bytes(name, info.ggml_dtype, cols)?.checked_mul(rows as u64).ok_or_else(|| bad("an expert's size overflows".into()))?;
+        (0..n as u64).map(|i| self.read_rows(reader, name, i.checked_mul(slice), rows, cols, device)).collect()
+    }
+
+    /// Read a matrix `[rows, cols]` as consecutive row groups of `parts` rows each (a fused
+    /// Q/K/V or gate/up projection as its separate matrices): rows are whole blocks in the file,
+    /// so each group is a byte range of the data, read as it is.
+    pub fn tensor_row_groups<R: Read + Seek>(&self, reader: &mut R, name: &str, parts: &[usize], device: &Device) -> Result<Vec<QTensor>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Err(Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}` is missing") });
         };
-        let slice = elems / dtype.block_size() * dtype.type_size();
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let at = (i as u64)
-                .checked_mul(slice as u64)
-                .and_then(|o| o.checked_add(info.offset))
-                .and_then(|o| o.checked_add(self.content.tensor_data_offset))
-                .ok_or_else(|| bad(format!("expert {i}'s offset overflows")))?;
-            reader.seek(SeekFrom::Start(at)).map_err(|e| bad(format!("seeking to expert {i}: {e}")))?;
-            let shape = candle_core::Shape::from((rows, cols));
-            let t = if device.is_cpu() {
-                cpu_tensor::read(reader, dtype, shape).map_err(|e| bad(format!("expert {i}: {e}")))?
-            } else {
-                let mut raw = vec![0u8; slice];
-                reader.read_exact(&mut raw).map_err(|e| bad(format!("reading expert {i}: {e}")))?;
-                candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &raw, vec![rows, cols], device)
-                    .map_err(|e| bad(format!("expert {i}: {}", crate::error::candle_message(&e))))?
-            };
-            out.push(t);
+        let bad = |e: String| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") };
+        let &[rows, cols] = info.shape.dims() else {
+            return Err(bad(format!("has shape {:?}, expected a matrix", info.shape.dims())));
+        };
+        if parts.iter().try_fold(0usize, |a, &p| a.checked_add(p)) != Some(rows) {
+            return Err(bad(format!("has {rows} rows, not the {parts:?} its parts need")));
+        }
+        let row = self.row_bytes(name, info.ggml_dtype, cols)?;
+        let mut first = 0u64;
+        let mut out = Vec::with_capacity(parts.len());
+        for &p in parts {
+            out.push(self.read_rows(reader, name, first.checked_mul(row), p, cols, device)?);
+            first += p as u64;
         }
         Ok(out)
+    }
+
+    /// Bytes of one row of `cols` elements of `dtype` (a whole number of blocks, or an error).
+    fn row_bytes(&self, name: &str, dtype: GgmlDType, cols: usize) -> Result<u64> {
+        if !cols.is_multiple_of(dtype.block_size()) {
+            return Err(Error::BadGguf {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: rows of {cols} are not a whole number of {dtype:?} blocks"),
+            });
+        }
+        Ok((cols / dtype.block_size() * dtype.type_size()) as u64)
+    }
+
+    /// `rows × cols` of tensor `name` starting `at` bytes into its data (`None`: the offset
+    /// overflowed), as a tensor of its own.
+    fn read_rows<R: Read + Seek>(&self, reader: &mut R, name: &str, at: Option<u64>, rows: usize, cols: usize, device: &Device) -> Result<QTensor> {
+        let info = &self.content.tensor_infos[name];
+        let bad = |e: String| Error::BadGguf { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") };
+        let dtype = info.ggml_dtype;
+        let start = at
+            .and_then(|o| o.checked_add(info.offset))
+            .and_then(|o| o.checked_add(self.content.tensor_data_offset))
+            .ok_or_else(|| bad("a slice's offset overflows".into()))?;
+        reader.seek(SeekFrom::Start(start)).map_err(|e| bad(format!("seeking to byte {start}: {e}")))?;
+        let shape = candle_core::Shape::from((rows, cols));
+        if device.is_cpu() {
+            return cpu_tensor::read(reader, dtype, shape).map_err(|e| bad(format!("rows at byte {start}: {e}")));
+        }
+        let len = self.row_bytes(name, dtype, cols)?.checked_mul(rows as u64).ok_or_else(|| bad("a slice's size overflows".into()))?;
+        let mut raw = vec![0u8; usize::try_from(len).map_err(|_| bad("a slice's size overflows".into()))?];
+        reader.read_exact(&mut raw).map_err(|e| bad(format!("reading {len} bytes at {start}: {e}")))?;
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &raw, vec![rows, cols], device)
+            .map_err(|e| bad(crate::error::candle_message(&e)))
     }
 }
 

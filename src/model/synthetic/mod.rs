@@ -1,5 +1,5 @@
-//! Synthetic GGUF files: real architectures and shapes (Qwen2, Llama/Mistral/SmolLM2, Gemma 3,
-//! and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE) with random weights, so speed,
+//! Synthetic GGUF files: real architectures and shapes (Qwen2, Llama/Mistral/SmolLM2, Gemma 2 and
+//! 3, Phi-3, and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE) with random weights, so speed,
 //! memory and the whole load → generate path can be exercised at full size without downloading
 //! a model. The `tiny` shapes are small files for tests, with larger weights ([`Shape::peaked`])
 //! so that their logits and their experts' routing are decided by clear margins: on N(0, 0.02²)
@@ -62,6 +62,9 @@ pub struct Shape {
     pub experts: [usize; 4],
     /// Weights of std 0.06 (router 0.15, output 0.25) instead of 0.02: peaked distributions.
     pub peaked: bool,
+    /// RoPE frequency factors: Llama 3's `rope_freqs` (llama), LongRoPE's short and long
+    /// factors with their attention factor and a trained context of 4096 (phi3).
+    pub rope_factors: bool,
 }
 
 impl Shape {
@@ -72,6 +75,42 @@ impl Shape {
 
     const fn peaked(self) -> Self {
         Shape { peaked: true, ..self }
+    }
+
+    const fn rope_factors(self) -> Self {
+        Shape { rope_factors: true, ..self }
+    }
+
+    fn is_tiny(&self) -> bool {
+        self.size == "tiny" || self.size.starts_with("tiny-")
+    }
+
+    /// Sliding window of the Gemmas: the real models' (4096, 512), 16 in test files so that
+    /// it bites within a short prompt.
+    fn sliding_window(&self) -> Option<u32> {
+        match self.arch {
+            _ if self.is_tiny() && self.arch.starts_with("gemma") => Some(16),
+            "gemma2" => Some(4096),
+            "gemma3" => Some(512),
+            _ => None,
+        }
+    }
+
+    /// Gemma 2's attention and final soft-caps: the real ones (50, 30), tighter in test files
+    /// (whose scores would rarely reach the real ones).
+    fn softcaps(&self) -> Option<(f32, f32)> {
+        match (self.arch, self.is_tiny()) {
+            ("gemma2", false) => Some((50.0, 30.0)),
+            ("gemma2", true) => Some((3.0, 8.0)),
+            _ => None,
+        }
+    }
+
+    /// `head_dim / 2` RoPE factors rising from 1 (high frequencies) to `top` (low ones), as
+    /// Llama 3's and LongRoPE's do.
+    fn factors(&self, top: f32) -> Vec<f32> {
+        let half = self.head_dim / 2;
+        (0..half).map(|i| 1.0 + (top - 1.0) * (i as f32 / (half - 1).max(1) as f32).powi(2)).collect()
     }
 
     /// `general.architecture` of the file (Mixtral is `llama` with experts).
@@ -116,6 +155,7 @@ const fn shape(arch: &'static str, size: &'static str, like: &'static str, dims:
         tied_output,
         experts: [0; 4],
         peaked: false,
+        rope_factors: false,
     }
 }
 
@@ -133,7 +173,12 @@ pub const KNOWN: &[Shape] = &[
         .moe([128, 8, 768, 0]),
     shape("qwen2moe", "a2.7b", "Qwen1.5-MoE-A2.7B", [24, 2048, 16, 16, 128, 5632, 151936, 8192], 1e6, 1e-6, true, false)
         .moe([60, 4, 1408, 5632]),
-    // Test files: two layers, 8 experts of which 2 per token, peaked weights.
+    shape("gemma2", "2b", "gemma-2-2b", [26, 2304, 8, 4, 256, 9216, 256000, 8192], 1e4, 1e-6, false, true),
+    shape("phi3", "mini", "Phi-3.5-mini-instruct", [32, 3072, 32, 32, 96, 8192, 32064, 131072], 1e4, 1e-5, false, false).rope_factors(),
+    // Test files: two layers, peaked weights; the MoEs 8 experts of which 2 per token.
+    shape("llama", "tiny", "Llama 3 (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 5e5, 1e-5, false, false).rope_factors().peaked(),
+    shape("gemma2", "tiny", "Gemma 2 (tiny)", [3, 256, 4, 2, 64, 512, 512, 4096], 1e4, 1e-6, false, true).peaked(),
+    shape("phi3", "tiny", "Phi-3 (tiny)", [2, 256, 4, 2, 64, 512, 512, 131072], 1e4, 1e-5, false, false).rope_factors().peaked(),
     shape("mixtral", "tiny", "Mixtral (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-5, false, false).moe([8, 2, 512, 0]).peaked(),
     shape("qwen3moe", "tiny", "Qwen3-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, false, true).moe([8, 2, 256, 0]).peaked(),
     shape("qwen2moe", "tiny", "Qwen2-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, true, false)
@@ -231,7 +276,14 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
     tokens.push(Value::String("\u{120}\u{120}".into()));
     tokens.extend((257..n_normal).map(|i| Value::String(format!("tok{i}"))));
     tokens.extend(CONTROL_TOKENS.iter().map(|t| Value::String(t.to_string())));
-    let types: Vec<Value> = (0..n).map(|i| Value::I32(if i < n_normal { 1 } else { 3 })).collect();
+    let mut types: Vec<Value> = (0..n).map(|i| Value::I32(if i < n_normal { 1 } else { 3 })).collect();
+    if a == "phi3" {
+        // llama.cpp sets Phi-3's strip attributes on these by name and needs them present.
+        for (i, t) in ["<unk>", "<s>", "</s>"].into_iter().enumerate() {
+            tokens[257 + i] = Value::String(t.into());
+            types[257 + i] = Value::I32(3);
+        }
+    }
     let mut m = vec![
         ("general.architecture".into(), Value::String(a.into())),
         ("general.name".into(), Value::String(format!("synthetic {} ({spec})", sh.like))),
@@ -268,12 +320,22 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
             m.push((format!("{a}.expert_shared_feed_forward_length"), u(n_ff_shared)));
         }
     }
-    if a == "gemma3" || a == "qwen3moe" {
+    if a.starts_with("gemma") || a == "qwen3moe" {
         m.push((format!("{a}.attention.key_length"), u(sh.head_dim)));
         m.push((format!("{a}.attention.value_length"), u(sh.head_dim)));
     }
-    if a == "gemma3" {
-        m.push((format!("{a}.attention.sliding_window"), Value::U32(512)));
+    if let Some(w) = sh.sliding_window() {
+        m.push((format!("{a}.attention.sliding_window"), Value::U32(w)));
+    }
+    if let Some((attn, last)) = sh.softcaps() {
+        m.push((format!("{a}.attn_logit_softcapping"), Value::F32(attn)));
+        m.push((format!("{a}.final_logit_softcapping"), Value::F32(last)));
+    }
+    if a == "phi3" && sh.rope_factors {
+        // LongRoPE as Phi-3.5's converter writes it: sqrt(1 + ln(ctx / 4096) / ln(4096)).
+        let attn_factor = (1.0 + (sh.context as f32 / 4096.0).ln() / 4096f32.ln()).sqrt();
+        m.push((format!("{a}.rope.scaling.attn_factor"), Value::F32(attn_factor)));
+        m.push((format!("{a}.rope.scaling.original_context_length"), Value::U32(4096)));
     }
     m
 }
@@ -298,10 +360,20 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
     for i in 0..sh.n_layer {
         let p = format!("blk.{i}");
         let mut m = |kind: &str, experts: usize, rows: usize, cols: usize| tensor(format!("{p}.{kind}.weight"), kind, i, experts, rows, cols);
-        m("attn_q", 0, sh.n_head * hd, e)?;
-        m("attn_k", 0, sh.n_kv_head * hd, e)?;
-        m("attn_v", 0, sh.n_kv_head * hd, e)?;
+        if sh.arch == "phi3" {
+            // Phi-3's fused projections: Q, K, V in one matrix; the gate's rows, then up's.
+            m("attn_qkv", 0, (sh.n_head + 2 * sh.n_kv_head) * hd, e)?;
+        } else {
+            m("attn_q", 0, sh.n_head * hd, e)?;
+            m("attn_k", 0, sh.n_kv_head * hd, e)?;
+            m("attn_v", 0, sh.n_kv_head * hd, e)?;
+        }
         m("attn_output", 0, e, sh.n_head * hd)?;
+        if sh.arch == "phi3" {
+            m("ffn_up", 0, 2 * sh.n_ff, e)?;
+            m("ffn_down", 0, e, sh.n_ff)?;
+            continue;
+        }
         if !sh.is_moe() {
             m("ffn_gate", 0, sh.n_ff, e)?;
             m("ffn_up", 0, sh.n_ff, e)?;
@@ -336,7 +408,7 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
             add("attn_q_norm.weight", hd, Some(1.0));
             add("attn_k_norm.weight", hd, Some(1.0));
         }
-        if sh.arch == "gemma3" {
+        if sh.arch.starts_with("gemma") {
             add("post_attention_norm.weight", e, Some(1.0));
             add("post_ffw_norm.weight", e, Some(1.0));
         }
@@ -347,6 +419,17 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
     for (name, len, fill) in vectors {
         let t = vector(&name, len, fill, seed)?;
         tensors.push((name, t));
+    }
+    if sh.rope_factors {
+        let named: Vec<(&str, Vec<f32>)> = if sh.arch == "phi3" {
+            vec![("rope_factors_short.weight", sh.factors(1.5)), ("rope_factors_long.weight", sh.factors(12.0))]
+        } else {
+            vec![("rope_freqs.weight", sh.factors(8.0))]
+        };
+        for (name, f) in named {
+            let t = candle_core::Tensor::from_vec(f, hd / 2, &candle_core::Device::Cpu).and_then(|t| QTensor::quantize(&t, GgmlDType::F32));
+            tensors.push((name.to_string(), t.map_err(Error::candle(format!("writing {name}")))?));
+        }
     }
 
     let meta = metadata(spec, sh);
@@ -362,113 +445,4 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
 }
 
 #[cfg(test)]
-mod tests {
-    use candle_core::Device;
-    use super::*;
-    use crate::engine::{Control, SamplingParams};
-    use crate::model::{GenerateRequest, Message, Model, Prompt, StopReason};
-
-    #[test]
-    fn parse_specs() {
-        let s = SyntheticSpec::parse("Qwen2:7B:Q4_K_M").unwrap();
-        assert_eq!((s.arch.as_str(), s.size.as_str(), s.quant), ("qwen2", "7b", SyntheticQuant::Q4KM));
-        assert_eq!(s.to_string(), "qwen2:7b:q4_k_m");
-        for bad in ["qwen2:7b", "qwen2:13b:q4_0", "llama:7b:q5_k", "foo:1b:q8_0"] {
-            let e = SyntheticSpec::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("gemma3:270m") && e.contains("q4_k_m"), "{e}");
-        }
-        assert_eq!([byte_to_unicode(b' '), byte_to_unicode(b'\n'), byte_to_unicode(b'a')], ['Ġ', 'Ċ', 'a']);
-    }
-
-    #[test]
-    fn q4_k_m_mix_follows_llama_cpp() {
-        let t = |spec: &str, kind: &str, layer: usize, cols: usize| {
-            let s = SyntheticSpec::parse(spec).unwrap();
-            s.weight_type(s.shape().unwrap(), kind, layer, cols)
-        };
-        assert_eq!(t("qwen2:7b:q4_k_m", "output", 0, 3584), GgmlDType::Q6K);
-        assert_eq!(t("qwen2:7b:q4_k_m", "ffn_down", 0, 18944), GgmlDType::Q6K);
-        assert_eq!(t("qwen2:7b:q4_k_m", "ffn_down", 4, 18944), GgmlDType::Q4K);
-        assert_eq!(t("qwen2:7b:q4_k_m", "attn_v", 5, 3584), GgmlDType::Q6K);
-        // Rows of 896 are not a multiple of 256: llama.cpp's fallbacks (the tied embedding is the output).
-        assert_eq!(t("qwen2:0.5b:q4_k_m", "attn_q", 5, 896), GgmlDType::Q5_0);
-        assert_eq!(t("qwen2:0.5b:q4_k_m", "token_embd", 0, 896), GgmlDType::Q8_0);
-        assert_eq!(t("qwen2:0.5b:q4_0", "attn_q", 5, 896), GgmlDType::Q4_0);
-    }
-
-    fn write_and_generate(spec: &str) {
-        let spec = SyntheticSpec::parse(spec).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{}.gguf", spec.to_string().replace(':', "-")));
-        write_synthetic(&spec, &path, 7).unwrap();
-        let model = Model::load_uncached(&path, &Device::Cpu).unwrap();
-        let sh = spec.shape().unwrap();
-        assert_eq!((model.cfg().n_layer, model.cfg().vocab_size), (sh.n_layer, sh.vocab));
-        let prompt = Prompt::Chat(vec![Message { role: "user".into(), content: "Hello there".into() }]);
-        let req = GenerateRequest::new(prompt, 4, SamplingParams::greedy());
-        // Finite logits over the whole vocabulary (a short forward pass through every layer).
-        let mut cache = model.transformer.new_cache(4).unwrap();
-        let logits = crate::engine::Forward::forward(&model.transformer, &[1, 2, 3], &mut cache).unwrap();
-        assert_eq!(logits.len(), sh.vocab);
-        assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
-        let g = model.generate(&req, &mut |_| Control::Continue).unwrap();
-        assert!(g.prompt_text.starts_with("<|im_start|>user\nHello there<|im_end|>"), "{}", g.prompt_text);
-        assert_eq!(g.prompt_ids[0], sh.vocab as u32 - 2, "<|im_start|> is one control token");
-        // llama.cpp loads only a string array of merges; ours merges two spaces into token 256.
-        assert_eq!(model.tokenizer.encode("a   b", false).unwrap()[1], 256, "two of three spaces are one token");
-        match g.stop_reason {
-            StopReason::MaxTokens => assert_eq!(g.ids.len(), 4),
-            StopReason::EndOfGeneration => assert!(g.ids.len() <= 4),
-            other => panic!("unexpected stop reason {other:?}"),
-        }
-    }
-
-    #[test]
-    fn llama_135m_q8_0_generates() {
-        write_and_generate("llama:135m:q8_0");
-    }
-
-    #[test]
-    fn qwen2_0_5b_q4_0_generates() {
-        write_and_generate("qwen2:0.5b:q4_0");
-    }
-
-    #[test]
-    fn gemma3_270m_q4_k_m_generates() {
-        write_and_generate("gemma3:270m:q4_k_m");
-    }
-
-    #[test]
-    fn moe_tiny_files_generate() {
-        for spec in ["mixtral:tiny:q4_k_m", "qwen3moe:tiny:q4_k_m", "qwen2moe:tiny:q4_k_m"] {
-            write_and_generate(spec);
-        }
-    }
-
-    /// A prefill groups its rows by expert; decode runs one row's experts fused. Both must give
-    /// the same logits, position by position, and the tiny files' logits must be peaked.
-    #[test]
-    fn moe_prefill_matches_decode() {
-        use crate::engine::Forward;
-        let dir = tempfile::tempdir().unwrap();
-        for spec in ["qwen2moe:tiny:q4_k_m", "mixtral:tiny:q8_0"] {
-            let path = dir.path().join("m.gguf");
-            write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 3).unwrap();
-            let model = Model::load_uncached(&path, &Device::Cpu).unwrap();
-            let moe = model.cfg().moe.clone().expect("a mixture of experts");
-            assert_eq!((moe.n_expert, moe.n_used), (8, 2));
-            let toks: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
-            let mut c1 = model.transformer.new_cache(32).unwrap();
-            let all = model.transformer.forward_rows(&mut [(&toks[..], &mut c1)], &[toks.len()]).unwrap().remove(0);
-            let mut c2 = model.transformer.new_cache(32).unwrap();
-            for (i, t) in toks.iter().enumerate() {
-                let one = model.transformer.forward(&[*t], &mut c2).unwrap();
-                let scale = one.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let dev = one.iter().zip(&all[i]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(dev <= 2e-3 * scale, "{spec} position {i}: prefill and decode differ by {dev} (logits up to {scale})");
-            }
-            let spread = all[0].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) - all[0].iter().fold(f32::INFINITY, |m, &x| m.min(x));
-            assert!(spread > 5.0, "{spec}: logits spread only {spread}: not peaked");
-        }
-    }
-}
+mod tests;

@@ -12,22 +12,6 @@ use crate::model::arch::RopeStyle;
 use crate::model::row_ops::rope_cpu;
 
 impl Transformer {
-    /// cos/sin for positions `pos..pos+seq` (angles computed in f64, rounded once).
-    pub(super) fn rope_tables(&self, base: f32, positions: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-        let (half, rows) = (self.cfg.head_dim / 2, positions.len());
-        let freqs: Vec<f64> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / self.cfg.head_dim as f64)).collect();
-        let mut cos = Vec::with_capacity(rows * half);
-        let mut sin = Vec::with_capacity(rows * half);
-        for &p in positions {
-            for &freq in &freqs {
-                let (s, c) = (p as f64 * freq).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
-            }
-        }
-        Ok((Tensor::from_vec(cos, (rows, half), &self.device)?, Tensor::from_vec(sin, (rows, half), &self.device)?))
-    }
-
     /// Additive mask `[n_rep * seq, kv_len]` for queries at `pos..pos+seq` over keys `0..kv_len`.
     fn mask(&self, pos: usize, seq: usize, kv_start: usize, kv_len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
         let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
@@ -124,6 +108,7 @@ impl Transformer {
                             q_off: off,
                             window: l.window,
                             scale: c.attn_scale,
+                            softcap: c.attn_softcap,
                         };
                         attention::attention(&shape, qv, kc, vc, &mut out[off * width..(off + seq) * width]);
                         off += seq;
@@ -155,7 +140,10 @@ impl Transformer {
         let n_rep = c.n_head / c.n_kv_head;
         // Group query heads by their KV head: [b, n_kv, n_rep * seq, d], no KV copies.
         let qg = q.reshape((b, c.n_kv_head, n_rep * seq, c.head_dim))?;
-        let att = (qg.matmul(&ka.contiguous()?.t()?)? * c.attn_scale as f64)?;
+        let mut att = (qg.matmul(&ka.contiguous()?.t()?)? * c.attn_scale as f64)?;
+        if let Some(cap) = c.attn_softcap {
+            att = ((att / cap as f64)?.tanh()? * cap as f64)?;
+        }
         let att = if seq > 1 || l.window.is_some_and(|w| kv_len > w) {
             att.broadcast_add(&self.mask(pos, seq, kv_start, kv_len, l.window)?)?
         } else {

@@ -18,11 +18,13 @@ use crate::model::ubatch;
 
 mod attention;
 mod moe;
+mod rope;
 mod shapes;
 mod switches;
 
 pub use switches::generic_ops_requested;
 use moe::{Ffn, Mlp, Moe};
+use rope::RopeFactors;
 use switches::{step_lock_for, GPU_STEP_LOCKS};
 
 
@@ -53,6 +55,8 @@ pub struct Transformer {
     /// False on other devices, and on CPU when `MOA_GENERIC_OPS=1` (candle's ops only, the code
     /// path a GPU runs, so it can be checked on a machine without one).
     fast_cpu: bool,
+    /// Per-frequency divisors of the RoPE angles (Llama 3's `rope_freqs`, Phi-3's LongRoPE).
+    rope_factors: RopeFactors,
     /// GPU ordinal whose step lock each forward holds (`MOA_CUDA_CONCURRENCY=steps`).
     step_lock: Option<usize>,
     /// Rows per forward pass: longer steps go through in pieces (see [`ubatch`]).
@@ -73,20 +77,38 @@ impl Transformer {
         let mut opt = |name: &str| -> Result<Option<QTensor>> {
             if g.has_tensor(name) { g.tensor(&mut r2, name, device).map(Some) } else { Ok(None) }
         };
+        let missing = |name: &str| Error::BadGguf {
+            path: g.path.clone(),
+            reason: format!("tensor `{name}` is missing for architecture {:?}", cfg.arch),
+        };
         let mut all = Vec::new();
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let mut names = vec!["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"];
-            if cfg.moe.is_none() {
-                names.extend(["ffn_gate", "ffn_up", "ffn_down"]);
-            }
-            let mut t = Vec::with_capacity(names.len());
-            for n in names {
-                t.push(opt(&format!("{p}.{n}.weight"))?.ok_or_else(|| Error::BadGguf {
-                    path: g.path.clone(),
-                    reason: format!("tensor `{p}.{n}.weight` is missing for architecture {:?}", cfg.arch),
-                })?);
-            }
+            let mut req = |n: &str| -> Result<QTensor> {
+                let name = format!("{p}.{n}.weight");
+                opt(&name)?.ok_or_else(|| missing(&name))
+            };
+            let attn_norm = req("attn_norm")?;
+            // Fused Q/K/V (Phi-3) and gate/up (Phi-3's `ffn_up`) are read as separate matrices.
+            let (q_rows, kv_rows) = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim);
+            let qkv_name = format!("{p}.attn_qkv.weight");
+            let qkv: [QTensor; 3] = if g.has_tensor(&qkv_name) {
+                g.tensor_row_groups(&mut r3, &qkv_name, &[q_rows, kv_rows, kv_rows], device)?.try_into().expect("three parts")
+            } else {
+                [req("attn_q")?, req("attn_k")?, req("attn_v")?]
+            };
+            let wo = req("attn_output")?;
+            let ffn_norm = req("ffn_norm")?;
+            let dense = match (&cfg.moe, cfg.fused_gate_up) {
+                (Some(_), _) => None,
+                (None, true) => {
+                    let name = format!("{p}.ffn_up.weight");
+                    let [gate, up]: [QTensor; 2] =
+                        g.tensor_row_groups(&mut r3, &name, &[cfg.n_ff, cfg.n_ff], device)?.try_into().expect("two parts");
+                    Some([gate, up, req("ffn_down")?])
+                }
+                (None, false) => Some([req("ffn_gate")?, req("ffn_up")?, req("ffn_down")?]),
+            };
             let bq = opt(&format!("{p}.attn_q.bias"))?;
             let bk = opt(&format!("{p}.attn_k.bias"))?;
             let bv = opt(&format!("{p}.attn_v.bias"))?;
@@ -95,19 +117,15 @@ impl Transformer {
             let pan = opt(&format!("{p}.post_attention_norm.weight"))?;
             let pfn = opt(&format!("{p}.post_ffw_norm.weight"))?;
             let experts = cfg.moe.as_ref().map(|m| Moe::load(g, &mut r3, &p, m, device)).transpose()?;
-            all.push((i, t, experts, bq, bk, bv, qn, kn, pan, pfn));
+            all.push((i, [attn_norm, wo, ffn_norm], qkv, dense, experts, [bq, bk, bv], [qn, kn, pan, pfn]));
         }
         let deq = |t: QTensor| t.dequantize(device).map_err(Error::candle("dequantizing a norm/bias"));
         let mm = |t: QTensor| QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"));
-        for (i, t, experts, bq, bk, bv, qn, kn, pan, pfn) in all {
-            let mut it = t.into_iter();
-            let mut next = || it.next().expect("the tensors named above");
-            let attn_norm = deq(next())?;
-            let (wq, wk, wv, wo) = (mm(next())?, mm(next())?, mm(next())?, mm(next())?);
-            let ffn_norm = deq(next())?;
-            let ffn = match experts {
-                Some(m) => Ffn::Moe(m),
-                None => Ffn::Dense(Mlp { gate: mm(next())?, up: mm(next())?, down: mm(next())? }),
+        for (i, [attn_norm, wo, ffn_norm], [wq, wk, wv], dense, experts, [bq, bk, bv], [qn, kn, pan, pfn]) in all {
+            let ffn = match (experts, dense) {
+                (Some(m), _) => Ffn::Moe(m),
+                (None, Some([gate, up, down])) => Ffn::Dense(Mlp { gate: mm(gate)?, up: mm(up)?, down: mm(down)? }),
+                (None, None) => unreachable!("a layer has experts or a dense feed-forward"),
             };
             let bias = match (bq, bk, bv) {
                 (Some(a), Some(b), Some(c)) => Some((deq(a)?, deq(b)?, deq(c)?)),
@@ -119,21 +137,22 @@ impl Transformer {
             };
             let window = cfg.window_of(i);
             layers.push(Layer {
-                attn_norm,
-                wq,
-                wk,
-                wv,
-                wo,
+                attn_norm: deq(attn_norm)?,
+                wq: mm(wq)?,
+                wk: mm(wk)?,
+                wv: mm(wv)?,
+                wo: mm(wo)?,
                 bias,
                 qk_norm,
                 post_attn_norm: pan.map(deq).transpose()?,
-                ffn_norm,
+                ffn_norm: deq(ffn_norm)?,
                 ffn,
                 post_ffn_norm: pfn.map(deq).transpose()?,
                 window,
                 rope_base: if window.is_some() { cfg.rope_base_local } else { cfg.rope_base },
             });
         }
+        let rope_factors = RopeFactors::load(g, &mut r2, &cfg)?;
         let norm = deq(q("output_norm.weight")?)?;
         let output = if g.has_tensor("output.weight") {
             mm(q("output.weight")?)?
@@ -164,6 +183,7 @@ impl Transformer {
             output,
             device: device.clone(),
             fast_cpu,
+            rope_factors,
             step_lock: step_lock_for(device),
             prefill_rows,
             active_bytes,
@@ -240,11 +260,17 @@ impl Transformer {
             .transpose()?;
         // RoPE tables for every row's position, once per distinct base (Gemma 3 has two), shared
         // by all layers.
-        let positions: Vec<usize> = segs.iter().flat_map(|sg| sg.cache.len()..sg.cache.len() + sg.tokens.len()).collect();
+        let rows: Vec<(usize, Option<&[f32]>)> = segs
+            .iter()
+            .flat_map(|sg| {
+                let f = self.rope_factors.for_capacity(sg.cache.capacity(), c.rope_orig_context);
+                (sg.cache.len()..sg.cache.len() + sg.tokens.len()).map(move |p| (p, f))
+            })
+            .collect();
         let mut ropes: Vec<(f32, (Tensor, Tensor))> = Vec::new();
         for l in &self.layers {
             if !ropes.iter().any(|(b, _)| *b == l.rope_base) {
-                ropes.push((l.rope_base, self.rope_tables(l.rope_base, &positions)?));
+                ropes.push((l.rope_base, rope::tables(c, l.rope_base, &rows, &self.device)?));
             }
         }
         let n_layers = self.layers.len();
@@ -273,7 +299,13 @@ impl Transformer {
         }
         let last = self.rms_norm(&x, &self.norm)?;
         let logits = self.mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
-        logits.to_vec2::<f32>()
+        let mut rows = logits.to_vec2::<f32>()?;
+        if let Some(cap) = c.final_softcap {
+            for x in rows.iter_mut().flatten() {
+                *x = cap * (*x / cap).tanh();
+            }
+        }
+        Ok(rows)
     }
 
     fn check(&self, tokens: &[u32]) -> Result<()> {

@@ -17,16 +17,26 @@ pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
         ("token_embd.weight".into(), vec![cfg.vocab_size, e], true),
         ("output.weight".into(), vec![cfg.vocab_size, e], false),
         ("output_norm.weight".into(), vec![e], true),
+        ("rope_freqs.weight".into(), vec![hd / 2], false),
+        ("rope_factors_long.weight".into(), vec![hd / 2], false),
+        ("rope_factors_short.weight".into(), vec![hd / 2], false),
     ];
     for i in 0..cfg.n_layer {
         let mut t = |n: &str, dims: &[usize], required: bool| want.push((format!("blk.{i}.{n}"), dims.to_vec(), required));
         t("attn_norm.weight", &[e], true);
-        t("attn_q.weight", &[q, e], true);
-        t("attn_k.weight", &[kv, e], true);
-        t("attn_v.weight", &[kv, e], true);
+        // Q, K and V as one matrix (Phi-3) or three.
+        let fused_qkv = g.tensor_info(&format!("blk.{i}.attn_qkv.weight")).is_some();
+        t("attn_qkv.weight", &[q + 2 * kv, e], false);
+        t("attn_q.weight", &[q, e], !fused_qkv);
+        t("attn_k.weight", &[kv, e], !fused_qkv);
+        t("attn_v.weight", &[kv, e], !fused_qkv);
         t("attn_output.weight", &[e, q], true);
         t("ffn_norm.weight", &[e], true);
         match &cfg.moe {
+            None if cfg.fused_gate_up => {
+                t("ffn_up.weight", &[2 * cfg.n_ff, e], true);
+                t("ffn_down.weight", &[e, cfg.n_ff], true);
+            }
             None => {
                 t("ffn_gate.weight", &[cfg.n_ff, e], true);
                 t("ffn_up.weight", &[cfg.n_ff, e], true);
