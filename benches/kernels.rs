@@ -84,3 +84,15 @@ fn batch4_k4864_n896(b: Bencher, t: QType) {
 fn prefill128_k4864_n896(b: Bencher, t: QType) {
     bench(b, t, 128, 896, 4864)
 }
+
+/// Qwen2.5-1.5B's FFN (the first real K-quant file here): gate/up k = 1536, n = 8960; down
+/// k = 8960, n = 1536 — an activation tile of 6 rows is 9 KiB at the first, 52 KiB at the second.
+#[divan::bench(args = [QType::Q4K, QType::Q6K], sample_count = 10)]
+fn prefill128_k1536_n8960(b: Bencher, t: QType) {
+    bench(b, t, 128, 8960, 1536)
+}
+
+#[divan::bench(args = [QType::Q4K, QType::Q6K], sample_count = 10)]
+fn prefill128_k8960_n1536(b: Bencher, t: QType) {
+    bench(b, t, 128, 1536, 8960)
+}

@@ -1,21 +1,20 @@
 //! AVX2 micro-kernels for the K-quants (Q4_K, Q5_K, Q6_K) against q8_K activations, driven by
 //! `avx2::drive`. Per 256-block the sub-block scales are applied in integers (`madd` with the
-//! 16-bit scale) and the min terms come from the activation `bsums`. The float side follows what
-//! llama.cpp (0.3.36, the reference build) runs on an AVX2 machine, so outputs match it bit for bit
-//! for the same activations:
-//! - Q5_K, Q6_K: `ggml_vec_dot_q{5,6}_K_q8_K` — one i32x8 per block, converted and
-//!   `fma`-accumulated with `d_w * d_a`, `hsum_float_8` at the end (Q5_K: mins as a scalar sum).
-//! - Q4_K: llama.cpp repacks Q4_K for AVX2 (`ggml_gemv/gemm_q4_K_8x8_q8_K`), which reduces each
-//!   block to one exact integer for the quants and one for the mins, accumulated as
-//!   `acc = fma(isum, d_w * d_a, acc)`, `accm = fma(imin, dmin_w * d_a, accm)`, result
-//!   `acc - accm`. Same integers, fewer roundings than the lane-wise form.
+//! 16-bit scale) and the min terms (Q6_K: its `-32` offset) come from the activation `bsums`. Each
+//! block reduces to one exact integer for the quants and (Q4_K/Q5_K) one for the mins, as
+//! llama.cpp's repacked Q4_K kernels (`ggml_gemv/gemm_q4_K_8x8_q8_K`, 0.3.36) do:
+//! `acc = fma(isum, d_w * d_a, acc)`, `accm = fma(imin, dmin_w * d_a, accm)`, result `acc - accm`
+//! (Q6_K: `acc` alone). Q4_K's outputs are llama.cpp's bit for bit for the same activations; its
+//! Q5_K/Q6_K kernels keep lane-wise float sums instead (same integers, more roundings). The same
+//! form is what the column kernels (`avx2_cols`, `avx512_cols`) and `avx512_k` compute, so an
+//! output never depends on which of them ran it.
 
 #![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_to_f32, hsum8, Kern};
+use super::avx2::{f16_to_f32, Kern};
 use super::quantize::Acts;
 
 /// `shuffle_epi8` patterns broadcasting 16-bit scale `i` (bytes 2i, 2i+1) to all 16 lanes.
@@ -186,10 +185,7 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
         // on its tile. The other rows keep the scalar form (padding them into a second group, or
         // one flat reduction over every dot product of the tile, measured slower).
         let v = if R >= 4 { 4 } else { 0 };
-        let mut acc = [[_mm256_setzero_ps(); R]; C];
-        // Q5_K: the min terms; Q4_K: one exact integer per block for the quants and one for the
-        // mins (see the header).
-        let mut summs = [[0f32; R]; C];
+        // One exact integer per block for the quants and one for the mins (see the header).
         let (mut acc4, mut accm4) = ([[0f32; R]; C], [[0f32; R]; C]);
         let (mut acc4v, mut accm4v) = ([_mm_setzero_ps(); C], [_mm_setzero_ps(); C]);
         for i in 0..a.nb {
@@ -213,21 +209,12 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                     let yd = *ya.d[r].add(i);
                     let prod = _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i)));
                     let imin = hsum_i32x4(prod) as f32;
-                    if HIGH {
-                        summs[c][r] = (-yd * dminx).mul_add(imin, summs[c][r]);
-                    } else {
-                        accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
-                    }
+                    accm4[c][r] = imin.mul_add(dminx * yd, accm4[c][r]);
                 }
                 if v == 4 {
                     let prods: [__m128i; 4] = std::array::from_fn(|r| _mm_madd_epi16(mins, bsums32(ya.bs[r].add(16 * i))));
                     let imin = _mm_cvtepi32_ps(hsum4_i32x4(prods));
-                    if HIGH {
-                        let neg = _mm_xor_ps(yd4, _mm_set1_ps(-0.0));
-                        accm4v[c] = _mm_fmadd_ps(_mm_mul_ps(neg, _mm_set1_ps(dminx)), imin, accm4v[c]);
-                    } else {
-                        accm4v[c] = _mm_fmadd_ps(imin, _mm_mul_ps(_mm_set1_ps(dminx), yd4), accm4v[c]);
-                    }
+                    accm4v[c] = _mm_fmadd_ps(imin, _mm_mul_ps(_mm_set1_ps(dminx), yd4), accm4v[c]);
                 }
                 let (q, mut hb) = if HIGH {
                     (p.add(48), _mm256_loadu_si256(p.add(16) as *const __m256i))
@@ -247,35 +234,24 @@ impl<const HIGH: bool> Kern for Q45K<HIGH> {
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
                     }
                 }
-                if HIGH {
-                    for r in 0..R {
-                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(dr[r]), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
-                    }
-                } else {
-                    for r in v..R {
-                        let isum = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
-                        acc4[c][r] = (hsum_i32x4(isum) as f32).mul_add(dr[r], acc4[c][r]);
-                    }
-                    if v == 4 {
-                        let isum = _mm_cvtepi32_ps(hsum4_i32x8([sumi[0], sumi[1], sumi[2], sumi[3]]));
-                        acc4v[c] = _mm_fmadd_ps(isum, _mm_mul_ps(yd4, _mm_set1_ps(dx)), acc4v[c]);
-                    }
+                for r in v..R {
+                    let isum = _mm_add_epi32(_mm256_castsi256_si128(sumi[r]), _mm256_extracti128_si256::<1>(sumi[r]));
+                    acc4[c][r] = (hsum_i32x4(isum) as f32).mul_add(dr[r], acc4[c][r]);
+                }
+                if v == 4 {
+                    let isum = _mm_cvtepi32_ps(hsum4_i32x8([sumi[0], sumi[1], sumi[2], sumi[3]]));
+                    acc4v[c] = _mm_fmadd_ps(isum, _mm_mul_ps(yd4, _mm_set1_ps(dx)), acc4v[c]);
                 }
             }
         }
         let mut out = [[0f32; R]; C];
         for c in 0..C {
-            // Rows 0..v: Q4_K's quant and min sums, or Q5_K's min terms, from the vector lanes.
+            // Rows 0..v: the quant and min sums from the vector lanes.
             let (mut quants, mut mins) = ([0f32; 4], [0f32; 4]);
             _mm_storeu_ps(quants.as_mut_ptr(), acc4v[c]);
             _mm_storeu_ps(mins.as_mut_ptr(), accm4v[c]);
             for r in 0..R {
-                out[c][r] = match (HIGH, r < v) {
-                    (true, true) => hsum8(acc[c][r]) + mins[r],
-                    (true, false) => hsum8(acc[c][r]) + summs[c][r],
-                    (false, true) => quants[r] - mins[r],
-                    (false, false) => acc4[c][r] - accm4[c][r],
-                };
+                out[c][r] = if r < v { quants[r] - mins[r] } else { acc4[c][r] - accm4[c][r] };
             }
         }
         out
@@ -289,8 +265,7 @@ impl Kern for Q6K {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<const C: usize, const R: usize>(w: [*const u8; C], a: &Acts, r0: usize) -> [[f32; R]; C] {
         let ya = rows::<R>(a, r0);
-        let m32s = _mm256_set1_epi8(32);
-        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let mut acc = [[0f32; R]; C];
         let ahead = prefetch_distance(C * a.nb * 210);
         for i in 0..a.nb {
             for c in 0..C {
@@ -300,6 +275,8 @@ impl Kern for Q6K {
                 }
                 let dx = f16_to_f32(p.add(208));
                 let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
+                // The `-32` of every quant, per row: 32 · Σ scale · bsum over the 16 groups.
+                let sc16 = _mm256_cvtepi8_epi16(scales);
                 let mut sumi = [_mm256_setzero_si256(); R];
                 for j in 0..2 {
                     let q = q6k_quarter(p, j);
@@ -312,26 +289,22 @@ impl Kern for Q6K {
                         let mut p16 = [_mm256_setzero_si256(); 4];
                         for k in 0..4 {
                             let yv = _mm256_loadu_si256(y.add(32 * k) as *const __m256i);
-                            let q8s = _mm256_maddubs_epi16(m32s, yv);
-                            let pk = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), q8s);
-                            p16[k] = _mm256_madd_epi16(sc[k], pk);
+                            p16[k] = _mm256_madd_epi16(sc[k], _mm256_maddubs_epi16(q[k], yv));
                         }
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[0], p16[1]));
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[2], p16[3]));
                     }
                 }
                 for r in 0..R {
+                    let bs = _mm256_loadu_si256(ya.bs[r].add(16 * i) as *const __m256i);
+                    let corr = _mm256_madd_epi16(sc16, bs);
+                    let isum = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32::<5>(corr));
+                    let isum = hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(isum), _mm256_extracti128_si256::<1>(isum)));
                     let d = *ya.d[r].add(i) * dx;
-                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[c][r]);
+                    acc[c][r] = (isum as f32).mul_add(d, acc[c][r]);
                 }
             }
         }
-        let mut out = [[0f32; R]; C];
-        for c in 0..C {
-            for r in 0..R {
-                out[c][r] = hsum8(acc[c][r]);
-            }
-        }
-        out
+        acc
     }
 }

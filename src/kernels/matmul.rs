@@ -128,29 +128,38 @@ fn unsigned_prefill(t: QType, isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa.avx2() && matches!(t, QType::Q4_0 | QType::Q5_0)
 }
 
-/// Activation rows from which a K-quant matmul takes the AVX-512 column kernel (unpacking 16
-/// weight rows costs about what 1–2 rows of products do).
+/// Activation rows from which a K-quant matmul takes a column kernel (unpacking a chunk of
+/// weight rows costs about what 1–2 rows of products do; below this, decode and batched decode
+/// read each weight once in place).
 #[cfg(target_arch = "x86_64")]
 const COLUMN_MIN_ROWS: usize = 16;
 
-/// Whether `t` over `m` activation rows runs the AVX-512 column kernel on `isa`.
-fn column_prefill(t: QType, isa: Isa, m: usize) -> bool {
+/// Whether `t` over `m` activation rows runs a column kernel on `isa` (AVX-512 VNNI: 16 weight
+/// rows per register; AVX2: 8), and how many weight rows its chunks hold.
+fn column_prefill(t: QType, isa: Isa, m: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
-        isa == Isa::Avx512Vnni && m >= COLUMN_MIN_ROWS && super::avx512_cols::supports(t)
+        if m < COLUMN_MIN_ROWS {
+            return None;
+        }
+        match isa {
+            Isa::Avx512Vnni if super::avx512_cols::supports(t) => Some(super::avx512_cols::COLS),
+            Isa::Avx2 if super::avx2_cols::supports(t) => Some(super::avx2_cols::COLS),
+            _ => None,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (t, isa, m);
-        false
+        None
     }
 }
 
 /// The kernel for `t` on `isa` over `m` rows; `prepared` when the activations hold the unsigned copy.
 fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize) -> TileFn {
     #[cfg(target_arch = "x86_64")]
-    if column_prefill(t, isa, m) {
-        return super::avx512_cols::tile;
+    if column_prefill(t, isa, m).is_some() {
+        return if isa == Isa::Avx512Vnni { super::avx512_cols::tile } else { super::avx2_cols::tile };
     }
     #[cfg(target_arch = "x86_64")]
     if prepared && unsigned_prefill(t, isa) {
@@ -257,13 +266,9 @@ fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split 
     assert!(acts.kind == w.ty.act() && acts.m >= m && acts.nb * acts.kind.block_elems() == w.k);
     let prepared = acts.d_stride >= m + 8;
     let f = tile_fn(w.ty, isa, prepared, m);
-    if column_prefill(w.ty, isa, m) {
-        // One 16-row chunk per task: its scratch (~1.2× the chunk's weights as bytes) stays in
-        // L1/L2 while every activation row passes over it.
-        #[cfg(target_arch = "x86_64")]
-        let cols = super::avx512_cols::COLS;
-        #[cfg(not(target_arch = "x86_64"))]
-        let cols = 16;
+    if let Some(cols) = column_prefill(w.ty, isa, m) {
+        // One chunk per task: its scratch (~1.2× (AVX-512) or 2.4× (AVX2) the chunk's weights as
+        // bytes) stays in L1/L2 while every activation row passes over it.
         return Split { f, rows: cols, tasks: w.n.div_ceil(cols) };
     }
     let (n, rb) = (w.n, w.row_bytes());

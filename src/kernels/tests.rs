@@ -186,7 +186,7 @@ fn check_type(t: QType, isa: Isa, rng: &mut StdRng) {
     let blocks: &[usize] = if be == QK { &[1, 3, 7, 28] } else { &[1, 3, 19] };
     for &nb in blocks {
         let k = nb * be;
-        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (4, 3), (5, 9), (6, 2), (9, 3), (10, 2), (13, 3), (16, 2), (21, 5)] {
+        for &(m, n) in &[(1, 1), (1, 17), (2, 5), (3, 4), (4, 3), (5, 9), (6, 2), (9, 3), (10, 2), (13, 3), (16, 2), (21, 5), (17, 19), (24, 8)] {
             let w = random_weight(t, n, k, rng);
             let x = random_acts(m, k, rng);
             let qw = QWeight::new(t, n, k, &w).unwrap();
