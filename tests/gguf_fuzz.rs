@@ -64,7 +64,11 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 /// Cases per model in CI: 300+ in all, weighted towards the smaller files.
-const CASES: [(&str, usize); 3] = [(common::SMOL, 150), (common::GEMMA, 100), (common::QWEN, 60)];
+/// The test models, and synthetic files (`synthetic:ARCH:SIZE:QUANT`, seed 1) for the loader paths
+/// no bundled model has: Phi-3's fused Q/K/V and gate/up matrices read by row groups and its
+/// LongRoPE factor tensors; Llama 3's `rope_freqs`.
+const CASES: [(&str, usize); 5] =
+    [(common::SMOL, 150), (common::GEMMA, 100), (common::QWEN, 60), ("synthetic:phi3:tiny:q4_k_m", 150), ("synthetic:llama:tiny:q8_0", 60)];
 /// What a case may allocate beyond the file and its KV cache: the header parser's metadata
 /// allowance (64 MiB past the file's size, for a header that is nearly all vocabulary), the tokenizer's tables, the
 /// activations of a few-token forward pass, the allocator's rounding.
@@ -107,7 +111,16 @@ fn fuzz_worker() {
     let key = std::env::var("MOA_FUZZ_MODEL").expect("MOA_FUZZ_MODEL names the test model");
     let cases: usize = std::env::var("MOA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let seed: u64 = std::env::var("MOA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
-    let original = common::model_path(&key);
+    let synth_dir = tempfile::tempdir().unwrap();
+    let original = match key.strip_prefix("synthetic:") {
+        Some(spec) => {
+            use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+            let path = synth_dir.path().join(format!("{}.gguf", spec.replace(':', "-")));
+            write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 1).unwrap();
+            path
+        }
+        None => common::model_path(&key),
+    };
     let file_len = std::fs::metadata(&original).unwrap().len();
     let bytes = read_prefix(&original, header_probe_len(&original));
     let layout = HeaderMap::of(&bytes);

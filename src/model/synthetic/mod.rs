@@ -82,7 +82,7 @@ impl Shape {
     }
 
     fn is_tiny(&self) -> bool {
-        self.size == "tiny" || self.size.starts_with("tiny-")
+        self.size == "tiny"
     }
 
     /// Sliding window of the Gemmas: the real models' (4096, 512), 16 in test files so that
