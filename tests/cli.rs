@@ -131,3 +131,19 @@ fn a_corrupt_model_is_one_line_naming_the_file_even_with_rust_backtrace_set() {
         assert!(lines[0].starts_with("error: ") && lines[0].contains(name) && lines[0].contains("truncated"), "{name}: {err}");
     }
 }
+
+/// `plan --json` lists remote agents with what their endpoints answered, without generating; an
+/// unreachable one is named with its URL, the plan still printed.
+#[test]
+fn plan_json_lists_remote_agents_and_their_endpoints() {
+    let o = bin(&["plan", "--json", "--models", "smollm2,http://127.0.0.1:1/v1#big", "--aggregator", "http://127.0.0.1:1/v1#big", "Hi"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["remote"][0];
+    assert_eq!(r["spec"], "http://127.0.0.1:1/v1#big");
+    assert_eq!(r["endpoint"], "http://127.0.0.1:1/v1");
+    assert_eq!(r["used_by"], serde_json::json!(["layer 1 #2", "aggregator"]));
+    assert!(r["model_id"].is_null() && r["error"].as_str().unwrap().contains("cannot connect"), "{r}");
+    assert_eq!(v["remote"].as_array().unwrap().len(), 1);
+    assert!(v["layers"][0]["waves"].as_array().is_some_and(|w| !w.is_empty()), "{v}");
+}

@@ -159,7 +159,7 @@ fn an_endpoint_sends_the_key_from_its_own_variable() {
         let ep = Endpoint::parse(&format!("{base}#m")).unwrap();
         let e = client.chat(&ep, &request(), &mut |_| Control::Continue).await.unwrap_err().to_string();
         assert!(e.contains("HTTP 401"), "without the endpoint's variable no key is sent: {e}");
-        client.configure(&base, &EndpointSettings { api_key_env: Some("MOA_TEST_ENDPOINT_KEY".into()), max_concurrency: Some(1), timeout_secs: Some(30) });
+        client.configure(&base, &EndpointSettings { api_key_env: Some("MOA_TEST_ENDPOINT_KEY".into()), max_concurrency: Some(1), timeout_secs: Some(30), ..Default::default() });
         let r = client.chat(&ep, &request(), &mut |_| Control::Continue).await.unwrap();
         assert_eq!(r.text, "ok");
     });
@@ -181,4 +181,177 @@ fn an_endless_stream_line_is_an_error() {
         let e = client.chat(&Endpoint::parse(&format!("{base}#m")).unwrap(), &request(), &mut |_| Control::Continue).await.unwrap_err().to_string();
         assert!(e.contains("stream line is longer than"), "{e}");
     });
+}
+
+/// A local moa-local server for smollm2 (the "remote" machine); returns its API base.
+async fn smollm2_server() -> String {
+    let cfg = ServerConfig::new(recipe(&["smollm2"], "smollm2"));
+    let server = Server::new(Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap()), cfg).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    base
+}
+
+/// `serve` fronting a recipe whose second proposer and aggregator are another server's model:
+/// the answer (plain and streamed) is the one the all-local recipe gives.
+#[test]
+fn serve_runs_a_recipe_with_remote_agents_plain_and_streamed() {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap());
+    let conv = vec![Message::user("Name a primary color.")];
+    tokio.block_on(async {
+        let back = smollm2_server().await;
+        let url = format!("{back}#smollm2");
+        // What `plan` asks: the model listed, its context reported; a name the endpoint does not list is named.
+        let (id, ctx) = rt.remote().check(&Endpoint::parse(&url).unwrap()).await.unwrap();
+        assert_eq!((id.as_str(), ctx), ("smollm2", Some(rt.shape("smollm2").unwrap().cfg.context_length)));
+        let e = rt.remote().check(&Endpoint::parse(&format!("{back}#nope")).unwrap()).await.unwrap_err().to_string();
+        assert!(e.contains("does not list `nope`") && e.contains("smollm2"), "{e}");
+        let mut cfg = ServerConfig::new(recipe(&["qwen-coder", &url], &url));
+        cfg.defaults.reference_order = moa_local::moa::staircase::ReferenceOrder::Recipe;
+        cfg.defaults.seed = Some(4);
+        let front = Server::new(rt.clone(), cfg).await.expect("a recipe with remote agents is served");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(front.serve(listener, std::future::pending()));
+
+        let local = moa::run(rt.clone(), &recipe(&["qwen-coder", "smollm2"], "smollm2"), &conv, &opts(), moa::report::no_events()).await.unwrap();
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"model": "moa", "messages": [{"role": "user", "content": "Name a primary color."}], "temperature": 0, "seed": 4});
+        let v: serde_json::Value = http.post(format!("{base}/chat/completions")).json(&body).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(local.aggregate.text.as_str()), "{v}");
+        let agents: Vec<&str> = v["moa"]["layers"][0]["agents"].as_array().unwrap().iter().map(|a| a["model"].as_str().unwrap()).collect();
+        assert_eq!(agents, ["qwen-coder", url.as_str()]);
+        assert_eq!(v["moa"]["aggregator"].as_str(), Some(url.as_str()));
+
+        let mut stream_body = body.clone();
+        stream_body["stream"] = true.into();
+        let text = http.post(format!("{base}/chat/completions")).json(&stream_body).send().await.unwrap().text().await.unwrap();
+        let deltas: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let streamed: String = deltas.iter().filter_map(|d| d["choices"][0]["delta"]["content"].as_str()).collect();
+        assert!(deltas.iter().filter(|d| d["choices"][0]["delta"]["content"].is_string()).count() > 1, "the remote aggregate streams in pieces: {text}");
+        assert_eq!(streamed, local.aggregate.text);
+        assert!(text.trim_end().ends_with("data: [DONE]"));
+    });
+}
+
+/// An endpoint whose first `stall` requests get no response at all, later ones a short answer;
+/// with `piece_then_stall`, every answer sends one piece and then nothing.
+async fn stalling(stall: usize, piece_then_stall: bool) -> (String, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let count = count.clone();
+            async move {
+                if count.fetch_add(1, Ordering::SeqCst) < stall {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                let first = futures_util::stream::once(async {
+                    Ok::<_, std::convert::Infallible>("data: {\"choices\":[{\"delta\":{\"content\":\"Red\"}}]}\n\n".to_string())
+                });
+                let rest = futures_util::stream::once(async move {
+                    if piece_then_stall {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    }
+                    Ok("data: {\"choices\":[{\"delta\":{\"content\":\".\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".to_string())
+                });
+                use futures_util::StreamExt as _;
+                let body = axum::body::Body::from_stream(first.chain(rest));
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, n)
+}
+
+/// A stalled endpoint is given up after the read timeout: retried while nothing has streamed (and
+/// the retry is a notice of the run), final once part of the answer has; a MoA run completes
+/// with the stalled proposer left out.
+#[test]
+fn a_stalled_endpoint_is_retried_or_left_out_after_its_read_timeout() {
+    use moa_local::runtime::remote::EndpointSettings;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let quick = EndpointSettings { read_timeout_secs: Some(1), attempts: Some(3), ..Default::default() };
+    tokio.block_on(async {
+        let client = RemoteClient::new(RemoteLimits::default()).unwrap();
+        let (base, n) = stalling(1, false).await;
+        client.configure(&base, &quick);
+        let t0 = std::time::Instant::now();
+        let r = client.chat(&Endpoint::parse(&format!("{base}#m")).unwrap(), &request(), &mut |_| Control::Continue).await.unwrap();
+        assert_eq!((r.text.as_str(), r.attempts, n.load(Ordering::SeqCst)), ("Red.", 2, 2));
+        assert!(r.retried.len() == 1 && r.retried[0].contains("stalled"), "{:?}", r.retried);
+        assert!(t0.elapsed().as_secs_f64() < 10.0, "given up after about a second, not the answer's 600 s");
+
+        let (base, n) = stalling(0, true).await;
+        client.configure(&base, &quick);
+        let e = client.chat(&Endpoint::parse(&format!("{base}#m")).unwrap(), &request(), &mut |_| Control::Continue).await.unwrap_err().to_string();
+        assert!(e.contains("stalled after 1 pieces") && e.contains(&base), "{e}");
+        assert_eq!(n.load(Ordering::SeqCst), 1, "part of the answer had streamed: not retried");
+    });
+
+    // In a run: one endpoint stalls once and is retried, another stalls mid-answer and is left out.
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap());
+    let (once, _) = tokio.block_on(stalling(1, false));
+    let (mid, _) = tokio.block_on(stalling(0, true));
+    let file = moa_local::moa::RecipeFile::parse(
+        &format!(
+            r#"
+            temperature = 0.0
+            max_tokens = 8
+            aggregator = "smollm2"
+            [[layer]]
+            models = ["smollm2",
+                      {{ endpoint = "{once}", model = "a", read_timeout_secs = 1, attempts = 2, context_length = 2048, tokenizer = "smollm2" }},
+                      {{ endpoint = "{mid}", model = "b", read_timeout_secs = 1 }}]
+            "#
+        ),
+        "test",
+    )
+    .unwrap();
+    let r = Recipe::build(Some(&file), &Overrides::default(), &[]).unwrap();
+    assert_eq!(r.endpoints[&once].context_length, Some(2048));
+    let conv = vec![Message::user("Name a primary color.")];
+    let run = tokio.block_on(moa::run(rt.clone(), &r, &conv, &opts(), moa::report::no_events())).unwrap();
+    let answers = &run.layers[0].answers;
+    assert_eq!((answers[1].text.as_str(), answers[1].error.as_deref()), ("Red.", None));
+    assert!(answers[2].error.as_deref().is_some_and(|e| e.contains("stalled")), "{:?}", answers[2].error);
+    assert!(run.notices.iter().any(|n| n.contains("answered on attempt 2") && n.contains("stalled")), "{:?}", run.notices);
+    // That endpoint sends no usage; its recipe names smollm2's tokenizer, so the counts are exact.
+    let tokens = rt.chat_tokens("smollm2").unwrap();
+    assert_eq!(answers[1].stats.generated_tokens, tokens.count_text("Red.").unwrap());
+    assert_eq!(answers[1].stats.prompt_tokens, answers[0].stats.prompt_tokens, "counted as the local smollm2 counts its prompt");
+    assert!(run.notices.iter().any(|n| n.contains(&mid) && n.contains("no context length")), "{:?}", run.notices);
+    assert!(!run.aggregate.text.is_empty() && run.aggregate.error.is_none());
+}
+
+/// A remote agent fitted with a local tokenizer copy (header only) cuts references exactly as
+/// the loaded model would.
+#[test]
+fn references_fitted_with_a_tokenizer_copy_match_the_loaded_model() {
+    use moa_local::moa::fit::{fit_references_counted, PromptTokens};
+    let rt = Runtime::new(DeviceSpec::Cpu).unwrap();
+    let model = rt.load_blocking("smollm2").unwrap();
+    let tokens = rt.chat_tokens("smollm2").unwrap();
+    let conv = vec![Message::user("Summarize the answers.")];
+    let refs: Vec<String> = (0..3).map(|i| format!("Answer {i}: ").to_string() + &"the quick brown fox jumps over the lazy dog. ".repeat(20 + i * 5)).collect();
+    let instr = moa_local::moa::prompt::AGGREGATE_AND_SYNTHESIZE;
+    for ctx in [400, 700, 4000] {
+        let a = fit_references_counted(model.as_ref() as &dyn PromptTokens, "m", ctx, &conv, instr, &refs, 64).unwrap();
+        let b = fit_references_counted(tokens.as_ref(), "m", ctx, &conv, instr, &refs, 64).unwrap();
+        assert_eq!((a.prompt_tokens, a.cut_to), (b.prompt_tokens, b.cut_to), "context {ctx}");
+        assert_eq!(a.messages, b.messages);
+        assert!(b.prompt_tokens + 64 <= ctx);
+        assert_eq!(b.cut_to.is_some(), ctx < 4000, "context {ctx}: {:?}", b.cut_to);
+    }
 }

@@ -43,6 +43,45 @@ pub fn runtime_parallel(a: &MoaArgs, parallel: usize) -> anyhow::Result<Arc<Runt
     Ok(Arc::new(Runtime::new(spec)?.with_memory_budget(budget).with_parallel(parallel)))
 }
 
+/// A remote agent of a recipe as `plan` shows it: asked for its model id and context, nothing generated.
+#[derive(serde::Serialize)]
+struct RemoteCheck {
+    spec: String,
+    endpoint: String,
+    /// Which agents use it ("layer 1 #2", "aggregator").
+    used_by: Vec<String>,
+    model_id: Option<String>,
+    /// The endpoint's report, else the recipe's `context_length`.
+    context_length: Option<usize>,
+    error: Option<String>,
+}
+
+fn remote_checks(rt: &Runtime, recipe: &Recipe) -> anyhow::Result<Vec<RemoteCheck>> {
+    use moa_local::runtime::remote::{is_remote, Endpoint};
+    for (base, s) in &recipe.endpoints {
+        rt.remote().configure(base, s);
+    }
+    let mut out: Vec<RemoteCheck> = Vec::new();
+    let agents = recipe.layers.iter().enumerate().flat_map(|(l, v)| v.iter().enumerate().map(move |(i, a)| (format!("layer {} #{}", l + 1, i + 1), a)));
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for (who, a) in agents.chain(std::iter::once(("aggregator".to_string(), &recipe.aggregator))) {
+        if !is_remote(&a.model) {
+            continue;
+        }
+        if let Some(r) = out.iter_mut().find(|r| r.spec == a.model) {
+            r.used_by.push(who);
+            continue;
+        }
+        let ep = Endpoint::parse(&a.model)?;
+        let (model_id, error, context_length) = match tokio.block_on(rt.remote().check(&ep)) {
+            Ok((id, ctx)) => (Some(id), None, ctx),
+            Err(e) => (None, Some(e.to_string()), None),
+        };
+        out.push(RemoteCheck { spec: a.model.clone(), endpoint: ep.base, used_by: vec![who], model_id, context_length, error });
+    }
+    Ok(out)
+}
+
 /// `moa-local plan`: the placement a run would use, from the GGUF headers alone.
 pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
     let recipe = recipe_of(&a)?;
@@ -53,19 +92,26 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
     }
     conv.push(Message { role: "user".into(), content: a.prompt.clone().unwrap_or_default() });
     let p = moa::plan::plan(&rt, &recipe, &conv)?;
+    let remote = remote_checks(&rt, &recipe)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        let mut v = serde_json::to_value(&p)?;
+        // The run report's `plan` is the same object; remote checks are `plan`'s own addition.
+        if !remote.is_empty() {
+            v["remote"] = serde_json::to_value(&remote)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let (budget, source) = rt.memory_budget()?;
     println!("device {}: budget {} ({source})", p.device, human(budget));
     for name in recipe.model_names() {
-        if moa_local::runtime::remote::is_remote(&name) {
-            let ep = moa_local::runtime::remote::Endpoint::parse(&name)?;
-            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            match tokio.block_on(rt.remote().model_id(&ep)) {
-                Ok(id) => println!("  model {name}: remote, model id {id} (answers GET /models; no local memory)"),
-                Err(e) => println!("  model {name}: remote, NOT REACHABLE: {e}"),
+        if let Some(r) = remote.iter().find(|r| r.spec == name) {
+            match (&r.model_id, &r.error) {
+                (Some(id), _) => println!(
+                    "  model {name}: remote, model id {id}, context {} (answers GET /models; no local memory)",
+                    r.context_length.map_or("not reported".to_string(), |c| format!("{c} tokens"))
+                ),
+                (None, e) => println!("  model {name}: remote, NOT REACHABLE: {}", e.as_deref().unwrap_or("")),
             }
             continue;
         }

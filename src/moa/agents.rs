@@ -9,12 +9,12 @@ use std::time::Instant;
 use crate::engine::{Control, DecodeStats, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::{GenerateRequest, Generation, Message, Prompt, PromptCache, StopReason};
-use crate::moa::fit::{fit_references, fit_references_estimated};
-use crate::moa::prompt::inject_references;
+use crate::moa::fit::{fit_references, fit_references_counted, fit_references_estimated};
 use crate::moa::recipe::Agent;
 use crate::moa::report::{AgentAnswer, AgentStats, MoaEvent};
 use crate::moa::run::Ctx;
-use crate::runtime::remote::{Endpoint, RemoteRequest};
+use crate::model::chat_tokens::ChatTokens;
+use crate::runtime::remote::{Endpoint, RemoteRequest, DEFAULT_REMOTE_CONTEXT};
 use crate::runtime::Runtime;
 
 /// The conversation an agent answers: its own system prompt, when set, replaces the user's.
@@ -169,10 +169,10 @@ pub(crate) fn text_sink(
     }
 }
 
-/// A remote agent: the same conversation and references, sent to its endpoint. Where the
-/// endpoint reports its context length, references are cut to fit it by estimated token counts
-/// (the remote tokenizer is not at hand); elsewhere a request past the remote context comes back
-/// as the endpoint's error and the agent is left out.
+/// A remote agent: the same conversation and references, sent to its endpoint. References are
+/// cut to fit the remote context: the endpoint's report, else the recipe's `context_length`, else
+/// the named local tokenizer copy's, else [`DEFAULT_REMOTE_CONTEXT`]. With a local tokenizer copy
+/// the prompt is counted exactly, else estimated from bytes.
 pub(crate) async fn run_remote(
     rt: &Arc<Runtime>,
     agent: &Agent,
@@ -186,24 +186,50 @@ pub(crate) async fn run_remote(
     let ep = Endpoint::parse(&agent.model)?;
     (ctx.sink)(MoaEvent::AgentStarted { layer, index, model: agent.model.clone() });
     let conv = with_system(conv, &agent.system);
-    let messages = match rt.remote().context_length(&ep).await {
-        Some(context) => {
-            let fitted = fit_references_estimated(&conv, instruction, refs, context, agent.max_tokens, &agent.model)?;
-            if let Some(cap) = fitted.cut_to {
-                ctx.notice(format!("layer {layer}: references for {} cut to about {cap} tokens each to fit its context of {context} tokens", agent.model));
-            }
-            fitted.messages
+    let local = match rt.remote().setting(&ep).tokenizer {
+        Some(name) => {
+            let r = rt.clone();
+            let t = tokio::task::spawn_blocking(move || r.chat_tokens(&name).map_err(|e| Error::Config(format!("tokenizer `{name}`: {e}"))))
+                .await
+                .map_err(|e| Error::Other(format!("tokenizer thread failed: {e}")))??;
+            Some(t)
         }
-        None => inject_references(&conv, instruction, refs),
+        None => None,
     };
+    let context = match rt.remote().context_length(&ep).await.or(local.as_ref().map(|t| t.context_length)) {
+        Some(c) => c,
+        None => {
+            ctx.notice(format!(
+                "layer {layer}: {} reports no context length; references fitted to {DEFAULT_REMOTE_CONTEXT} tokens (set context_length for the endpoint)",
+                agent.model
+            ));
+            DEFAULT_REMOTE_CONTEXT
+        }
+    };
+    let fitted = match &local {
+        Some(t) => fit_references_counted(t.as_ref(), &agent.model, context, &conv, instruction, refs, agent.max_tokens)?,
+        None => fit_references_estimated(&conv, instruction, refs, context, agent.max_tokens, &agent.model)?,
+    };
+    if let Some(cap) = fitted.cut_to {
+        let how = if local.is_some() { "" } else { "about " };
+        ctx.notice(format!("layer {layer}: references for {} cut to {how}{cap} tokens each to fit its context of {context} tokens", agent.model));
+    }
+    let messages = fitted.messages;
     let req = RemoteRequest { messages: messages.clone(), temperature: agent.temperature, max_tokens: agent.max_tokens, seed };
     let start = ctx.secs();
     let mut on_text = text_sink(ctx, layer, index, stream_to_user, partial);
     let r = rt.remote().chat(&ep, &req, &mut on_text).await?;
-    let generated = r.completion_tokens.unwrap_or(r.pieces);
+    if !r.retried.is_empty() {
+        ctx.notice(format!("layer {layer}: {} answered on attempt {} (retried: {})", agent.model, r.attempts, r.retried.join("; ")));
+    }
+    // Token counts: the endpoint's usage, else counted with the local tokenizer copy, else the
+    // streamed pieces (one per token on the servers seen) and no prompt count.
+    let counted = |n: Option<usize>, f: &dyn Fn(&ChatTokens) -> Result<usize>| n.or_else(|| local.as_deref().and_then(|t| f(t).ok()));
+    let generated = counted(r.completion_tokens, &|t| t.count_text(&r.text)).unwrap_or(r.pieces);
+    let prompt_tokens = counted(r.prompt_tokens, &|t| t.count(&messages)).unwrap_or(0);
     let stats = DecodeStats {
-        prompt_tokens: r.prompt_tokens.unwrap_or(0),
-        prefilled_tokens: r.prompt_tokens.unwrap_or(0),
+        prompt_tokens,
+        prefilled_tokens: prompt_tokens,
         generated_tokens: generated,
         prefill_secs: r.ttft_secs,
         decode_secs: (r.secs - r.ttft_secs).max(0.0),

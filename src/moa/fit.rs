@@ -1,10 +1,13 @@
 //! Fitting references into the next model's context. When the injected references would push
 //! the prompt past `context - max_tokens`, each reference is cut to a common token budget (found
 //! by binary search over real token counts of the rendered prompt) and a notice says so; nothing
-//! is dropped silently. For a remote model, whose tokenizer is not at hand, token counts are
-//! estimated from bytes ([`fit_references_estimated`]).
+//! is dropped silently. A remote model is fitted the same way when its recipe names a local copy
+//! of its tokenizer; otherwise its token counts are estimated from bytes
+//! ([`fit_references_estimated`]).
 
 use crate::error::{Error, Result};
+use crate::model::chat_tokens::ChatTokens;
+use crate::model::tokenizer::GgufTokenizer;
 use crate::model::{Message, Model, Prompt};
 use crate::moa::prompt::inject_references;
 
@@ -15,34 +18,68 @@ pub struct Fitted {
     pub cut_to: Option<usize>,
 }
 
-fn count(model: &Model, msgs: &[Message]) -> Result<usize> {
-    Ok(model.tokenize_prompt(&Prompt::Chat(msgs.to_vec()))?.1.len())
+/// What fitting needs of a model: its chat prompt's token count and its tokenizer.
+pub trait PromptTokens {
+    fn count(&self, msgs: &[Message]) -> Result<usize>;
+    fn tokenizer(&self) -> &GgufTokenizer;
+}
+
+impl PromptTokens for Model {
+    fn count(&self, msgs: &[Message]) -> Result<usize> {
+        Ok(self.tokenize_prompt(&Prompt::Chat(msgs.to_vec()))?.1.len())
+    }
+    fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+}
+
+impl PromptTokens for ChatTokens {
+    fn count(&self, msgs: &[Message]) -> Result<usize> {
+        ChatTokens::count(self, msgs)
+    }
+    fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
 }
 
 /// Inject `refs` into `conv` for `model`, cutting them to fit `max_tokens` of answer.
 pub fn fit_references(model: &Model, conv: &[Message], instruction: &str, refs: &[String], max_tokens: usize) -> Result<Fitted> {
-    let ctx = model.context_length();
+    fit_references_counted(model, &model.name, model.context_length(), conv, instruction, refs, max_tokens)
+}
+
+/// [`fit_references`] for any model whose tokens can be counted here (`name` in errors), with a
+/// context of `ctx` tokens: a loaded model, or a remote one whose local tokenizer copy is named.
+pub fn fit_references_counted(
+    model: &dyn PromptTokens,
+    name: &str,
+    ctx: usize,
+    conv: &[Message],
+    instruction: &str,
+    refs: &[String],
+    max_tokens: usize,
+) -> Result<Fitted> {
     let limit = ctx.saturating_sub(max_tokens);
     let full = inject_references(conv, instruction, refs);
-    let n = count(model, &full)?;
+    let n = model.count(&full)?;
     if n <= limit {
         return Ok(Fitted { messages: full, prompt_tokens: n, cut_to: None });
     }
-    let ids: Vec<Vec<u32>> = refs.iter().map(|r| model.tokenizer.encode(r, false)).collect::<Result<_>>()?;
+    let tok = model.tokenizer();
+    let ids: Vec<Vec<u32>> = refs.iter().map(|r| tok.encode(r, false)).collect::<Result<_>>()?;
     let cut = |cap: usize| -> Vec<String> {
         ids.iter()
             .zip(refs)
-            .map(|(t, r)| if t.len() <= cap { r.clone() } else { format!("{} […]", model.tokenizer.decode(&t[..cap])) })
+            .map(|(t, r)| if t.len() <= cap { r.clone() } else { format!("{} […]", tok.decode(&t[..cap])) })
             .collect()
     };
     let (lo, hi) = (0usize, ids.iter().map(Vec::len).max().unwrap_or(0));
-    let base = count(model, &inject_references(conv, instruction, &cut(0)))?;
+    let base = model.count(&inject_references(conv, instruction, &cut(0)))?;
     if base > limit {
-        return Err(Error::ContextOverflow { model: model.name.clone(), prompt_tokens: base, max_tokens, context: ctx });
+        return Err(Error::ContextOverflow { model: name.to_string(), prompt_tokens: base, max_tokens, context: ctx });
     }
-    let lo = largest_fitting(lo, hi, |cap| Ok(count(model, &inject_references(conv, instruction, &cut(cap)))? <= limit))?;
+    let lo = largest_fitting(lo, hi, |cap| Ok(model.count(&inject_references(conv, instruction, &cut(cap)))? <= limit))?;
     let messages = inject_references(conv, instruction, &cut(lo));
-    let prompt_tokens = count(model, &messages)?;
+    let prompt_tokens = model.count(&messages)?;
     Ok(Fitted { messages, prompt_tokens, cut_to: Some(lo) })
 }
 

@@ -22,8 +22,12 @@
 //! url = "http://10.0.0.5:8000/v1"
 //! model = "Qwen2.5-72B-Instruct"  # default: the endpoint's only model
 //! api_key_env = "VLLM_KEY"        # default: MOA_REMOTE_API_KEY
-//! max_concurrency = 4
-//! timeout_secs = 120
+//! max_concurrency = 4             # requests in flight (default 4)
+//! timeout_secs = 120              # per answer, retries included (default 600)
+//! read_timeout_secs = 60          # silence before an attempt counts as stalled (default 120)
+//! attempts = 4                    # 1 = no retry (default 4)
+//! context_length = 32768          # when GET /models does not report it
+//! tokenizer = "qwen-coder"        # a local copy's tokenizer: exact prompt counts
 //! ```
 //!
 //! An agent may also name an endpoint inline: `{ endpoint = "http://…/v1", model = "…", … }`.
@@ -78,6 +82,10 @@ enum AgentToml {
         api_key_env: Option<String>,
         max_concurrency: Option<usize>,
         timeout_secs: Option<u64>,
+        read_timeout_secs: Option<u64>,
+        attempts: Option<usize>,
+        context_length: Option<usize>,
+        tokenizer: Option<String>,
     },
 }
 
@@ -186,10 +194,31 @@ impl Recipe {
         let mut from_toml = |a: &AgentToml| -> Result<Agent> {
             match a {
                 AgentToml::Name(m) => plain(m),
-                AgentToml::Full { model, temperature: t, max_tokens: n, system: s, endpoint, api_key_env, max_concurrency, timeout_secs } => {
+                AgentToml::Full {
+                    model,
+                    temperature: t,
+                    max_tokens: n,
+                    system: s,
+                    endpoint,
+                    api_key_env,
+                    max_concurrency,
+                    timeout_secs,
+                    read_timeout_secs,
+                    attempts,
+                    context_length,
+                    tokenizer,
+                } => {
                     let model = match endpoint {
                         Some(url) => {
-                            let settings = EndpointSettings { api_key_env: api_key_env.clone(), max_concurrency: *max_concurrency, timeout_secs: *timeout_secs };
+                            let settings = EndpointSettings {
+                                api_key_env: api_key_env.clone(),
+                                max_concurrency: *max_concurrency,
+                                timeout_secs: *timeout_secs,
+                                read_timeout_secs: *read_timeout_secs,
+                                attempts: *attempts,
+                                context_length: *context_length,
+                                tokenizer: tokenizer.clone(),
+                            };
                             inline.push((url.trim_end_matches('/').to_string(), settings));
                             spec_of(url, Some(model))
                         }
@@ -303,8 +332,9 @@ mod tests {
             model = "Qwen2.5-72B-Instruct"
             api_key_env = "VLLM_KEY"
             max_concurrency = 2
+            context_length = 32768
             [[layer]]
-            models = ["a", "remote:big", { endpoint = "http://h:1/v1", model = "m", timeout_secs = 9 }]
+            models = ["a", "remote:big", { endpoint = "http://h:1/v1", model = "m", timeout_secs = 9, read_timeout_secs = 3, attempts = 1, tokenizer = "a" }]
             "#,
             "test",
         )
@@ -314,7 +344,11 @@ mod tests {
         assert_eq!(names, ["a", "http://10.0.0.5:8000/v1#Qwen2.5-72B-Instruct", "http://h:1/v1#m"]);
         assert_eq!(r.aggregator.model, "http://10.0.0.5:8000/v1#Qwen2.5-72B-Instruct");
         assert_eq!(r.endpoints["http://10.0.0.5:8000/v1"].api_key_env.as_deref(), Some("VLLM_KEY"));
-        assert_eq!(r.endpoints["http://h:1/v1"].timeout_secs, Some(9));
+        assert_eq!(r.endpoints["http://10.0.0.5:8000/v1"].context_length, Some(32768));
+        let inline = &r.endpoints["http://h:1/v1"];
+        assert_eq!((inline.timeout_secs, inline.read_timeout_secs, inline.attempts, inline.tokenizer.as_deref()), (Some(9), Some(3), Some(1), Some("a")));
+        let bad = RecipeFile::parse("[endpoints.x]\nurl = \"http://h/v1\"\nretries = 3\n", "test").unwrap_err().to_string();
+        assert!(bad.contains("retries"), "an unknown endpoint setting is named: {bad}");
         let e = Recipe::build(None, &flags(&["remote:nope"]), &[]).unwrap_err().to_string();
         assert!(e.contains("[endpoints.nope]"), "{e}");
     }

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod batched;
 pub mod prefix;
 pub mod loaded;
+pub mod chat_tokens;
 
 pub use generate::{GenerateRequest, Generation, Prompt, StopReason};
 pub use loaded::Model;

@@ -13,6 +13,7 @@ use crate::engine::Control;
 use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
+use crate::model::chat_tokens::ChatTokens;
 use crate::model::{GenerateRequest, Generation, Model, PromptCache};
 use crate::runtime::batcher::ModelLoop;
 use crate::runtime::device::DeviceSpec;
@@ -40,6 +41,8 @@ pub struct Runtime {
     models: Mutex<HashMap<PathBuf, Arc<Model>>>,
     names: Mutex<HashMap<String, PathBuf>>,
     shapes: Mutex<HashMap<PathBuf, ModelShape>>,
+    /// Tokenizers and chat templates read from headers alone (server checks, remote agents).
+    chat_tokens: Mutex<HashMap<PathBuf, Arc<ChatTokens>>>,
     /// `--memory-budget`; None: the device's free memory (90%) plus what this runtime holds.
     budget: Option<u64>,
     /// Prompt caches kept for the next turn (see `prefix_store`).
@@ -69,6 +72,7 @@ impl Runtime {
             models: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
+            chat_tokens: Mutex::new(HashMap::new()),
             budget: None,
             prefixes: PrefixStore::default(),
             remote: RemoteClient::new(RemoteLimits::default())?,
@@ -111,6 +115,17 @@ impl Runtime {
         let s = ModelShape::read(&path)?;
         self.shapes.lock().unwrap_or_else(|p| p.into_inner()).insert(path, s.clone());
         Ok(s)
+    }
+
+    /// The tokenizer and chat template of a model, read from its header only (cached).
+    pub fn chat_tokens(&self, name: &str) -> Result<Arc<ChatTokens>> {
+        let path = self.resolve(name)?;
+        if let Some(t) = self.chat_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(ChatTokens::open(&path)?);
+        self.chat_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(path, t.clone());
+        Ok(t)
     }
 
     /// Plan waves for `layers` of jobs and the aggregator against this runtime's budget.

@@ -41,7 +41,19 @@ pub struct EndpointSettings {
     /// The environment variable holding its API key (default [`API_KEY_ENV`]).
     pub api_key_env: Option<String>,
     pub max_concurrency: Option<usize>,
+    /// For a whole answer, all attempts included (default 600).
     pub timeout_secs: Option<u64>,
+    /// How long the endpoint may stay silent (no headers yet, or no stream data) before the
+    /// attempt is given up as stalled (default 120).
+    pub read_timeout_secs: Option<u64>,
+    /// Attempts per request, 1 = no retry (default 4).
+    pub attempts: Option<usize>,
+    /// The remote model's context in tokens, for endpoints whose `GET /models` does not report it.
+    pub context_length: Option<usize>,
+    /// A local model (catalog name or GGUF path) with the remote model's tokenizer and chat
+    /// template: prompts are then counted and fitted exactly, and token counts the endpoint does
+    /// not report are counted here.
+    pub tokenizer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,11 +91,23 @@ pub struct RemoteLimits {
     /// Attempts per request (1 = no retry).
     pub attempts: usize,
     pub max_concurrency: usize,
+    /// Silence (before the headers, or between stream chunks) after which an attempt is stalled.
+    pub read_timeout: Duration,
 }
+
+/// The context assumed for a remote model when neither its endpoint nor the recipe tells it (nor
+/// a local tokenizer copy named by the recipe): references are fitted to it.
+pub const DEFAULT_REMOTE_CONTEXT: usize = 8192;
 
 impl Default for RemoteLimits {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), timeout: Duration::from_secs(600), attempts: 4, max_concurrency: 4 }
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(600),
+            attempts: 4,
+            max_concurrency: 4,
+            read_timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -100,6 +124,8 @@ pub struct RemoteReply {
     /// Text pieces received (a count of tokens when the server sends no usage).
     pub pieces: usize,
     pub attempts: usize,
+    /// Why each earlier attempt failed (they were retried).
+    pub retried: Vec<String>,
 }
 
 /// The sampling settings an agent sends.
@@ -157,7 +183,8 @@ impl RemoteClient {
         }
     }
 
-    fn setting(&self, ep: &Endpoint) -> EndpointSettings {
+    /// The settings a recipe gave the endpoint (defaults where none).
+    pub fn setting(&self, ep: &Endpoint) -> EndpointSettings {
         self.settings.lock().unwrap_or_else(|p| p.into_inner()).get(&ep.base).cloned().unwrap_or_default()
     }
 
@@ -176,14 +203,8 @@ impl RemoteClient {
         }
     }
 
-    /// The model id requests name: the spec's, else the endpoint's only model.
-    pub async fn model_id(&self, ep: &Endpoint) -> Result<String> {
-        if let Some(m) = &ep.model {
-            return Ok(m.clone());
-        }
-        if let Some(m) = self.model_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&ep.base) {
-            return Ok(m.clone());
-        }
+    /// `GET /models` of the endpoint: its `data` entries.
+    async fn list_models(&self, ep: &Endpoint) -> Result<Vec<Value>> {
         let url = format!("{}/models", ep.base);
         let fail = |why: String| Error::Other(format!("remote endpoint {}: {why}", ep.base));
         let r = self.auth(ep, self.http.get(&url)).timeout(self.limits.connect_timeout * 3).send().await.map_err(|e| fail(describe(&e)))?;
@@ -192,7 +213,19 @@ impl RemoteClient {
             return Err(fail(format!("GET /models answered HTTP {}", status.as_u16())));
         }
         let v: Value = r.json().await.map_err(|e| fail(format!("GET /models: {}", describe(&e))))?;
-        let ids: Vec<String> = v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(String::from)).collect();
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The model id requests name: the spec's, else the endpoint's only model.
+    pub async fn model_id(&self, ep: &Endpoint) -> Result<String> {
+        if let Some(m) = &ep.model {
+            return Ok(m.clone());
+        }
+        if let Some(m) = self.model_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&ep.base) {
+            return Ok(m.clone());
+        }
+        let ids = ids_of(&self.list_models(ep).await?);
+        let fail = |why: String| Error::Other(format!("remote endpoint {}: {why}", ep.base));
         match ids.as_slice() {
             [one] => {
                 self.model_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(ep.base.clone(), one.clone());
@@ -203,18 +236,33 @@ impl RemoteClient {
         }
     }
 
-    /// The remote model's context length where its `GET /models` entry tells it (vLLM's
+    /// What `plan` shows of an endpoint, asked now (nothing generated): the model id requests
+    /// will name, which `GET /models` must list, and its context length where known.
+    pub async fn check(&self, ep: &Endpoint) -> Result<(String, Option<usize>)> {
+        let listed = ids_of(&self.list_models(ep).await?);
+        let id = self.model_id(ep).await?;
+        if !listed.contains(&id) {
+            return Err(Error::Other(format!("remote endpoint {}: GET /models does not list `{id}` (it lists: {})", ep.base, listed.join(", "))));
+        }
+        Ok((id, self.context_length(ep).await))
+    }
+
+    /// The remote model's context length: where its `GET /models` entry tells it (vLLM's
     /// `max_model_len`, llama-server's `meta.n_ctx_train`, moa-local's `moa_local.context_length`,
-    /// or a plain `context_length`); asked once per endpoint and model.
+    /// or a plain `context_length`; asked once per endpoint and model), else the recipe's setting.
     pub async fn context_length(&self, ep: &Endpoint) -> Option<usize> {
+        let reported = self.reported_context(ep).await;
+        reported.or(self.setting(ep).context_length)
+    }
+
+    async fn reported_context(&self, ep: &Endpoint) -> Option<usize> {
         let model = self.model_id(ep).await.ok()?;
         let key = (ep.base.clone(), model.clone());
         if let Some(c) = self.contexts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return *c;
         }
-        let r = self.auth(ep, self.http.get(format!("{}/models", ep.base))).timeout(self.limits.connect_timeout * 3).send().await.ok()?;
-        let v: Value = r.json().await.ok()?;
-        let entry = v["data"].as_array()?.iter().find(|m| m["id"].as_str() == Some(model.as_str()))?.clone();
+        let data = self.list_models(ep).await.ok()?;
+        let entry = data.iter().find(|m| m["id"].as_str() == Some(model.as_str()))?;
         let n = ["/max_model_len", "/meta/n_ctx_train", "/moa_local/context_length", "/context_length"]
             .iter()
             .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
@@ -236,18 +284,24 @@ impl RemoteClient {
             "max_tokens": req.max_tokens,
             "seed": req.seed,
         });
-        let timeout = self.setting(ep).timeout_secs.map_or(self.limits.timeout, Duration::from_secs);
+        let set = self.setting(ep);
+        let timeout = set.timeout_secs.map_or(self.limits.timeout, Duration::from_secs);
+        let silence = set.read_timeout_secs.map_or(self.limits.read_timeout, Duration::from_secs);
+        let attempts = set.attempts.unwrap_or(self.limits.attempts).max(1);
         let deadline = Instant::now() + timeout;
         let name = format!("remote {}#{model}", ep.base);
-        let mut last = String::new();
-        for attempt in 1..=self.limits.attempts.max(1) {
+        let mut retried: Vec<String> = Vec::new();
+        for attempt in 1..=attempts {
             let mut reply = RemoteReply { attempts: attempt, ..Default::default() };
-            match self.attempt(ep, &body, deadline, &mut reply, on_text).await {
-                Ok(()) => return Ok(reply),
+            match self.attempt(ep, &body, deadline, silence, &mut reply, on_text).await {
+                Ok(()) => {
+                    reply.retried = retried;
+                    return Ok(reply);
+                }
                 Err(Failure::Final(why)) => return Err(Error::Other(format!("{name}: {why}"))),
                 Err(Failure::Retry(why, after)) => {
-                    last = why;
-                    if attempt == self.limits.attempts.max(1) {
+                    retried.push(why);
+                    if attempt == attempts {
                         break;
                     }
                     let backoff = Duration::from_millis(250u64 << (attempt - 1).min(6));
@@ -260,7 +314,9 @@ impl RemoteClient {
                 }
             }
         }
-        Err(Error::Other(format!("{name}: {last} (after {} attempts)", self.limits.attempts.max(1))))
+        let n = retried.len();
+        let last = retried.pop().unwrap_or_default();
+        Err(Error::Other(format!("{name}: {last} (after {n} attempt{})", if n == 1 { "" } else { "s" })))
     }
 
     async fn attempt(
@@ -268,6 +324,7 @@ impl RemoteClient {
         ep: &Endpoint,
         body: &Value,
         deadline: Instant,
+        silence: Duration,
         reply: &mut RemoteReply,
         on_text: &mut (dyn FnMut(&str) -> Control + Send),
     ) -> std::result::Result<(), Failure> {
@@ -276,7 +333,13 @@ impl RemoteClient {
             return Err(Failure::Final("timed out (the answer's time limit is spent)".into()));
         }
         let t0 = Instant::now();
-        let r = self.auth(ep, self.http.post(format!("{}/chat/completions", ep.base))).json(body).timeout(left).send().await;
+        let send = self.auth(ep, self.http.post(format!("{}/chat/completions", ep.base))).json(body).timeout(left).send();
+        let wait = silence.min(left);
+        let r = match tokio::time::timeout(wait, send).await {
+            Err(_) if wait < left => return Err(Failure::Retry(format!("stalled: no response for {wait:?}"), None)),
+            Err(_) => return Err(Failure::Final("timed out (the answer's time limit is spent)".into())),
+            Ok(r) => r,
+        };
         let r = match r {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => return Err(Failure::Retry(describe(&e), None)),
@@ -293,7 +356,19 @@ impl RemoteClient {
         let mut stream = r.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let chunk = match stream.next().await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = silence.min(left);
+            let next = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(n) => n,
+                Err(_) if wait < left && reply.pieces == 0 => {
+                    return Err(Failure::Retry(format!("stalled: no data for {wait:?}"), None))
+                }
+                Err(_) if wait < left => {
+                    return Err(Failure::Final(format!("the stream stalled after {} pieces (no data for {wait:?})", reply.pieces)))
+                }
+                Err(_) => return Err(Failure::Final(format!("timed out after {} pieces (the answer's time limit is spent)", reply.pieces))),
+            };
+            let chunk = match next {
                 None => break,
                 Some(Ok(c)) => c,
                 Some(Err(e)) if reply.pieces == 0 => return Err(Failure::Retry(describe(&e), None)),
@@ -347,6 +422,10 @@ impl RemoteClient {
         }
         Ok(())
     }
+}
+
+fn ids_of(data: &[Value]) -> Vec<String> {
+    data.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect()
 }
 
 /// An HTTP client error without the request's headers (where the key is).

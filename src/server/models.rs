@@ -10,11 +10,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::moa::prompt::inject_references;
 use crate::moa::Recipe;
-use crate::model::arch::Config;
-use crate::model::gguf::GgufFile;
-use crate::model::template::ChatTemplate;
-use crate::model::tokenizer::GgufTokenizer;
+use crate::model::chat_tokens::ChatTokens;
 use crate::model::Message;
+use crate::runtime::remote::is_remote;
 use crate::runtime::Runtime;
 use crate::server::openai::{ApiError, ChatParams};
 use crate::server::worker::{Defaults, Target};
@@ -28,59 +26,32 @@ pub struct ModelEntry {
     pub path: PathBuf,
     pub arch: String,
     pub context_length: usize,
-    tokenizer: GgufTokenizer,
-    template: ChatTemplate,
-    /// The vocabulary's longest token in bytes (see [`GgufTokenizer::max_token_bytes`]).
-    max_token_bytes: usize,
+    tokens: Arc<ChatTokens>,
 }
 
 impl ModelEntry {
     /// Read `name`'s header, tokenizer and template (blocking; no weights are read).
     pub fn open(rt: &Runtime, name: &str) -> Result<Self> {
         let path = rt.resolve(name)?;
-        let g = GgufFile::open(&path)?;
-        let cfg = Config::from_gguf(&g)?;
-        let tokenizer = GgufTokenizer::from_gguf(&g)?;
-        let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let tokens = rt.chat_tokens(name)?;
         Ok(Self {
             name: name.to_string(),
             stem: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-            arch: format!("{:?}", cfg.arch).to_lowercase(),
-            context_length: cfg.context_length,
+            arch: tokens.arch.clone(),
+            context_length: tokens.context_length,
             path,
-            max_token_bytes: tokenizer.max_token_bytes(),
-            tokenizer,
-            template,
+            tokens,
         })
     }
 
-    /// Prompt tokens of a chat, counted as generation counts them (template with the
-    /// generation prompt, BOS as the metadata asks and not doubled).
+    /// Prompt tokens of a chat, counted as generation counts them.
     pub fn count(&self, msgs: &[Message]) -> Result<usize> {
-        let text = self.template.render(msgs, true)?;
-        let ids = self.tokenizer.encode(&text, true)?;
-        let doubled = matches!((self.tokenizer.bos_id(), ids.as_slice()), (Some(bos), [a, b, ..]) if *a == bos && *b == bos);
-        Ok(ids.len() - usize::from(doubled))
+        self.tokens.count(msgs)
     }
 
     /// Does `msgs` plus `max_tokens` of answer fit the context?
-    /// A prompt whose bytes alone prove it too long (more bytes than the context's tokens of
-    /// the longest token can hold) is rejected before it is rendered or tokenized.
     pub fn check(&self, msgs: &[Message], max_tokens: usize) -> Result<()> {
-        let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
-        if bytes.div_ceil(self.max_token_bytes) + max_tokens > self.context_length {
-            return Err(Error::PromptTooLong {
-                model: self.name.clone(),
-                bytes,
-                context: self.context_length,
-                max_token_bytes: self.max_token_bytes,
-            });
-        }
-        let n = self.count(msgs)?;
-        if n + max_tokens > self.context_length {
-            return Err(Error::ContextOverflow { model: self.name.clone(), prompt_tokens: n, max_tokens, context: self.context_length });
-        }
-        Ok(())
+        self.tokens.check(&self.name, msgs, max_tokens, self.context_length)
     }
 }
 
@@ -89,7 +60,8 @@ pub fn open_all(rt: &Runtime, recipes: &[(String, Arc<Recipe>)]) -> Result<Vec<A
     let mut out: Vec<Arc<ModelEntry>> = Vec::new();
     for (rname, r) in recipes {
         for name in r.model_names() {
-            if out.iter().any(|e| e.name == name) {
+            // A remote agent's model lives on its endpoint, which checks its own context.
+            if is_remote(&name) || out.iter().any(|e| e.name == name) {
                 continue;
             }
             let e = ModelEntry::open(rt, &name).map_err(|e| Error::Config(format!("recipe `{rname}`: model {name}: {e}")))?;
@@ -128,6 +100,9 @@ pub fn precheck(models: &[Arc<ModelEntry>], target: &Target, p: &ChatParams, def
                     continue;
                 }
                 seen.push((refs, a));
+                if is_remote(&a.model) {
+                    continue;
+                }
                 let conv = with_system(&p.messages, &a.system);
                 let conv = if refs { inject_references(&conv, &recipe.instruction, &[]) } else { conv };
                 entry(&a.model)?.check(&conv, a.max_tokens)?;
