@@ -119,9 +119,17 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
         let path = rt.resolve(&name)?;
         println!("  model {name}: {:?}, weights {}, file {}", s.cfg.arch, human(s.weights), path.display());
     }
+    // Wave jobs index the layer's local agents with a job (remote ones run beside the waves).
+    let (jobs, _) = moa::plan::plan_jobs(&rt, &recipe, &conv);
     for l in &p.layers {
+        let runnable: Vec<usize> = (0..recipe.layers[l.layer - 1].len()).filter(|&i| jobs[l.layer - 1][i].is_some()).collect();
         for w in &l.waves {
-            let agents: Vec<String> = w.jobs.iter().map(|&j| format!("#{} {}", j + 1, recipe.layers[l.layer - 1][j].model)).collect();
+            let agents: Vec<String> = w
+                .jobs
+                .iter()
+                .filter_map(|&j| runnable.get(j))
+                .map(|&i| format!("#{} {}", i + 1, recipe.layers[l.layer - 1][i].model))
+                .collect();
             println!(
                 "layer {} wave {}: run [{}]; load {:?}; unload {:?}; planned {} (free {})",
                 l.layer,
