@@ -73,7 +73,7 @@ fn joining_and_leaving_sequences_generate_what_they_generate_alone() {
     for key in [common::SMOL, common::QWEN] {
         let m = Model::load(common::model_path(key), &Device::Cpu).unwrap();
         let seeded = |seed| SamplingParams { temperature: 0.8, top_p: 0.95, seed, ..SamplingParams::greedy() };
-        let opts = |max_tokens, draft: bool| DecodeOptions { max_tokens, max_draft: if draft { 8 } else { 0 } };
+        let opts = |max_tokens, draft: bool| DecodeOptions { max_tokens, max_draft: if draft { 8 } else { 0 }, logprobs: None };
         let long = "The history of the printing press: movable type, paper, ink and the spread of books. ".repeat(4);
         let cases = vec![
             Case { prompt: prompt(&m, "Once upon a time"), params: SamplingParams::greedy(), opts: opts(24, true), at: 0 },
@@ -111,7 +111,7 @@ fn a_stop_ends_one_sequence_and_a_bad_join_fails_alone() {
             prompt: p.clone(),
             cache: m.transformer.new_cache(cap).unwrap(),
             sampler: Sampler::new(SamplingParams::greedy()),
-            opts: DecodeOptions { max_tokens: 10, max_draft: 0 },
+            opts: DecodeOptions { max_tokens: 10, max_draft: 0, logprobs: None },
             on_token: Box::new(move |_| {
                 n += 1;
                 if i == 0 && n == 3 { Control::Stop } else { Control::Continue }

@@ -47,7 +47,7 @@ fn load(path: &Path, device: &Device, generic: bool) -> Transformer {
 fn greedy(model: &Transformer, prompt: &[u32]) -> Vec<u32> {
     let mut cache = model.new_cache(prompt.len() + STEPS).unwrap();
     let mut sampler = Sampler::new(SamplingParams::greedy());
-    let opts = DecodeOptions { max_tokens: STEPS, max_draft: 0 };
+    let opts = DecodeOptions { max_tokens: STEPS, max_draft: 0, logprobs: None };
     decode_loop(model, &mut cache, prompt, &mut sampler, &opts, &mut |_| Ok(Control::Continue)).unwrap().0
 }
 

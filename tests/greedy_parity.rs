@@ -34,7 +34,7 @@ fn check_model(key: &str) -> Vec<String> {
         let expected: Vec<u32> = serde_json::from_value(case["greedy_ids"].clone()).unwrap();
         let mut cache = model.new_cache(prompt.len() + expected.len()).unwrap();
         let mut sampler = Sampler::new(SamplingParams::greedy());
-        let opts = DecodeOptions { max_tokens: expected.len(), max_draft: 0 };
+        let opts = DecodeOptions { max_tokens: expected.len(), max_draft: 0, logprobs: None };
         let (got, _) =
             decode_loop(&model, &mut cache, &prompt, &mut sampler, &opts, &mut |_| Ok(Control::Continue)).unwrap();
         let agree = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();

@@ -2,12 +2,15 @@
 tests/openai_client.sh with the bundled test models, greedy, tiny max_tokens).
 
 Checks: a plain and a streamed chat completion with model="moa" (same greedy answer both ways,
-usage and the `moa` extension), the models list, and the client's typed errors for an unknown
+usage and the `moa` extension), the models list, text completions (logprobs, echo with
+max_tokens 0 as lm-evaluation-harness scores, token-id prompts, streaming), chat logprobs, and the client's typed errors for an unknown
 model (NotFoundError), a bad parameter (BadRequestError) and a wrong API key (AuthenticationError).
 Ends with a 'N passed, N failed' line and a non-zero exit on any failure.
 """
 
+import json
 import os
+import subprocess
 import sys
 import traceback
 
@@ -75,6 +78,40 @@ def test_n_choices():
     assert [c.index for c in r.choices] == [0, 1, 2], r
     assert all(c.message.content is not None and c.finish_reason for c in r.choices), r
     assert r.usage.completion_tokens <= 9, r
+
+
+def test_text_completion_echo_and_logprobs():
+    prompt = "The capital of France is"
+    r = client.completions.create(model="smollm2", prompt=prompt, max_tokens=4, temperature=0, logprobs=2)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-"), r
+    c = r.choices[0]
+    assert c.text and c.finish_reason in ("stop", "length"), r
+    lp = c.logprobs
+    assert len(lp.tokens) == r.usage.completion_tokens == len(lp.token_logprobs) == len(lp.top_logprobs), lp
+    assert "".join(lp.tokens) == c.text, (lp.tokens, c.text)
+    for tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert v <= 0 and len(top) == 2 and max(top.values()) == v, (tok, v, top)  # greedy: the top token
+    # lm-evaluation-harness's loglikelihood request: echo, logprobs, max_tokens 0.
+    s = client.completions.create(model="smollm2", prompt=prompt + c.text, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    e = s.choices[0].logprobs
+    assert s.choices[0].text == prompt + c.text, s
+    assert e.token_logprobs[0] is None and all(v <= 0 for v in e.token_logprobs[1:]), e
+    assert s.usage.prompt_tokens == len(e.tokens) and s.usage.completion_tokens == 0, s
+    ids = json.loads(subprocess.check_output(["target/release/moa-local", "tokenize", "--model", "smollm2", prompt]))
+    # The prompt's own tokens lead the echo (the answer's tokens may merge when re-tokenized).
+    assert "".join(e.tokens[: len(ids)]) == prompt, e.tokens
+    # Token ids in, streamed out: the same text.
+    text = "".join(ch.choices[0].text for ch in client.completions.create(model="smollm2", prompt=ids, max_tokens=4, temperature=0, stream=True))
+    assert text == c.text, (text, c.text)
+
+
+def test_chat_logprobs():
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens, r
+    for t in content:
+        assert len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token and t.logprob <= 0, t
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token, t
 
 
 def test_unknown_model_is_not_found():

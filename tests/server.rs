@@ -499,3 +499,98 @@ async fn n_choices_are_sampled_in_one_batch_with_consecutive_seeds() {
     assert_eq!(status, 400, "{v}");
     assert_error(&v, "invalid_request_error", Some("n"));
 }
+
+async fn post_completion(s: &TestServer, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new().post(format!("{}/v1/completions", s.base)).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+/// Text completions: a token-id prompt echoed with `logprobs` and `max_tokens: 0` (how
+/// lm-evaluation-harness scores a continuation) gives each answer token the log-probability the
+/// generation itself reported for it; the generation's own logprobs are the model's (the greedy
+/// token is the most likely one); text and token-id prompts give the same answer; bad parameters
+/// are 400s that name them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_completions_score_like_generation_and_name_bad_parameters() {
+    use moa_local::engine::{Control, SamplingParams};
+    use moa_local::model::{GenerateRequest, Prompt};
+    let s = start(|_| {}).await;
+    let rt = runtime();
+    let model = rt.load("smollm2").await.unwrap();
+    let prompt = "The capital of France is";
+    let mut req = GenerateRequest::new(Prompt::Raw(prompt.into()), 6, SamplingParams::greedy());
+    req.logprobs = Some(3);
+    let g = rt.generate_batched(model, req, None, |_| Control::Continue).await.unwrap();
+    assert_eq!(g.logprobs.len(), g.ids.len());
+    for (id, lp) in g.ids.iter().zip(&g.logprobs) {
+        assert_eq!((lp.id, lp.top.len()), (*id, 3));
+        assert_eq!(lp.top[0], (*id, lp.logprob), "greedy picks the most likely token and reports its log-probability");
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1) && lp.logprob <= 0.0);
+    }
+
+    let (status, v) = post_completion(&s, &json!({"model": "smollm2", "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 3})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["object"].as_str(), v["choices"][0]["text"].as_str()), (Some("text_completion"), Some(g.text.as_str())));
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(g.prompt_ids.len() as u64));
+    let lps: Vec<f64> = v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(lps, g.logprobs.iter().map(|l| l.logprob as f64).collect::<Vec<_>>());
+    let (_, by_ids) = post_completion(&s, &json!({"model": "smollm2", "prompt": g.prompt_ids, "max_tokens": 6, "temperature": 0})).await;
+    assert_eq!(by_ids["choices"][0]["text"], v["choices"][0]["text"], "token ids and text give the same answer");
+
+    let all: Vec<u32> = g.prompt_ids.iter().chain(&g.ids).copied().collect();
+    let (status, e) = post_completion(&s, &json!({"model": "smollm2", "prompt": [all], "max_tokens": 0, "echo": true, "logprobs": 1})).await;
+    assert_eq!(status, 200, "{e}");
+    let c = &e["choices"][0];
+    let scored = c["logprobs"]["token_logprobs"].as_array().unwrap();
+    assert_eq!(scored.len(), all.len());
+    assert!(scored[0].is_null() && c["logprobs"]["top_logprobs"][0].is_null(), "the first token has no context: {c}");
+    assert_eq!(e["usage"]["completion_tokens"].as_u64(), Some(0));
+    let n = g.prompt_ids.len();
+    for (j, lp) in g.logprobs.iter().enumerate() {
+        let got = scored[n + j].as_f64().unwrap();
+        assert!((got - lp.logprob as f64).abs() < 1e-2, "token {j}: scored {got}, generated {}", lp.logprob);
+    }
+    assert_eq!(c["text"].as_str(), Some(format!("{}{}", g.prompt_text, g.text).as_str()), "the echo leads the text");
+    let offsets: Vec<u64> = c["logprobs"]["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]) && offsets[0] == 0);
+
+    let user = "hi";
+    for (body, param) in [
+        (json!({"model": "moa", "prompt": user}), "model"),
+        (json!({"model": "smollm2"}), "prompt"),
+        (json!({"model": "smollm2", "prompt": ["a", "b"]}), "prompt"),
+        (json!({"model": "smollm2", "prompt": [1, -2]}), "prompt"),
+        (json!({"model": "smollm2", "prompt": user, "logprobs": 6}), "logprobs"),
+        (json!({"model": "smollm2", "prompt": user, "suffix": "x"}), "suffix"),
+        (json!({"model": "smollm2", "prompt": user, "max_tokens": 0}), "max_tokens"),
+        (json!({"model": "smollm2", "prompt": user, "logprobs": 1, "stream": true}), "logprobs"),
+    ] {
+        let (status, v) = post_completion(&s, &body).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_error(&v, "invalid_request_error", Some(param));
+    }
+    let (status, v) = post_completion(&s, &json!({"model": "smollm2", "prompt": [99999999]})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("vocabulary"), "{v}");
+}
+
+/// Chat completions report the answer tokens' log-probabilities in OpenAI's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_logprobs_have_openai_shape() {
+    let s = start(|_| {}).await;
+    let (status, _, v) = post(&s, &chat_body("smollm2", "Say hi.", json!({"max_tokens": 3, "logprobs": true, "top_logprobs": 2}))).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    let mut text = Vec::new();
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!((top.len(), &top[0]["token"], &top[0]["logprob"]), (2, &t["token"], &t["logprob"]), "{t}");
+        text.extend(t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8));
+    }
+    assert!(String::from_utf8_lossy(&text).starts_with(v["choices"][0]["message"]["content"].as_str().unwrap()), "{v}");
+    let (_, _, plain) = post(&s, &chat_body("smollm2", "Say hi.", json!({"max_tokens": 3}))).await;
+    assert!(plain["choices"][0]["logprobs"].is_null());
+}

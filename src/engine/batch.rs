@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::engine::decode::{pick_mut as pick, Control, DecodeOptions, DecodeStats, Forward, Seq};
 use crate::engine::draft::DraftLength;
 use crate::engine::kv_cache::KvCache;
+use crate::engine::logprobs::TokenLogprob;
 use crate::engine::sampler::Sampler;
 use crate::error::{Error, Result};
 
@@ -38,6 +39,8 @@ pub struct Finished {
     pub ids: Vec<u32>,
     pub stats: DecodeStats,
     pub cache: KvCache,
+    /// One per token of `ids` when `DecodeOptions::logprobs` asked for them, else empty.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 struct Running {
@@ -103,7 +106,7 @@ impl Batch {
         }
         let threads = crate::kernels::pool::pool().threads();
         let stats = DecodeStats { prompt_tokens: prompt.len(), prefilled_tokens: prompt.len() - cache.len(), threads, ..Default::default() };
-        let seq = Seq::new(&prompt, opts.max_draft > 0);
+        let seq = Seq::new(&prompt, opts.max_draft > 0).with_logprobs(opts.logprobs);
         self.running.push(Running { prompt, cache, sampler, opts, on_token, done: Some(done), seq, decoding: false, start: Instant::now(), stats });
     }
 
@@ -199,7 +202,8 @@ impl Batch {
                 s.drafted_tokens = r.seq.drafted;
                 s.accepted_tokens = r.seq.accepted;
                 s.decode_secs = (r.start.elapsed().as_secs_f64() - s.ttft_secs.max(s.prefill_secs)).max(0.0);
-                done(Ok(Finished { ids: std::mem::take(&mut r.seq.out), stats: r.stats, cache: r.cache }));
+                let logprobs = std::mem::take(&mut r.seq.logprobs);
+                done(Ok(Finished { ids: std::mem::take(&mut r.seq.out), stats: r.stats, cache: r.cache, logprobs }));
             }
         }
     }

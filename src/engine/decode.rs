@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::engine::draft::{DraftLength, Lookup};
 use crate::engine::kv_cache::KvCache;
+use crate::engine::logprobs::{token_logprob, TokenLogprob};
 use crate::engine::sampler::Sampler;
 use crate::error::{Error, Result};
 
@@ -81,11 +82,13 @@ pub struct DecodeOptions {
     /// The longest draft looked up in the context (prompt and output) and verified in one
     /// pass; 0 decodes one token per step.
     pub max_draft: usize,
+    /// Record each sampled token's log-probability and this many alternatives (None: off).
+    pub logprobs: Option<usize>,
 }
 
 impl DecodeOptions {
     pub fn new(max_tokens: usize) -> Self {
-        Self { max_tokens, max_draft: crate::engine::draft::MAX_DRAFT }
+        Self { max_tokens, max_draft: crate::engine::draft::MAX_DRAFT, logprobs: None }
     }
 }
 
@@ -103,6 +106,10 @@ pub(crate) struct Seq {
     pub(crate) ttft: f64,
     pub(crate) drafted: usize,
     pub(crate) accepted: usize,
+    /// `Some(top)`: each sampled token's log-probability (with `top` alternatives) goes to
+    /// `logprobs`, one entry per token of `out`.
+    want_logprobs: Option<usize>,
+    pub(crate) logprobs: Vec<TokenLogprob>,
 }
 
 impl Seq {
@@ -118,7 +125,15 @@ impl Seq {
             ttft: 0.0,
             drafted: 0,
             accepted: 0,
+            want_logprobs: None,
+            logprobs: Vec::new(),
         }
+    }
+
+    /// Record log-probabilities of the sampled tokens (see [`DecodeOptions::logprobs`]).
+    pub(crate) fn with_logprobs(mut self, top: Option<usize>) -> Self {
+        self.want_logprobs = top;
+        self
     }
 
     /// Sample from the rows of the last step (one per fed token) in order, up to the first
@@ -137,7 +152,12 @@ impl Seq {
             // Greedy ignores the hint: no lookup then.
             let sampled = sampler.params().temperature > 0.0;
             let hint = self.lookup.as_ref().filter(|_| sampled).and_then(|l| l.next(&[])).map(|g| g.0);
+            // The sampler reshapes the logits in place; log-probabilities describe the model's.
+            let raw = self.want_logprobs.map(|top| (logits.clone(), top));
             let tok = sampler.sample_hinted(&mut logits, &self.hist, hint);
+            if let Some((raw, top)) = raw {
+                self.logprobs.push(token_logprob(&raw, tok, top));
+            }
             if self.out.is_empty() {
                 self.ttft = start.elapsed().as_secs_f64();
             }

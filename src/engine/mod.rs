@@ -8,6 +8,7 @@ mod attention_avx2;
 pub mod decode;
 pub mod draft;
 pub mod kv_cache;
+pub mod logprobs;
 pub mod sampler;
 
 pub use decode::{decode_loop, Control, DecodeStats, Forward};

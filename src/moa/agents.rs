@@ -242,7 +242,7 @@ pub(crate) async fn run_remote(
         _ => StopReason::EndOfGeneration,
     };
     let prompt_text = messages.iter().map(|m| format!("[{}]\n{}", m.role, m.content)).collect::<Vec<_>>().join("\n");
-    let g = Generation { prompt_text, prompt_ids: Vec::new(), ids: Vec::new(), text: r.text, stop_reason, stats };
+    let g = Generation { prompt_text, prompt_ids: Vec::new(), ids: Vec::new(), text: r.text, stop_reason, stats, logprobs: Vec::new() };
     Ok((g, start, ctx.secs()))
 }
 

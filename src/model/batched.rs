@@ -53,7 +53,7 @@ impl Model {
             if let Err(e) = pc.record(&ids, &f.ids) {
                 return done(Err(e));
             }
-            let g = Generation { prompt_text, prompt_ids: ids, ids: f.ids, text, stop_reason, stats: f.stats };
+            let g = Generation { prompt_text, prompt_ids: ids, ids: f.ids, text, stop_reason, stats: f.stats, logprobs: f.logprobs };
             done(Ok((g, pc)))
         });
         Ok(Join { prompt: prompt_ids, cache, sampler: Sampler::new(req.sampling.clone()), opts: req.decode_options(), on_token, done })

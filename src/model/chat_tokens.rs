@@ -11,6 +11,7 @@ use crate::model::arch::Config;
 use crate::model::gguf::GgufFile;
 use crate::model::template::{ChatTemplate, Message};
 use crate::model::tokenizer::GgufTokenizer;
+use crate::model::Prompt;
 
 pub struct ChatTokens {
     /// `{:?}` of the architecture, lower case (`llama`, `qwen2`, …).
@@ -46,6 +47,20 @@ impl ChatTokens {
         Ok(ids.len() - usize::from(doubled))
     }
 
+    /// Tokens of a prompt as generation feeds it: a chat through the template, a raw text with
+    /// BOS as the metadata asks (not doubled), token ids as they are.
+    pub fn count_prompt(&self, p: &Prompt) -> Result<usize> {
+        match p {
+            Prompt::Chat(m) => self.count(m),
+            Prompt::Tokens(ids) => Ok(ids.len()),
+            Prompt::Raw(text) => {
+                let ids = self.tokenizer.encode(text, true)?;
+                let doubled = matches!((self.tokenizer.bos_id(), ids.as_slice()), (Some(bos), [a, b, ..]) if *a == bos && *b == bos);
+                Ok(ids.len() - usize::from(doubled))
+            }
+        }
+    }
+
     /// Tokens of a plain text (an answer), no BOS.
     pub fn count_text(&self, text: &str) -> Result<usize> {
         Ok(self.tokenizer.encode(text, false)?.len())
@@ -60,7 +75,24 @@ impl ChatTokens {
         if bytes.div_ceil(self.max_token_bytes.max(1)).saturating_add(max_tokens) > context {
             return Err(Error::PromptTooLong { model: model.to_string(), bytes, context, max_token_bytes: self.max_token_bytes });
         }
-        let n = self.count(msgs)?;
+        self.check_count(model, self.count(msgs)?, max_tokens, context)
+    }
+
+    /// [`ChatTokens::check`] for a prompt of any kind.
+    pub fn check_prompt(&self, model: &str, p: &Prompt, max_tokens: usize, context: usize) -> Result<()> {
+        if let Prompt::Chat(m) = p {
+            return self.check(model, m, max_tokens, context);
+        }
+        if let Prompt::Raw(text) = p {
+            let bytes = text.len();
+            if bytes.div_ceil(self.max_token_bytes.max(1)).saturating_add(max_tokens) > context {
+                return Err(Error::PromptTooLong { model: model.to_string(), bytes, context, max_token_bytes: self.max_token_bytes });
+            }
+        }
+        self.check_count(model, self.count_prompt(p)?, max_tokens, context)
+    }
+
+    fn check_count(&self, model: &str, n: usize, max_tokens: usize, context: usize) -> Result<()> {
         if n.saturating_add(max_tokens) > context {
             return Err(Error::ContextOverflow { model: model.to_string(), prompt_tokens: n, max_tokens, context });
         }

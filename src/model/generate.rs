@@ -2,6 +2,7 @@
 //! checks, end-of-generation tokens, stop strings, and UTF-8-safe streaming of the answer.
 
 use crate::engine::decode::{decode_loop, decode_samples, DecodeOptions};
+use crate::engine::logprobs::TokenLogprob;
 use crate::engine::{Control, DecodeStats, KvCache, Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::loaded::Model;
@@ -14,6 +15,8 @@ pub enum Prompt {
     Raw(String),
     /// Rendered through the model's chat template with the generation prompt.
     Chat(Vec<Message>),
+    /// Token ids fed as they are (no BOS added).
+    Tokens(Vec<u32>),
 }
 
 #[derive(Debug, Clone)]
@@ -28,15 +31,17 @@ pub struct GenerateRequest {
     /// `engine::draft::MAX_DRAFT`; 0 = off). Same tokens at temperature 0, same distribution
     /// when sampling, and a seeded run's tokens do not depend on it.
     pub max_draft: usize,
+    /// Report each generated token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, max_tokens: usize, sampling: SamplingParams) -> Self {
-        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT }
+        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT, logprobs: None }
     }
 
     pub(crate) fn decode_options(&self) -> DecodeOptions {
-        DecodeOptions { max_tokens: self.max_tokens, max_draft: self.max_draft }
+        DecodeOptions { max_tokens: self.max_tokens, max_draft: self.max_draft, logprobs: self.logprobs }
     }
 }
 
@@ -57,6 +62,8 @@ pub struct Generation {
     pub text: String,
     pub stop_reason: StopReason,
     pub stats: DecodeStats,
+    /// One per token of `ids` when the request asked for `logprobs` (batched decoding only).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Model {
@@ -65,12 +72,20 @@ impl Model {
         match prompt {
             Prompt::Raw(s) => Ok(s.clone()),
             Prompt::Chat(msgs) => self.template.render(msgs, true),
+            Prompt::Tokens(ids) => Ok(self.tokenizer.decode(ids)),
         }
     }
 
     /// Token ids of `prompt`, with BOS as the metadata asks (not doubled when the template
     /// already wrote it).
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<(String, Vec<u32>)> {
+        if let Prompt::Tokens(ids) = prompt {
+            let vocab = self.tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidRequest(format!("prompt token {bad} is outside {}'s vocabulary of {vocab}", self.name)));
+            }
+            return Ok((self.tokenizer.decode(ids), ids.clone()));
+        }
         let text = self.render_prompt(prompt)?;
         let ids = self.encode_rendered(&text)?;
         Ok((text, ids))
@@ -82,6 +97,16 @@ impl Model {
         let (prompt_text, prompt_ids) = self.tokenize_prompt(&req.prompt)?;
         let cache = self.prepare_cache(&prompt_ids, req)?;
         self.generate_with_cache(req, prompt_text, prompt_ids, cache, on_text)
+    }
+
+    /// Each prompt token's log-probability given those before it (`ids[1..]`, with `top`
+    /// alternatives), from a cache of its own. Blocking.
+    pub fn score_prompt(&self, ids: &[u32], top: usize) -> Result<Vec<TokenLogprob>> {
+        if ids.len() > self.context_length() {
+            return Err(Error::ContextOverflow { model: self.name.clone(), prompt_tokens: ids.len(), max_tokens: 0, context: self.context_length() });
+        }
+        let mut cache = self.transformer.new_cache(ids.len().max(1))?;
+        crate::engine::logprobs::score(&self.transformer, ids, top, &mut cache)
     }
 
     /// Check the request against the context and allocate a cache sized to it.
@@ -122,7 +147,7 @@ impl Model {
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(req.sampling.clone());
         let (ids, text, stop_reason, stats) = self.decode_text(req, &prompt_ids, &mut cache, &mut sampler, on_text)?;
-        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats, logprobs: Vec::new() })
     }
 
     /// The decode loop with text handling (end of generation, stop strings, UTF-8 streaming).
@@ -164,7 +189,7 @@ impl Model {
             .enumerate()
             .map(|(i, ((ids, stats), t))| {
                 let (text, stop_reason) = t.finish(&mut |p| on_text(i, p));
-                Generation { prompt_text: prompt_text.clone(), prompt_ids: prompt_ids.clone(), ids, text, stop_reason, stats }
+                Generation { prompt_text: prompt_text.clone(), prompt_ids: prompt_ids.clone(), ids, text, stop_reason, stats, logprobs: Vec::new() }
             })
             .collect())
     }

@@ -151,7 +151,7 @@ impl Model {
         let mut sampler = Sampler::new(req.sampling.clone());
         let (ids, text, stop_reason, stats) = self.decode_text(req, &prompt_ids, &mut pc.cache, &mut sampler, on_text)?;
         pc.record(&prompt_ids, &ids)?;
-        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats })
+        Ok(Generation { prompt_text, prompt_ids, ids, text, stop_reason, stats, logprobs: Vec::new() })
     }
 }
 

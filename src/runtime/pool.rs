@@ -251,6 +251,17 @@ impl Runtime {
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
 
+    /// Each prompt token's log-probability given the tokens before it (see
+    /// `Model::score_prompt`), on a blocking worker thread as a kernel tenant.
+    pub async fn score_prompt(&self, model: Arc<Model>, ids: Vec<u32>, top: usize) -> Result<Vec<crate::engine::logprobs::TokenLogprob>> {
+        tokio::task::spawn_blocking(move || {
+            let _cores = Tenant::enter();
+            model.score_prompt(&ids, top)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("scoring thread failed: {e}")))?
+    }
+
     /// Prompt caches kept for reuse: how many and their bytes.
     pub fn prefix_caches(&self) -> (usize, u64) {
         self.prefixes.held()

@@ -12,6 +12,7 @@
 //! a file. `models` reads each model's header, tokenizer and template when the server starts
 //! (a missing or broken file fails the start); the weights are loaded by the runtime on first use.
 
+pub mod completions;
 pub mod models;
 pub mod openai;
 pub mod metrics;

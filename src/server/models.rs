@@ -91,7 +91,14 @@ pub fn precheck(models: &[Arc<ModelEntry>], target: &Target, p: &ChatParams, def
         models.iter().find(|e| e.name == name).cloned().ok_or_else(|| Error::Other(format!("model {name} is not set up on this server")))
     };
     match target {
-        Target::Single { name } => entry(name)?.check(&p.messages, p.max_tokens.unwrap_or(defaults.max_tokens))?,
+        Target::Single { name } => {
+            let e = entry(name)?;
+            let max_tokens = p.max_tokens.unwrap_or(defaults.max_tokens);
+            match &p.prompt {
+                Some(prompt) => e.tokens.check_prompt(&e.name, prompt, max_tokens, e.context_length)?,
+                None => e.check(&p.messages, max_tokens)?,
+            }
+        }
         Target::Moa { recipe, .. } => {
             let mut seen = Vec::new();
             let with_refs = recipe.layers.iter().enumerate().flat_map(|(li, l)| l.iter().map(move |a| (li > 0, a)));

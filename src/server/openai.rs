@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::engine::logprobs::MAX_TOP_LOGPROBS;
 use crate::error::Error;
-use crate::model::Message;
+use crate::model::{Message, Prompt};
 
 /// A validated chat-completions request.
 #[derive(Debug, Clone)]
@@ -26,6 +27,14 @@ pub struct ChatParams {
     /// Choices to generate (1..=`MAX_N`; single models only), sampled in one batch with seeds
     /// `seed`, `seed + 1`, …
     pub n: usize,
+    /// Log-probabilities of each generated token, with this many alternatives (chat:
+    /// `logprobs: true` + `top_logprobs`; completions: `logprobs: N`).
+    pub logprobs: Option<usize>,
+    /// `/v1/completions`: the prompt as given (text or token ids), fed without a chat template.
+    pub prompt: Option<Prompt>,
+    /// `/v1/completions`: the answer starts with the prompt (and, with `logprobs`, the prompt
+    /// tokens' log-probabilities).
+    pub echo: bool,
 }
 
 /// The most choices one request may ask for.
@@ -34,6 +43,33 @@ pub const MAX_N: usize = 8;
 /// Parse and validate a request body. Unknown fields are ignored, as OpenAI's own server does
 /// for fields it does not use; fields whose meaning we cannot honour (`tools`, `n` past `MAX_N`) are 400s.
 pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
+    let (m, model) = parse_object(body)?;
+    let messages = parse_messages(m.get("messages"))?;
+    let mut p = parse_sampling(&m, model, 1)?;
+    p.messages = messages;
+    if m.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request("tools are not supported by this server", Some("tools")));
+    }
+    let want = match m.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(ApiError::bad_request("logprobs must be a boolean", Some("logprobs"))),
+    };
+    let top = integer(&m, "top_logprobs")?;
+    p.logprobs = match (want, top) {
+        (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) => {
+            return Err(ApiError::bad_request(format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"), Some("top_logprobs")))
+        }
+        (false, Some(_)) => return Err(ApiError::bad_request("top_logprobs needs logprobs: true", Some("top_logprobs"))),
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, None) => None,
+    };
+    check_logprobs_stream(&p)?;
+    Ok(p)
+}
+
+/// The request body as a JSON object, and its `model`.
+pub(crate) fn parse_object(body: &[u8]) -> Result<(Map<String, Value>, String), ApiError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
     let Value::Object(m) = v else {
@@ -46,7 +82,20 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         }
         Some(_) => return Err(ApiError::bad_request("model must be a string", Some("model"))),
     };
-    let messages = parse_messages(m.get("messages"))?;
+    Ok((m, model))
+}
+
+/// Log-probabilities are reported in the whole answer only.
+pub(crate) fn check_logprobs_stream(p: &ChatParams) -> Result<(), ApiError> {
+    if p.stream && p.logprobs.is_some() {
+        return Err(ApiError::bad_request("logprobs are not supported with stream: true on this server; ask without streaming", Some("logprobs")));
+    }
+    Ok(())
+}
+
+/// The sampling and output fields chat and text completions share (`messages` left empty).
+/// `min_tokens` is the least `max_tokens` accepted (0 for an echoed text completion).
+pub(crate) fn parse_sampling(m: &Map<String, Value>, model: String, min_tokens: i64) -> Result<ChatParams, ApiError> {
     let temperature = number(&m, "temperature")?;
     if let Some(t) = temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -64,7 +113,9 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         None => integer(&m, "max_tokens")?.map(|n| (n, "max_tokens")),
     };
     let max_tokens = match max_tokens {
-        Some((n, name)) if n < 1 => return Err(ApiError::bad_request(format!("{name} must be at least 1, got {n}"), Some(name))),
+        Some((n, name)) if n < min_tokens => {
+            return Err(ApiError::bad_request(format!("{name} must be at least {min_tokens}, got {n}"), Some(name)))
+        }
         Some((n, _)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
         None => None,
     };
@@ -92,12 +143,9 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
         Some(n) => return Err(ApiError::bad_request(format!("n must be between 1 and {MAX_N}, got {n}"), Some("n"))),
     };
-    if m.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request("tools are not supported by this server", Some("tools")));
-    }
     Ok(ChatParams {
         model,
-        messages,
+        messages: Vec::new(),
         temperature: temperature.map(|t| t as f32),
         top_p: top_p.map(|p| p as f32),
         max_tokens,
@@ -106,10 +154,13 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         stream,
         include_usage,
         n,
+        logprobs: None,
+        prompt: None,
+        echo: false,
     })
 }
 
-fn number(m: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, ApiError> {
+pub(crate) fn number(m: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, ApiError> {
     match m.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -117,7 +168,7 @@ fn number(m: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Api
     }
 }
 
-fn integer(m: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn integer(m: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, ApiError> {
     match m.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
@@ -338,5 +389,10 @@ mod tests {
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}"#).param, Some("stop"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":9}"#).param, Some("n"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).param, Some("n"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#).param, Some("top_logprobs"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#).param, Some("top_logprobs"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"stream":true}"#).param, Some("logprobs"));
+        let p = parse_chat(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3}"#).unwrap();
+        assert_eq!(p.logprobs, Some(3));
     }
 }

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 
 use crate::model::Message;
 use crate::server::openai::{chunk, parse_chat, ApiError, ChatCompletion, ChatParams};
-use crate::server::worker::{self, Finished, Job, JobEvent, Target};
+use crate::server::completions::{self, parse_completion};
+use crate::server::worker::{self, Finished, Job, JobEvent, Target, TokenInfo};
 use crate::server::AppState;
 
 type St = State<Arc<AppState>>;
@@ -28,6 +29,7 @@ type St = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/chat/completions", post(chat))
+        .route("/completions", post(completions))
         .route("/models", get(models))
         .route("/models/{id}", get(model))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -115,12 +117,44 @@ async fn chat(State(s): St, body: Result<Bytes, axum::extract::rejection::BytesR
             p.messages.insert(0, Message::system(sys.clone()));
         }
     }
+    respond(&s, target, p, Kind::Chat).await
+}
+
+/// `POST /v1/completions`: a prompt for one model, no chat template.
+async fn completions(State(s): St, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_request_error", e.body_text()))?;
+    let p = parse_completion(&body)?;
+    let target = s.target(&p.model).ok_or_else(|| ApiError::unknown_model(&p.model, &s.known()))?;
+    if let Target::Moa { .. } = target {
+        return Err(ApiError::bad_request(
+            "text completions run one model (a MoA recipe answers a conversation); use /v1/chat/completions for a recipe",
+            Some("model"),
+        ));
+    }
+    respond(&s, target, p, Kind::Text).await
+}
+
+async fn respond(s: &AppState, target: Target, p: ChatParams, kind: Kind) -> Result<Response, ApiError> {
     let job = worker::submit(&s.rt, &s.queue, &s.models, target, p.clone(), s.defaults, s.moa_gate.clone()).await?;
-    let meta = Meta { id: completion_id(), created: unix_now(), model: p.model.clone() };
+    let meta = Meta { id: kind.id(), created: unix_now(), model: p.model.clone(), kind };
     if p.stream {
         Ok(Sse::new(sse(job, meta, p)).keep_alive(KeepAlive::new().interval(Duration::from_secs(5))).into_response())
     } else {
-        complete(job, meta).await
+        complete(job, meta, &p).await
+    }
+}
+
+/// Which API a response speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn id(self) -> String {
+        let prefix = if self == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
     }
 }
 
@@ -128,10 +162,21 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    kind: Kind,
 }
 
-fn completion_id() -> String {
-    format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
+/// A chat choice's `logprobs`: OpenAI's `{"content": [...]}`.
+fn chat_logprobs(tokens: &[TokenInfo]) -> Value {
+    let entry = |t: &str, b: &[u8], lp: f32| json!({"token": t, "logprob": lp, "bytes": b});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, &t.bytes, t.logprob.unwrap_or(f32::NEG_INFINITY));
+            e["top_logprobs"] = t.top.iter().map(|(s, b, lp)| entry(s, b, *lp)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
 fn unix_now() -> u64 {
@@ -139,7 +184,7 @@ fn unix_now() -> u64 {
 }
 
 /// Wait for the whole answer. If the client goes away this future is dropped with the job.
-async fn complete(mut job: Job, meta: Meta) -> Result<Response, ApiError> {
+async fn complete(mut job: Job, meta: Meta, p: &ChatParams) -> Result<Response, ApiError> {
     let mut texts: Vec<String> = Vec::new();
     let fin: Finished = loop {
         match job.events.recv().await {
@@ -155,17 +200,24 @@ async fn complete(mut job: Job, meta: Meta) -> Result<Response, ApiError> {
         }
     };
     texts.resize(texts.len().max(fin.finish_reasons.len()), String::new());
-    let choices = texts
-        .into_iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let reason = fin.finish_reasons.get(i).copied().unwrap_or("stop");
-            json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": reason})
-        })
-        .collect();
+    let choices = match meta.kind {
+        Kind::Text => completions::choices(texts, &fin, p),
+        Kind::Chat => texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let reason = fin.finish_reasons.get(i).copied().unwrap_or("stop");
+                let lp = match (p.logprobs, fin.choices.get(i)) {
+                    (Some(_), Some(c)) => chat_logprobs(&c.tokens),
+                    _ => Value::Null,
+                };
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason})
+            })
+            .collect(),
+    };
     let body = ChatCompletion {
         id: &meta.id,
-        object: "chat.completion",
+        object: if meta.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
         created: meta.created,
         model: &meta.model,
         choices,
@@ -177,6 +229,7 @@ async fn complete(mut job: Job, meta: Meta) -> Result<Response, ApiError> {
 
 enum Phase {
     Start,
+    Echo(String),
     Body,
     Tail(Vec<Event>),
 }
@@ -188,9 +241,28 @@ enum Phase {
 fn sse(job: Job, meta: Meta, p: ChatParams) -> impl Stream<Item = Result<Event, Infallible>> {
     let (include_usage, n) = (p.include_usage, p.n.max(1));
     let data = |v: Value| Event::default().data(v.to_string());
-    stream::unfold((job, meta, Phase::Start), move |(mut job, meta, phase)| async move {
-        let ch = |choices: Value, extra: Option<(&str, Value)>| data(chunk(&meta.id, meta.created, &meta.model, choices, extra));
+    // Text completions have no role chunk; an echo (the prompt string) leads the text.
+    let start = match (&meta.kind, p.echo, &p.prompt) {
+        (Kind::Text, true, Some(crate::model::Prompt::Raw(s))) => Phase::Echo(s.clone()),
+        (Kind::Text, _, _) => Phase::Body,
+        _ => Phase::Start,
+    };
+    stream::unfold((job, meta, start), move |(mut job, meta, phase)| async move {
+        let text_kind = meta.kind == Kind::Text;
+        let object = if text_kind { "text_completion" } else { "chat.completion.chunk" };
+        let ch = |choices: Value, extra: Option<(&str, Value)>| {
+            let mut v = chunk(&meta.id, meta.created, &meta.model, choices, extra);
+            v["object"] = object.into();
+            data(v)
+        };
+        // A choice's delta: chat's `delta.content`, text completion's `text`.
+        let delta = |i: usize, t: Option<&str>, reason: Option<&str>| match (text_kind, t) {
+            (true, t) => json!({"index": i, "text": t.unwrap_or(""), "logprobs": null, "finish_reason": reason}),
+            (false, Some(t)) => json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": reason}),
+            (false, None) => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
+        };
         match phase {
+            Phase::Echo(text) => Some((Ok(ch(json!([delta(0, Some(&text), None)]), None)), (job, meta, Phase::Body))),
             Phase::Start => {
                 let roles: Vec<Value> =
                     (0..n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
@@ -200,16 +272,14 @@ fn sse(job: Job, meta: Meta, p: ChatParams) -> impl Stream<Item = Result<Event, 
             Phase::Body => loop {
                 let ev = match job.events.recv().await {
                     Some(JobEvent::Text(_, t)) if t.is_empty() => continue,
-                    Some(JobEvent::Text(i, t)) => {
-                        ch(json!([{"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), None)
-                    }
+                    Some(JobEvent::Text(i, t)) => ch(json!([delta(i, Some(&t), None)]), None),
                     Some(JobEvent::Done(f)) => {
                         let moa = f.moa.as_ref().map(|m| ("moa", json!(m)));
                         let ends: Vec<Value> = f
                             .finish_reasons
                             .iter()
                             .enumerate()
-                            .map(|(i, r)| json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": r}))
+                            .map(|(i, r)| delta(i, None, Some(r)))
                             .collect();
                         let last = ch(json!(ends), moa.clone());
                         let mut tail = vec![Event::default().data("[DONE]")];

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::moa::staircase::ReferenceOrder;
 use crate::moa::report::AgentStats;
 use crate::moa::{self, EventSink, MoaEvent, Recipe, RunOptions};
+use crate::engine::logprobs::TokenLogprob;
+use crate::model::tokenizer::GgufTokenizer;
 use crate::model::{GenerateRequest, Prompt, StopReason};
 use crate::runtime::Runtime;
 use crate::server::models::{precheck, ModelEntry};
@@ -60,6 +62,41 @@ pub struct Finished {
     pub finish_reasons: Vec<&'static str>,
     pub usage: Usage,
     pub moa: Option<MoaUsage>,
+    /// Per choice, when `logprobs` was asked for: its tokens with their log-probabilities.
+    pub choices: Vec<ChoiceTokens>,
+    /// With `echo`: the prompt's text and tokens (log-probabilities when asked for).
+    pub prompt: Option<EchoPrompt>,
+}
+
+/// One token as a response reports it: its text (bytes read as UTF-8, lossy), its bytes, its
+/// log-probability (None for a prompt's first token, which has no context) and alternatives.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: Option<f32>,
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChoiceTokens {
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EchoPrompt {
+    pub text: String,
+    pub tokens: Vec<TokenInfo>,
+}
+
+fn token_info(tok: &GgufTokenizer, id: u32, lp: Option<&TokenLogprob>) -> TokenInfo {
+    let piece = |id: u32| {
+        let b = tok.token_bytes(id).to_vec();
+        (String::from_utf8_lossy(&b).into_owned(), b)
+    };
+    let (token, bytes) = piece(id);
+    let top = lp.map(|l| l.top.iter().map(|&(t, p)| { let (s, b) = piece(t); (s, b, p) }).collect()).unwrap_or_default();
+    TokenInfo { token, bytes, logprob: lp.map(|l| l.logprob), top }
 }
 
 /// A submitted job. Dropping it (the client went away) cancels the run.
@@ -174,14 +211,17 @@ async fn run(
     match target {
         Target::Single { name } => {
             let model = rt.load(&name).await?;
+            let prompt = p.prompt.clone().unwrap_or_else(|| Prompt::Chat(p.messages.clone()));
+            let max_tokens = p.max_tokens.unwrap_or(defaults.max_tokens);
             let sampling = SamplingParams {
                 temperature: p.temperature.unwrap_or(defaults.temperature),
                 top_p: p.top_p.unwrap_or(SamplingParams::default().top_p),
                 seed,
                 ..SamplingParams::default()
             };
-            let mut req = GenerateRequest::new(Prompt::Chat(p.messages), p.max_tokens.unwrap_or(defaults.max_tokens), sampling);
-            req.stop = p.stop;
+            let mut req = GenerateRequest::new(prompt.clone(), max_tokens, sampling);
+            req.stop = p.stop.clone();
+            req.logprobs = p.logprobs;
             if !defaults.draft {
                 req.max_draft = 0;
             }
@@ -201,13 +241,40 @@ async fn run(
                     .await
                 }
             });
-            let gens = futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>>>()?;
+            // max_tokens 0 (an echoed text completion that only scores its prompt) generates nothing.
+            let gens = if max_tokens == 0 {
+                Vec::new()
+            } else {
+                futures_util::future::join_all(runs).await.into_iter().collect::<Result<Vec<_>>>()?
+            };
             if cancel.load(Ordering::Relaxed) || gens.iter().any(|g| g.stop_reason == StopReason::Cancelled) {
                 return Err(Error::Cancelled);
             }
+            let tok = &model.tokenizer;
+            let choices = gens
+                .iter()
+                .map(|g| ChoiceTokens { tokens: g.ids.iter().zip(&g.logprobs).map(|(&id, lp)| token_info(tok, id, Some(lp))).collect() })
+                .collect();
+            let (prompt_text, prompt_ids) = match gens.first() {
+                Some(g) => (g.prompt_text.clone(), g.prompt_ids.clone()),
+                None => model.tokenize_prompt(&prompt)?,
+            };
+            let echo = match (p.echo, p.logprobs) {
+                (false, _) => None,
+                (true, None) => Some(EchoPrompt { text: prompt_text, tokens: prompt_ids.iter().map(|&id| token_info(tok, id, None)).collect() }),
+                (true, Some(top)) => {
+                    let scored = rt.score_prompt(model.clone(), prompt_ids.clone(), top).await?;
+                    let lps = std::iter::once(None).chain(scored.iter().map(Some));
+                    Some(EchoPrompt { text: prompt_text, tokens: prompt_ids.iter().zip(lps).map(|(&id, lp)| token_info(tok, id, lp)).collect() })
+                }
+            };
             let completion: usize = gens.iter().map(|g| g.stats.generated_tokens).sum();
-            let usage = usage(gens[0].stats.prompt_tokens, completion);
-            Ok(Finished { finish_reasons: gens.iter().map(|g| finish_reason(Some(g.stop_reason))).collect(), usage, moa: None })
+            let usage = usage(prompt_ids.len(), completion);
+            let mut finish_reasons: Vec<&'static str> = gens.iter().map(|g| finish_reason(Some(g.stop_reason))).collect();
+            if gens.is_empty() {
+                finish_reasons = vec!["length"; p.n.max(1)];
+            }
+            Ok(Finished { finish_reasons, usage, moa: None, choices, prompt: echo })
         }
         Target::Moa { name, recipe } => {
             let _one_at_a_time = moa_gate.acquire_owned().await.map_err(|_| Error::Other("the server is shutting down".into()))?;
@@ -313,7 +380,7 @@ async fn run_moa(
         layers,
         notices: std::mem::take(&mut c.notices),
     };
-    Ok(Finished { finish_reasons: vec![finish], usage: agg, moa: Some(moa) })
+    Ok(Finished { finish_reasons: vec![finish], usage: agg, moa: Some(moa), choices: Vec::new(), prompt: None })
 }
 
 /// Stop strings applied to streamed text: text that could begin a stop string is held back
