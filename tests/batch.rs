@@ -133,3 +133,44 @@ fn a_stop_ends_one_sequence_and_a_bad_join_fails_alone() {
     assert_eq!(b.stats.prompt_tokens, p.len());
     assert_eq!(b.stats.generated_tokens, 10);
 }
+
+/// KV admission: under a memory budget that holds one sequence's cache beside the weights, the
+/// second of two concurrent requests waits for the first to finish (counted by its loop) and
+/// then completes; both answer what they answer alone.
+#[test]
+fn admission_waits_for_kv_memory_and_completes() {
+    use moa_local::model::{GenerateRequest, Prompt};
+    use moa_local::runtime::{DeviceSpec, Runtime};
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let prompts = ["Name a primary color.", "What is two plus two?"];
+    let req = |p: &str| GenerateRequest::new(Prompt::Chat(vec![moa_local::model::Message::user(p)]), 48, SamplingParams::greedy());
+    let solo_rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap());
+    let model = solo_rt.load_blocking("smollm2").unwrap();
+    let solo: Vec<String> = prompts
+        .iter()
+        .map(|p| tokio.block_on(solo_rt.generate_batched(model.clone(), req(p), None, |_| Control::Continue)).unwrap().text)
+        .collect();
+    let c = model.cfg();
+    let longest = prompts.iter().map(|p| model.tokenize_prompt(&req(p).prompt).unwrap().1.len()).max().unwrap();
+    let one = moa_local::engine::KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, longest + 48);
+    // Weights, plus room for one cache (prompt + 48 tokens) and not two.
+    let budget = model.file_size + one * 3 / 2;
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap().with_memory_budget(Some(budget)));
+    let m = rt.load_blocking("smollm2").unwrap();
+    let both = tokio.block_on(async {
+        let runs = prompts.iter().map(|p| rt.generate_batched(m.clone(), req(p), None, |_| Control::Continue));
+        futures_util::future::join_all(runs).await
+    });
+    let texts: Vec<String> = both.into_iter().map(|g| g.unwrap().text).collect();
+    assert_eq!(texts, solo, "each answers what it answers alone");
+    let loops = rt.decode_loops();
+    assert_eq!(loops[0].memory_waits, 1, "the second request waited for the first one's KV memory: {loops:?}");
+    assert_eq!((loops[0].kv_bytes, rt.kv_memory().0), (0, 0), "finished sequences give their KV memory back");
+    let free = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap());
+    let m = free.load_blocking("smollm2").unwrap();
+    tokio.block_on(async {
+        let runs = prompts.iter().map(|p| free.generate_batched(m.clone(), req(p), None, |_| Control::Continue));
+        futures_util::future::join_all(runs).await
+    });
+    assert_eq!(free.decode_loops()[0].memory_waits, 0, "with room both run at once");
+}

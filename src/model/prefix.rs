@@ -31,6 +31,11 @@ impl PromptCache {
         &self.tokens
     }
 
+    /// Positions the cache has room for.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
     pub fn bytes(&self, model: &Model) -> u64 {
         let c = model.cfg();
         KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, self.cache.capacity())

@@ -4,6 +4,12 @@
 //! arrival order; every step is one forward pass over all of them. The loop counts as one
 //! kernel-pool tenant while it has work, so it shares the cores with other models' generations
 //! like any generation does, and it ends when its model is unloaded and its batch is drained.
+//!
+//! KV memory: a sequence's cache is allocated when it joins, not when it is submitted, and every
+//! loop of the runtime draws from one [`KvLedger`]. A sequence whose cache does not fit what is
+//! left waits (in order) until running ones finish, instead of failing or overcommitting; a loop
+//! with nothing running always admits its next sequence, so a request that fits the context
+//! alone always runs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -11,6 +17,7 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::batch::{Batch, Finished, Join};
+use crate::engine::kv_cache::KvCache;
 use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::Model;
@@ -72,6 +79,12 @@ pub struct HistogramSnapshot {
 struct Counters {
     running: AtomicUsize,
     waiting: AtomicUsize,
+    /// The next waiting sequence waits for KV memory (not for a place).
+    memory_wait: std::sync::atomic::AtomicBool,
+    /// KV-cache bytes of the running sequences.
+    kv_bytes: AtomicU64,
+    /// Sequences that had to wait for KV memory before joining.
+    memory_waits: AtomicU64,
     steps: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
@@ -108,6 +121,10 @@ pub struct LoopSnapshot {
     pub parallel: usize,
     pub running: usize,
     pub waiting: usize,
+    /// The first waiting sequence waits for KV memory the running ones hold.
+    pub waiting_for_memory: bool,
+    pub kv_bytes: u64,
+    pub memory_waits: u64,
     pub steps: u64,
     pub finished: u64,
     pub failed: u64,
@@ -118,9 +135,49 @@ pub struct LoopSnapshot {
     pub itl: HistogramSnapshot,
 }
 
+/// The KV-cache bytes all decode loops of a runtime may hold at once, and what they hold.
+#[derive(Default)]
+pub struct KvLedger {
+    budget: AtomicU64,
+    used: AtomicU64,
+}
+
+impl KvLedger {
+    pub fn set_budget(&self, bytes: u64) {
+        self.budget.store(bytes, Relaxed);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Relaxed)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Relaxed)
+    }
+
+    fn fits(&self, bytes: u64) -> bool {
+        self.used().saturating_add(bytes) <= self.budget()
+    }
+}
+
+/// A sequence handed to a loop: `make` builds its batch entry (allocating its cache) when it is
+/// admitted, or fails it through its own `done` (then None); `bytes` is what its cache takes.
+pub struct Pending {
+    pub make: Box<dyn FnOnce() -> Option<Join> + Send>,
+    pub bytes: u64,
+}
+
+impl Pending {
+    /// The cache bytes of a sequence of `model` with room for `capacity` positions.
+    pub fn cache_bytes(model: &Model, capacity: usize) -> u64 {
+        let c = model.cfg();
+        KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, capacity)
+    }
+}
+
 /// The sending side of a model's loop.
 pub struct ModelLoop {
-    tx: Mutex<Sender<Join>>,
+    tx: Mutex<Sender<Pending>>,
     parallel: usize,
     model: String,
     counters: Arc<Counters>,
@@ -128,12 +185,15 @@ pub struct ModelLoop {
 
 impl ModelLoop {
     /// Starts the loop thread of `model`; at most `parallel` sequences run at once.
-    pub fn start(model: Arc<Model>, parallel: usize) -> Result<Self> {
-        let (tx, rx) = channel::<Join>();
+    pub fn start(model: Arc<Model>, parallel: usize, ledger: Arc<KvLedger>) -> Result<Self> {
+        let (tx, rx) = channel::<Pending>();
         let parallel = parallel.max(1);
         let counters = Arc::new(Counters {
             running: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            memory_wait: Default::default(),
+            kv_bytes: AtomicU64::new(0),
+            memory_waits: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -145,7 +205,7 @@ impl ModelLoop {
         let (name, c) = (model.name.clone(), counters.clone());
         std::thread::Builder::new()
             .name(format!("moa-batch-{}", model.name))
-            .spawn(move || run(&model, rx, parallel, c))
+            .spawn(move || run(&model, rx, parallel, c, ledger))
             .map_err(|e| Error::Other(format!("cannot start the decode loop thread: {e}")))?;
         Ok(Self { tx: Mutex::new(tx), parallel, model: name, counters })
     }
@@ -157,6 +217,9 @@ impl ModelLoop {
             parallel: self.parallel,
             running: c.running.load(Relaxed),
             waiting: c.waiting.load(Relaxed),
+            waiting_for_memory: c.memory_wait.load(Relaxed),
+            kv_bytes: c.kv_bytes.load(Relaxed),
+            memory_waits: c.memory_waits.load(Relaxed),
             steps: c.steps.load(Relaxed),
             finished: c.finished.load(Relaxed),
             failed: c.failed.load(Relaxed),
@@ -171,18 +234,17 @@ impl ModelLoop {
         self.parallel
     }
 
-    /// Hands a sequence to the loop; if the loop is gone its `done` gets the error.
-    pub fn submit(&self, j: Join) {
+    /// Hands a sequence to the loop; if the loop is gone, Err gives it back.
+    pub fn submit(&self, p: Pending) -> std::result::Result<(), Pending> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = tx.send(j) {
-            (e.0.done)(Err(Error::Other("the model's decode loop has stopped".into())));
-        }
+        tx.send(p).map_err(|e| e.0)
     }
 }
 
-fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: Arc<Counters>) {
+fn run(model: &Model, rx: Receiver<Pending>, parallel: usize, counters: Arc<Counters>, ledger: Arc<KvLedger>) {
     let mut batch = Batch::new(PREFILL_BUDGET);
-    let mut waiting: VecDeque<Join> = VecDeque::new();
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let mut waited = false;
     let mut open = true;
     let mut tenant: Option<Tenant> = None;
     loop {
@@ -209,22 +271,39 @@ fn run(model: &Model, rx: Receiver<Join>, parallel: usize, counters: Arc<Counter
         if tenant.is_none() && !waiting.is_empty() {
             tenant = Some(Tenant::enter()); // before joining: the sequences' stats see their share
         }
+        let mut memory_wait = false;
         while batch.len() < parallel {
-            match waiting.pop_front() {
-                Some(mut j) => {
-                    // Counted before its answer goes out, so a client that then asks sees it.
-                    let (c, done) = (counters.clone(), j.done);
-                    j.done = Box::new(move |r| {
-                        c.running.fetch_sub(1, Relaxed);
-                        c.record(&r);
-                        done(r)
-                    });
-                    counters.running.fetch_add(1, Relaxed);
-                    batch.join(j);
+            let Some(next) = waiting.front() else { break };
+            if !batch.is_empty() && !ledger.fits(next.bytes) {
+                memory_wait = true;
+                if !waited {
+                    waited = true;
+                    counters.memory_waits.fetch_add(1, Relaxed);
                 }
-                None => break,
+                break;
             }
+            waited = false;
+            let Some(p) = waiting.pop_front() else { break };
+            let bytes = p.bytes;
+            ledger.used.fetch_add(bytes, Relaxed);
+            let Some(mut j) = (p.make)() else {
+                ledger.used.fetch_sub(bytes, Relaxed);
+                continue;
+            };
+            // Counted before its answer goes out, so a client that then asks sees it.
+            let (c, l, done) = (counters.clone(), ledger.clone(), j.done);
+            j.done = Box::new(move |r| {
+                c.running.fetch_sub(1, Relaxed);
+                c.kv_bytes.fetch_sub(bytes, Relaxed);
+                l.used.fetch_sub(bytes, Relaxed);
+                c.record(&r);
+                done(r)
+            });
+            counters.running.fetch_add(1, Relaxed);
+            counters.kv_bytes.fetch_add(bytes, Relaxed);
+            batch.join(j);
         }
+        counters.memory_wait.store(memory_wait, Relaxed);
         counters.waiting.store(waiting.len(), Relaxed);
         batch.step(&model.transformer);
         counters.steps.fetch_add(1, Relaxed);

@@ -15,7 +15,7 @@ use crate::kernels::pool::Tenant;
 use crate::model::catalog::Catalog;
 use crate::model::chat_tokens::ChatTokens;
 use crate::model::{GenerateRequest, Generation, Model, PromptCache};
-use crate::runtime::batcher::ModelLoop;
+use crate::runtime::batcher::{KvLedger, ModelLoop, Pending};
 use crate::runtime::device::DeviceSpec;
 use crate::runtime::estimate::{MemoryEstimate, ModelShape};
 use crate::runtime::remote::{is_remote, RemoteClient, RemoteLimits};
@@ -53,6 +53,8 @@ pub struct Runtime {
     /// sequences one loop runs at once.
     loops: Mutex<HashMap<PathBuf, Arc<ModelLoop>>>,
     parallel: usize,
+    /// KV-cache memory the decode loops may hold together (admission waits beyond it).
+    kv: Arc<KvLedger>,
 }
 
 /// Sequences one model's decode loop runs at once unless `with_parallel` says otherwise.
@@ -78,6 +80,7 @@ impl Runtime {
             remote: RemoteClient::new(RemoteLimits::default())?,
             loops: Mutex::new(HashMap::new()),
             parallel: DEFAULT_PARALLEL,
+            kv: Arc::new(KvLedger::default()),
         })
     }
 
@@ -284,6 +287,22 @@ impl Runtime {
         self.prefixes.shrink_to(room.min(self.prefix_store_cap()));
     }
 
+    /// KV memory the decode loops may hold: with `--memory-budget`, the budget less the loaded
+    /// weights and kept prompt caches; else the free memory (90%) plus what the loops hold now
+    /// (their caches are already out of the free memory).
+    fn kv_budget(&self) -> u64 {
+        let weights: u64 = self.models.lock().unwrap_or_else(|p| p.into_inner()).values().map(|m| m.file_size).sum();
+        match self.budget {
+            Some(b) => b.saturating_sub(weights).saturating_sub(self.prefixes.held().1),
+            None => self.spec.free_memory().map_or(u64::MAX, |f| f / 10 * 9).saturating_add(self.kv.used()),
+        }
+    }
+
+    /// KV-cache bytes the decode loops hold, and what they may hold.
+    pub fn kv_memory(&self) -> (u64, u64) {
+        (self.kv.used(), self.kv.budget())
+    }
+
     fn prefix_store_cap(&self) -> u64 {
         self.memory_budget().map_or(0, |(b, _)| b / PREFIX_STORE_SHARE).min(PREFIX_STORE_MAX)
     }
@@ -328,14 +347,39 @@ impl Runtime {
         let lp = self.model_loop(&model)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (text, ids) = model.tokenize_prompt(&req.prompt)?;
-        let pc = match pc.or_else(|| self.prefixes.take(&model, &ids)) {
-            Some(pc) => pc,
-            None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
-        };
-        let done = Box::new(move |r| {
-            let _ = tx.send(r);
+        model.check_request(&ids, &req)?;
+        let pc = pc.or_else(|| self.prefixes.take(&model, &ids));
+        let capacity = pc.as_ref().map_or(0, |p| p.capacity()).max(ids.len() + req.max_tokens);
+        let bytes = Pending::cache_bytes(&model, capacity);
+        self.kv.set_budget(self.kv_budget());
+        // Built when the loop admits it: only then is its cache allocated.
+        let m = model.clone();
+        let make = Box::new(move || {
+            let model = m;
+            // The answer goes out once: through the sequence's `done`, or here if it cannot join.
+            let tx = Arc::new(Mutex::new(Some(tx)));
+            let send = move |tx: &Mutex<Option<tokio::sync::oneshot::Sender<_>>>, r| {
+                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send(r);
+                }
+            };
+            let t = tx.clone();
+            let done: crate::model::batched::OnDone = Box::new(move |r| send(&t, r));
+            let joined = pc
+                .map_or_else(|| model.new_prompt_cache(capacity), Ok)
+                .and_then(|pc| model.batch_join(&req, text, ids, pc, Box::new(on_text), done));
+            match joined {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    send(&tx, Err(e));
+                    None
+                }
+            }
         });
-        lp.submit(model.batch_join(&req, text, ids, pc, Box::new(on_text), done)?);
+        if let Err(p) = lp.submit(Pending { make, bytes }) {
+            drop(p);
+            return Err(Error::Other("the model's decode loop has stopped".into()));
+        }
         let (g, pc) = rx.await.map_err(|_| Error::Other("the decode loop dropped a sequence".into()))??;
         self.prefixes.put(&model, pc, self.prefix_store_cap());
         Ok(g)
@@ -355,7 +399,7 @@ impl Runtime {
         if let Some(l) = loops.get(&model.path) {
             return Ok(l.clone());
         }
-        let l = Arc::new(ModelLoop::start(model.clone(), self.parallel)?);
+        let l = Arc::new(ModelLoop::start(model.clone(), self.parallel, self.kv.clone())?);
         loops.insert(model.path.clone(), l.clone());
         Ok(l)
     }

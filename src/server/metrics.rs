@@ -20,9 +20,11 @@ pub fn render(q: &QueueStats, loops: &[LoopSnapshot]) -> String {
     gauge(&mut o, "moa_queue_waiting", "Admitted requests waiting for a run slot.", q.waiting as u64);
     gauge(&mut o, "moa_queue_running", "Requests running.", q.running as u64);
     gauge(&mut o, "moa_queue_slots", "Requests that may run at once.", q.slots as u64);
-    let per_model: [PerModel; 6] = [
+    let per_model: [PerModel; 8] = [
         ("moa_sequences_running", "gauge", "Sequences in the model's decode batch.", |l| l.running as u64),
         ("moa_sequences_waiting", "gauge", "Sequences waiting for a place in the batch.", |l| l.waiting as u64),
+        ("moa_kv_cache_bytes", "gauge", "KV-cache bytes of the running sequences.", |l| l.kv_bytes),
+        ("moa_kv_memory_waits_total", "counter", "Sequences that waited for KV memory before joining.", |l| l.memory_waits),
         ("moa_sequences_parallel", "gauge", "Sequences the batch holds at most.", |l| l.parallel as u64),
         ("moa_decode_steps_total", "counter", "Batched forward passes.", |l| l.steps),
         ("moa_prompt_tokens_total", "counter", "Prompt tokens computed (not reused from a kept cache).", |l| l.prefilled_tokens),
