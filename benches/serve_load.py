@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load test of an OpenAI-compatible server on loopback: C concurrent clients send R chat requests
-each (fixed prompts, temperature 0, max_tokens N, non-streaming) and the run reports aggregate
-completion tok/s, mean and p95 latency, and every answer (for comparing servers' outputs).
+each (fixed prompts, temperature 0, max_tokens N, streamed) and the run reports aggregate
+completion tok/s, mean and p95 latency, mean and p95 time to first token (the first content
+chunk), and every answer (for comparing servers' outputs).
 
     python3 benches/serve_load.py --base http://127.0.0.1:8080 --model qwen-coder -c 8 -r 2 -n 64 --out run.json
 
@@ -34,14 +35,33 @@ PROMPTS = [
 ]
 
 
-def ask(base, model, prompt, n, temperature=0.0, seed=1):
+def ask(base, model, prompt, n, temperature=0.0, seed=1, ttft=None):
+    """One streamed request: (latency, completion tokens, text); `ttft` (a list) gets the time to
+    the first content chunk. Tokens come from the usage chunk, else one per content chunk."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": n,
-                       "temperature": temperature, "seed": seed}).encode()
+                       "temperature": temperature, "seed": seed, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
     req = urllib.request.Request(f"{base}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
     t = time.monotonic()
+    text, chunks, usage, first = "", 0, None, None
     with urllib.request.urlopen(req, timeout=600) as r:
-        v = json.load(r)
-    return time.monotonic() - t, v["usage"]["completion_tokens"], v["choices"][0]["message"]["content"]
+        for line in r:
+            line = line.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            v = json.loads(line[5:])
+            if v.get("usage"):
+                usage = v["usage"]["completion_tokens"]
+            for ch in v.get("choices") or []:
+                piece = (ch.get("delta") or {}).get("content") or ""
+                if piece:
+                    if first is None:
+                        first = time.monotonic() - t
+                    chunks += 1
+                    text += piece
+    if ttft is not None and first is not None:
+        ttft.append(first)
+    return time.monotonic() - t, usage if usage is not None else chunks, text
 
 
 def main():
@@ -63,9 +83,10 @@ def main():
     def client(i):
         for j in range(a.r):
             p = PROMPTS[(i * a.r + j) % len(PROMPTS)]
-            lat, toks, text = ask(a.base, a.model, p, a.n)
+            first = []
+            lat, toks, text = ask(a.base, a.model, p, a.n, ttft=first)
             with lock:
-                results.append({"prompt": p, "latency": lat, "tokens": toks, "text": text})
+                results.append({"prompt": p, "latency": lat, "tokens": toks, "text": text, "ttft": first[0] if first else None})
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(a.c)]
@@ -84,6 +105,10 @@ def main():
         "mean_latency_s": statistics.mean(lats),
         "p95_latency_s": lats[min(len(lats) - 1, int(0.95 * len(lats)))],
     }
+    ttfts = sorted(r["ttft"] for r in results if r["ttft"] is not None)
+    if ttfts:
+        summary["mean_ttft_s"] = statistics.mean(ttfts)
+        summary["p95_ttft_s"] = ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))]
     print(json.dumps(summary))
     if a.out:
         json.dump({"summary": summary, "results": results}, open(a.out, "w"), indent=1)

@@ -3,7 +3,7 @@
 # same with --parallel 1 (one sequence at a time: the previous behaviour), and llama-server
 # (-np P, built from the same llama-cpp-python sdist as compare_llama_cpp.sh) on the same GGUF,
 # threads and requests. For each client count: aggregate completion tok/s, mean and p95
-# latency; then whether moa-local's answers (temperature 0) are the same batched and alone; then
+# latency and time to first token (streamed requests); then whether moa-local's answers (temperature 0) are the same batched and alone; then
 # two MoA requests one after the other against the same two at once.
 #
 #   bash benches/serve_load.sh [-m qwen-coder] [-p 4] [-t 2] [-n 64] [-r 2] [-c "1 4 8"]
@@ -52,13 +52,14 @@ python3 - "$out" "$clients" "$par" "$threads" "$n" <<'PY'
 import json, sys
 out, clients, par, threads, n = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
 load = lambda l, c: json.load(open(f"{out}/{l}.c{c}.json"))
-print(f"| clients | moa-local (--parallel {par}) tok/s | mean / p95 s | moa-local --parallel 1 tok/s | mean / p95 s | llama-server -np {par} tok/s | mean / p95 s | moa / llama |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| clients | moa-local (--parallel {par}) tok/s | mean / p95 s | TTFT mean / p95 s | moa-local --parallel 1 tok/s | mean / p95 s | llama-server -np {par} tok/s | mean / p95 s | TTFT mean / p95 s | moa / llama |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 same = []
 for c in clients:
     m, m1, l = (load(x, c) for x in ("moa", "moa1", "llama"))
     f = lambda r: f"{r['summary']['mean_latency_s']:.2f} / {r['summary']['p95_latency_s']:.2f}"
-    print(f"| {c} | {m['summary']['tok_s']:.1f} | {f(m)} | {m1['summary']['tok_s']:.1f} | {f(m1)} | {l['summary']['tok_s']:.1f} | {f(l)} | {m['summary']['tok_s'] / l['summary']['tok_s']:.2f}x |")
+    t = lambda r: f"{r['summary'].get('mean_ttft_s', float('nan')):.2f} / {r['summary'].get('p95_ttft_s', float('nan')):.2f}"
+    print(f"| {c} | {m['summary']['tok_s']:.1f} | {f(m)} | {t(m)} | {m1['summary']['tok_s']:.1f} | {f(m1)} | {l['summary']['tok_s']:.1f} | {f(l)} | {t(l)} | {m['summary']['tok_s'] / l['summary']['tok_s']:.2f}x |")
     a = {r["prompt"]: r["text"] for r in m["results"]}
     b = {r["prompt"]: r["text"] for r in m1["results"]}
     same += [a[p] == b[p] for p in a if p in b]
