@@ -18,13 +18,7 @@ command -v cmake >/dev/null && command -v c++ >/dev/null || { echo "remote_llama
 server=$(bash benches/llama_cpp_build.sh llama-server)
 cargo build --release -q
 moa=./target/release/moa-local
-gguf=$(python3 - "$model" <<'PY'
-import sys, tomllib
-entry = tomllib.load(open("models/catalog.toml", "rb")).get(sys.argv[1], {})
-print("models/" + entry["file"] if "file" in entry and "repo" not in entry else sys.argv[1])
-PY
-)
-[ -f "$gguf" ] || { echo "remote_llama_server.sh: no GGUF file for $model (run models/fetch.sh)" >&2; exit 1; }
+gguf=$(bash benches/model_file.sh "$model" remote_llama_server.sh)
 out=$(mktemp -d)
 port=18947
 "$server" -m "$gguf" -t "$threads" -c 4096 --jinja --port $port --alias "$model" >"$out/llama.log" 2>&1 & pid=$!

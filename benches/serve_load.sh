@@ -14,13 +14,7 @@ while getopts "m:p:t:n:r:c:" o; do case $o in m) model=$OPTARG;; p) par=$OPTARG;
 
 server=$(bash benches/llama_cpp_build.sh llama-server)
 cargo build --release -q
-gguf=$(python3 - "$model" <<'PY'
-import sys, tomllib
-entry = tomllib.load(open("models/catalog.toml", "rb")).get(sys.argv[1], {})
-print("models/" + entry["file"] if "file" in entry and "repo" not in entry else sys.argv[1])
-PY
-)
-[ -f "$gguf" ] || { echo "serve_load.sh: no GGUF file for $model (run models/fetch.sh)" >&2; exit 1; }
+gguf=$(bash benches/model_file.sh "$model" serve_load.sh)
 out=$(mktemp -d)
 port=18931
 pid=
