@@ -174,3 +174,34 @@ fn admission_waits_for_kv_memory_and_completes() {
     });
     assert_eq!(free.decode_loops()[0].memory_waits, 0, "with room both run at once");
 }
+
+/// A request given up while it waits for a place leaves the queue at the loop's next step,
+/// without ever joining; the running one is untouched.
+#[test]
+fn a_waiting_request_given_up_leaves_without_joining() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use moa_local::model::{GenerateRequest, Message, Prompt};
+    use moa_local::runtime::{DeviceSpec, Runtime};
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap().with_parallel(1));
+    let m = rt.load_blocking("smollm2").unwrap();
+    let req = |p: &str| GenerateRequest::new(Prompt::Chat(vec![Message::user(p)]), 32, SamplingParams::greedy());
+    let alone = tokio.block_on(rt.generate_batched(m.clone(), req("Name a primary color."), None, |_| Control::Continue)).unwrap().text;
+    let flag = Arc::new(AtomicBool::new(false));
+    let (first, second) = tokio.block_on(async {
+        let f = flag.clone();
+        // The running request gives the waiting one up after its first piece of text.
+        let a = rt.generate_batched(m.clone(), req("Name a primary color."), None, move |_| {
+            f.store(true, Ordering::Relaxed);
+            Control::Continue
+        });
+        let mut b_req = req("What is two plus two?");
+        b_req.cancel = Some(flag.clone());
+        let b = rt.generate_batched(m.clone(), b_req, None, |_| Control::Continue);
+        futures_util::future::join(a, b).await
+    });
+    assert_eq!(first.unwrap().text, alone);
+    assert!(matches!(second, Err(moa_local::error::Error::Cancelled)), "{:?}", second.map(|g| g.text));
+    let l = &rt.decode_loops()[0];
+    assert_eq!((l.finished, l.failed, l.running, l.waiting), (2, 0, 0, 0), "the given-up request never joined (the solo run and the first): {l:?}");
+}

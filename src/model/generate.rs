@@ -33,11 +33,14 @@ pub struct GenerateRequest {
     pub max_draft: usize,
     /// Report each generated token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Set by the caller to give the request up: a sequence still waiting for a place in its
+    /// model's batch leaves at the loop's next step (a running one stops through `on_text`).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, max_tokens: usize, sampling: SamplingParams) -> Self {
-        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT, logprobs: None }
+        Self { prompt, max_tokens, sampling, stop: Vec::new(), context_length: None, max_draft: crate::engine::draft::MAX_DRAFT, logprobs: None, cancel: None }
     }
 
     pub(crate) fn decode_options(&self) -> DecodeOptions {

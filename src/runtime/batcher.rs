@@ -165,6 +165,9 @@ impl KvLedger {
 pub struct Pending {
     pub make: Box<dyn FnOnce() -> Option<Join> + Send>,
     pub bytes: u64,
+    /// When set while it waits, the sequence leaves the queue through `fail` at the next step.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub fail: Box<dyn FnOnce(Error) + Send>,
 }
 
 impl Pending {
@@ -267,6 +270,20 @@ fn run(model: &Model, rx: Receiver<Pending>, parallel: usize, counters: Arc<Coun
                     break;
                 }
             }
+        }
+        // Given up while waiting: out of the queue now, not when it would have joined.
+        let mut i = 0;
+        while i < waiting.len() {
+            if waiting[i].cancel.as_ref().is_some_and(|c| c.load(Relaxed)) {
+                if let Some(p) = waiting.remove(i) {
+                    (p.fail)(Error::Cancelled);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if batch.is_empty() && waiting.is_empty() {
+            continue;
         }
         if tenant.is_none() && !waiting.is_empty() {
             tenant = Some(Tenant::enter()); // before joining: the sequences' stats see their share

@@ -354,15 +354,19 @@ impl Runtime {
         self.kv.set_budget(self.kv_budget());
         // Built when the loop admits it: only then is its cache allocated.
         let m = model.clone();
+        let cancel = req.cancel.clone();
+        // The answer goes out once: through the sequence's `done`, or here if it cannot join or
+        // is given up while waiting.
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let send = move |tx: &Mutex<Option<tokio::sync::oneshot::Sender<_>>>, r| {
+            if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(r);
+            }
+        };
+        let tx_fail = tx.clone();
+        let fail = Box::new(move |e: Error| send(&tx_fail, Err(e)));
         let make = Box::new(move || {
             let model = m;
-            // The answer goes out once: through the sequence's `done`, or here if it cannot join.
-            let tx = Arc::new(Mutex::new(Some(tx)));
-            let send = move |tx: &Mutex<Option<tokio::sync::oneshot::Sender<_>>>, r| {
-                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    let _ = tx.send(r);
-                }
-            };
             let t = tx.clone();
             let done: crate::model::batched::OnDone = Box::new(move |r| send(&t, r));
             let joined = pc
@@ -376,7 +380,7 @@ impl Runtime {
                 }
             }
         });
-        if let Err(p) = lp.submit(Pending { make, bytes }) {
+        if let Err(p) = lp.submit(Pending { make, bytes, cancel, fail }) {
             drop(p);
             return Err(Error::Other("the model's decode loop has stopped".into()));
         }

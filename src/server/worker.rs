@@ -222,6 +222,7 @@ async fn run(
             let mut req = GenerateRequest::new(prompt.clone(), max_tokens, sampling);
             req.stop = p.stop.clone();
             req.logprobs = p.logprobs;
+            req.cancel = Some(cancel.clone());
             if !defaults.draft {
                 req.max_draft = 0;
             }
