@@ -41,10 +41,7 @@ impl ChatTokens {
 
     /// Prompt tokens of a chat, counted as generation counts them.
     pub fn count(&self, msgs: &[Message]) -> Result<usize> {
-        let text = self.template.render(msgs, true)?;
-        let ids = self.tokenizer.encode(&text, true)?;
-        let doubled = matches!((self.tokenizer.bos_id(), ids.as_slice()), (Some(bos), [a, b, ..]) if *a == bos && *b == bos);
-        Ok(ids.len() - usize::from(doubled))
+        Ok(self.tokenizer.encode_prompt(&self.template.render(msgs, true)?)?.len())
     }
 
     /// Tokens of a prompt as generation feeds it: a chat through the template, a raw text with
@@ -53,11 +50,7 @@ impl ChatTokens {
         match p {
             Prompt::Chat(m) => self.count(m),
             Prompt::Tokens(ids) => Ok(ids.len()),
-            Prompt::Raw(text) => {
-                let ids = self.tokenizer.encode(text, true)?;
-                let doubled = matches!((self.tokenizer.bos_id(), ids.as_slice()), (Some(bos), [a, b, ..]) if *a == bos && *b == bos);
-                Ok(ids.len() - usize::from(doubled))
-            }
+            Prompt::Raw(text) => Ok(self.tokenizer.encode_prompt(text)?.len()),
         }
     }
 
@@ -67,29 +60,30 @@ impl ChatTokens {
     }
 
     /// Does `msgs` plus `max_tokens` of answer fit a context of `context` tokens? `model` names
-    /// the model in the error. A prompt whose bytes alone prove it too long (more bytes than the
-    /// context's tokens of the longest token can hold) is rejected before it is rendered or
-    /// tokenized.
+    /// the model in the error.
     pub fn check(&self, model: &str, msgs: &[Message], max_tokens: usize, context: usize) -> Result<()> {
         let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
-        if bytes.div_ceil(self.max_token_bytes.max(1)).saturating_add(max_tokens) > context {
-            return Err(Error::PromptTooLong { model: model.to_string(), bytes, context, max_token_bytes: self.max_token_bytes });
-        }
+        self.check_bytes(model, bytes, max_tokens, context)?;
         self.check_count(model, self.count(msgs)?, max_tokens, context)
     }
 
     /// [`ChatTokens::check`] for a prompt of any kind.
     pub fn check_prompt(&self, model: &str, p: &Prompt, max_tokens: usize, context: usize) -> Result<()> {
-        if let Prompt::Chat(m) = p {
-            return self.check(model, m, max_tokens, context);
-        }
-        if let Prompt::Raw(text) = p {
-            let bytes = text.len();
-            if bytes.div_ceil(self.max_token_bytes.max(1)).saturating_add(max_tokens) > context {
-                return Err(Error::PromptTooLong { model: model.to_string(), bytes, context, max_token_bytes: self.max_token_bytes });
-            }
+        match p {
+            Prompt::Chat(m) => return self.check(model, m, max_tokens, context),
+            Prompt::Raw(text) => self.check_bytes(model, text.len(), max_tokens, context)?,
+            Prompt::Tokens(_) => {}
         }
         self.check_count(model, self.count_prompt(p)?, max_tokens, context)
+    }
+
+    /// A prompt whose bytes alone prove it too long (more bytes than the context's tokens of
+    /// the longest token can hold) is rejected before it is rendered or tokenized.
+    fn check_bytes(&self, model: &str, bytes: usize, max_tokens: usize, context: usize) -> Result<()> {
+        if bytes.div_ceil(self.max_token_bytes.max(1)).saturating_add(max_tokens) > context {
+            return Err(Error::PromptTooLong { model: model.to_string(), bytes, context, max_token_bytes: self.max_token_bytes });
+        }
+        Ok(())
     }
 
     fn check_count(&self, model: &str, n: usize, max_tokens: usize, context: usize) -> Result<()> {

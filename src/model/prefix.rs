@@ -37,8 +37,7 @@ impl PromptCache {
     }
 
     pub fn bytes(&self, model: &Model) -> u64 {
-        let c = model.cfg();
-        KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, self.cache.capacity())
+        model.cache_bytes(self.cache.capacity())
     }
 
     /// Keep the longest common prefix of the cached tokens and `tokens`, then compute
@@ -109,6 +108,12 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 impl Model {
+    /// Bytes of a KV cache of this model with room for `capacity` positions.
+    pub fn cache_bytes(&self, capacity: usize) -> u64 {
+        let c = self.cfg();
+        KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, capacity)
+    }
+
     /// An empty prompt cache with room for `capacity` positions to start with.
     pub fn new_prompt_cache(&self, capacity: usize) -> Result<PromptCache> {
         Ok(PromptCache { cache: self.transformer.new_cache(capacity.clamp(1, self.context_length()))?, tokens: Vec::new() })
@@ -116,13 +121,7 @@ impl Model {
 
     /// Token ids of an already rendered prompt (BOS as the metadata asks, not doubled).
     pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tokenizer.encode(text, true)?;
-        if let (Some(bos), [a, b, ..]) = (self.tokenizer.bos_id(), ids.as_slice()) {
-            if *a == bos && *b == bos {
-                ids.remove(0);
-            }
-        }
-        Ok(ids)
+        self.tokenizer.encode_prompt(text)
     }
 
     /// The known beginning of a chat prompt: `messages` hold [`SENTINEL`] where the unknown

@@ -17,7 +17,6 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::batch::{Batch, Finished, Join};
-use crate::engine::kv_cache::KvCache;
 use crate::error::{Error, Result};
 use crate::kernels::pool::Tenant;
 use crate::model::Model;
@@ -168,14 +167,6 @@ pub struct Pending {
     /// When set while it waits, the sequence leaves the queue through `fail` at the next step.
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub fail: Box<dyn FnOnce(Error) + Send>,
-}
-
-impl Pending {
-    /// The cache bytes of a sequence of `model` with room for `capacity` positions.
-    pub fn cache_bytes(model: &Model, capacity: usize) -> u64 {
-        let c = model.cfg();
-        KvCache::bytes_for(c.n_layer, c.n_kv_head, c.head_dim, capacity)
-    }
 }
 
 /// The sending side of a model's loop.

@@ -350,7 +350,7 @@ impl Runtime {
         model.check_request(&ids, &req)?;
         let pc = pc.or_else(|| self.prefixes.take(&model, &ids));
         let capacity = pc.as_ref().map_or(0, |p| p.capacity()).max(ids.len() + req.max_tokens);
-        let bytes = Pending::cache_bytes(&model, capacity);
+        let bytes = model.cache_bytes(capacity);
         self.kv.set_budget(self.kv_budget());
         // Built when the loop admits it: only then is its cache allocated.
         let m = model.clone();

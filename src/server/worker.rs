@@ -271,10 +271,11 @@ async fn run(
             };
             let completion: usize = gens.iter().map(|g| g.stats.generated_tokens).sum();
             let usage = usage(prompt_ids.len(), completion);
-            let mut finish_reasons: Vec<&'static str> = gens.iter().map(|g| finish_reason(Some(g.stop_reason))).collect();
-            if gens.is_empty() {
-                finish_reasons = vec!["length"; p.n.max(1)];
-            }
+            // Nothing generated (max_tokens 0): every choice ended at its length.
+            let finish_reasons: Vec<&'static str> = match gens.as_slice() {
+                [] => vec!["length"; p.n.max(1)],
+                g => g.iter().map(|g| finish_reason(Some(g.stop_reason))).collect(),
+            };
             Ok(Finished { finish_reasons, usage, moa: None, choices, prompt: echo })
         }
         Target::Moa { name, recipe } => {

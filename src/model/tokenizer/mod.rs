@@ -222,6 +222,18 @@ impl GgufTokenizer {
     }
 
 
+    /// Token ids of a prompt text as generation feeds it: BOS as the metadata asks, not doubled
+    /// when the text (a rendered chat template) already starts with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, true)?;
+        if let (Some(bos), [a, b, ..]) = (self.bos_id(), ids.as_slice()) {
+            if *a == bos && *b == bos {
+                ids.remove(0);
+            }
+        }
+        Ok(ids)
+    }
+
     /// The raw bytes token `id` renders to in generated text (control tokens: nothing). Unknown
     /// ids render as nothing.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
