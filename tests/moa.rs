@@ -155,6 +155,43 @@ fn references_too_long_for_the_context_are_cut_by_tokens() {
     assert!(sys.contains("[…]"), "cut references are marked");
 }
 
+/// A reference is cut when it is appended, never after: what the aggregator's early prefill holds
+/// while the answers come in (`Budgets::known`) is always a prefix of the prompt the final fit
+/// renders, when the references fit whole and when they must be cut; and a short early answer
+/// leaves its unused share to the later ones.
+#[test]
+fn references_are_cut_as_they_are_appended_and_the_early_prompt_stays_a_prefix() {
+    use moa_local::model::prefix::SENTINEL;
+    use moa_local::moa::fit::Budgets;
+    use moa_local::moa::prompt::inject_references;
+    let m = Model::load(common::model_path(common::SMOL), &candle_core::Device::Cpu).unwrap();
+    let conv = q("Summarize.");
+    let refs = vec!["short answer".to_string(), "word ".repeat(3000), "other ".repeat(2000)];
+    for (label, max_tokens) in [("whole", 16), ("cut", m.context_length() - 900)] {
+        let f = fit_references(&m, &conv, AGGREGATE_AND_SYNTHESIZE, &refs, max_tokens).unwrap();
+        assert_eq!(f.cut_to.is_some(), label == "cut", "{label}");
+        assert!(f.prompt_tokens + max_tokens <= m.context_length(), "{label}: {} tokens", f.prompt_tokens);
+        let fin = m.render_prompt(&moa_local::model::Prompt::Chat(f.messages.clone())).unwrap();
+        let b = Budgets::new(m.as_ref(), "smollm2", m.context_length(), &conv, AGGREGATE_AND_SYNTHESIZE, refs.len(), max_tokens).unwrap();
+        // Each answer as it streams (half of it, then all) and once it is settled.
+        for k in 0..refs.len() {
+            for part in [&refs[k][..refs[k].len() / 2], refs[k].as_str()] {
+                let mut texts = b.known(&refs[..k], part).unwrap();
+                texts.last_mut().unwrap().push_str(SENTINEL);
+                let early = m.prompt_prefix(&inject_references(&conv, AGGREGATE_AND_SYNTHESIZE, &texts)).unwrap().unwrap();
+                assert!(fin.starts_with(&early), "{label}: after {k} references the early prompt is not a prefix of the final one");
+                assert!(early.len() > 600, "{label}: the instruction at least is known");
+            }
+        }
+        if label == "cut" {
+            let sys = &f.messages[0].content;
+            assert!(sys.contains("1. short answer\n2. word"), "the short answer is whole");
+            let (n2, n3) = (sys.matches("word").count(), sys.matches("other").count());
+            assert!(n2 > 100 && n3 > n2 / 2, "the later references share what the first left: {n2} and {n3} words");
+        }
+    }
+}
+
 fn run_with(rt: &Arc<Runtime>, r: &Recipe, conv: &[Message], opts: RunOptions) -> moa::MoaReport {
     let tokio = tokio::runtime::Runtime::new().unwrap();
     tokio.block_on(moa::run(rt.clone(), r, conv, &opts, moa::report::no_events())).unwrap()

@@ -64,7 +64,7 @@ pub(crate) async fn run_samples(
         Err(e) => return all_err(e),
     };
     if let Some(cap) = fitted.cut_to {
-        ctx.notice(format!("layer {layer}: references for {} cut to {cap} tokens each", agent.model));
+        ctx.notice(format!("layer {layer}: references for {} cut to fit (the shortest cut to {cap} tokens)", agent.model));
     }
     let sampling = SamplingParams { temperature: agent.temperature, ..SamplingParams::default() };
     let mut req = GenerateRequest::new(Prompt::Chat(fitted.messages), agent.max_tokens, sampling);
@@ -123,7 +123,7 @@ pub(crate) async fn run_agent(
     let fitted = fit_references(&model, &conv, instruction, refs, agent.max_tokens)?;
     if let Some(cap) = fitted.cut_to {
         ctx.notice(format!(
-            "layer {layer}: references for {} cut to {cap} tokens each to fit its context of {} tokens",
+            "layer {layer}: references for {} cut to fit its context of {} tokens (the shortest cut to {cap} tokens)",
             agent.model,
             model.context_length()
         ));
@@ -211,8 +211,8 @@ pub(crate) async fn run_remote(
         None => fit_references_estimated(&conv, instruction, refs, context, agent.max_tokens, &agent.model)?,
     };
     if let Some(cap) = fitted.cut_to {
-        let how = if local.is_some() { "" } else { "about " };
-        ctx.notice(format!("layer {layer}: references for {} cut to {how}{cap} tokens each to fit its context of {context} tokens", agent.model));
+        let how = if local.is_some() { "the shortest cut to " } else { "each cut to about " };
+        ctx.notice(format!("layer {layer}: references for {} cut to fit its context of {context} tokens ({how}{cap} tokens)", agent.model));
     }
     let messages = fitted.messages;
     let req = RemoteRequest { messages: messages.clone(), temperature: agent.temperature, max_tokens: agent.max_tokens, seed };

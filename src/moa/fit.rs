@@ -1,7 +1,8 @@
 //! Fitting references into the next model's context. When the injected references would push
-//! the prompt past `context - max_tokens`, each reference is cut to a common token budget (found
-//! by binary search over real token counts of the rendered prompt) and a notice says so; nothing
-//! is dropped silently. A remote model is fitted the same way when its recipe names a local copy
+//! the prompt past `context - max_tokens`, each reference is cut in reference order to its share
+//! of what the references before it left ([`Budgets`]: fixed when it is appended, so a prompt
+//! prefilled while references arrive holds the same cut) and a notice says so; nothing is
+//! dropped silently. A remote model is fitted the same way when its recipe names a local copy
 //! of its tokenizer; otherwise its token counts are estimated from bytes
 //! ([`fit_references_estimated`]).
 
@@ -14,7 +15,7 @@ use crate::moa::prompt::inject_references;
 pub struct Fitted {
     pub messages: Vec<Message>,
     pub prompt_tokens: usize,
-    /// Set when references were cut: the per-reference token budget used.
+    /// Set when references were cut: the fewest tokens a cut reference was kept to.
     pub cut_to: Option<usize>,
 }
 
@@ -49,6 +50,8 @@ pub fn fit_references(model: &Model, conv: &[Message], instruction: &str, refs: 
 
 /// [`fit_references`] for any model whose tokens can be counted here (`name` in errors), with a
 /// context of `ctx` tokens: a loaded model, or a remote one whose local tokenizer copy is named.
+/// References that fit are injected whole; otherwise each is cut in reference order to its
+/// [`Budgets`] share, the cut a prompt prefilled while they arrived already holds.
 pub fn fit_references_counted(
     model: &dyn PromptTokens,
     name: &str,
@@ -64,12 +67,105 @@ pub fn fit_references_counted(
     if n <= limit {
         return Ok(Fitted { messages: full, prompt_tokens: n, cut_to: None });
     }
+    let budgets = Budgets::new(model, name, ctx, conv, instruction, refs.len(), max_tokens)?;
+    let (texts, cut_to) = budgets.cut(refs)?;
+    let messages = inject_references(conv, instruction, &texts);
+    let prompt_tokens = model.count(&messages)?;
+    if prompt_tokens <= limit {
+        return Ok(Fitted { messages, prompt_tokens, cut_to });
+    }
+    common_cap(model, name, ctx, conv, instruction, refs, max_tokens)
+}
+
+/// What cut references end with.
+pub const CUT_MARK: &str = " […]";
+
+/// Per-reference token budgets fixed as the references are appended, so that a reference is cut
+/// once, when it arrives, and never again: reference k (0-based, in reference order) may take
+/// `(available - used by references 0..k) / (slots - k)` tokens, where `available` is the context
+/// less the answer's `max_tokens` and the prompt without any reference text. A short reference
+/// leaves its unused share to those after it.
+pub struct Budgets<'a> {
+    tok: &'a GgufTokenizer,
+    available: usize,
+    slots: usize,
+    mark: usize,
+}
+
+impl<'a> Budgets<'a> {
+    /// Budgets for `slots` references in `conv` for a model of `ctx` tokens answering in up to
+    /// `max_tokens`. Error when even empty references do not fit.
+    pub fn new(model: &'a dyn PromptTokens, name: &str, ctx: usize, conv: &[Message], instruction: &str, slots: usize, max_tokens: usize) -> Result<Self> {
+        let limit = ctx.saturating_sub(max_tokens);
+        let base = model.count(&inject_references(conv, instruction, &vec![String::new(); slots.max(1)]))?;
+        // A token per reference for merges at its edges.
+        let framed = base + slots;
+        if framed > limit {
+            return Err(Error::ContextOverflow { model: name.to_string(), prompt_tokens: base, max_tokens, context: ctx });
+        }
+        let tok = model.tokenizer();
+        Ok(Self { tok, available: limit - framed, slots: slots.max(1), mark: tok.encode(CUT_MARK, false)?.len() })
+    }
+
+    /// `refs`, in order, each cut to its budget, and the fewest tokens a cut reference was kept
+    /// to (None: none was cut).
+    pub fn cut(&self, refs: &[String]) -> Result<(Vec<String>, Option<usize>)> {
+        let (mut used, mut out, mut cut_to) = (0usize, Vec::with_capacity(refs.len()), None::<usize>);
+        for (k, r) in refs.iter().enumerate() {
+            let b = self.budget(k, used);
+            let ids = self.tok.encode(r, false)?;
+            if ids.len() <= b {
+                used += ids.len();
+                out.push(r.clone());
+            } else {
+                let keep = b.saturating_sub(self.mark);
+                out.push(format!("{}{CUT_MARK}", self.tok.decode(&ids[..keep])));
+                used += b;
+                cut_to = Some(cut_to.map_or(keep, |c| c.min(keep)));
+            }
+        }
+        Ok((out, cut_to))
+    }
+
+    /// What a prompt may hold already while references arrive, whichever way the final fit goes
+    /// (all whole when they fit, else [`Budgets::cut`]): the `settled` references, in order,
+    /// while each is within its budget, and of the first one that is not, or else of `streaming`
+    /// (the one being written), the tokens within its budget. The last text returned is the open
+    /// one: what follows it is not known yet.
+    pub fn known(&self, settled: &[String], streaming: &str) -> Result<Vec<String>> {
+        let (mut used, mut out) = (0usize, Vec::with_capacity(settled.len() + 1));
+        for (k, r) in settled.iter().enumerate() {
+            let b = self.budget(k, used);
+            let ids = self.tok.encode(r, false)?;
+            if ids.len() > b {
+                out.push(self.tok.decode(&ids[..b.saturating_sub(self.mark)]));
+                return Ok(out);
+            }
+            used += ids.len();
+            out.push(r.clone());
+        }
+        let keep = self.budget(settled.len(), used).saturating_sub(self.mark);
+        let ids = self.tok.encode(streaming, false)?;
+        out.push(if ids.len() <= keep { streaming.to_string() } else { self.tok.decode(&ids[..keep]) });
+        Ok(out)
+    }
+
+    fn budget(&self, k: usize, used: usize) -> usize {
+        self.available.saturating_sub(used) / self.slots.saturating_sub(k).max(1)
+    }
+}
+
+/// The fallback when merges at reference edges pushed the in-order cut past the limit: every
+/// reference cut to one common token cap, the largest that fits (binary search over real token
+/// counts of the rendered prompt).
+fn common_cap(model: &dyn PromptTokens, name: &str, ctx: usize, conv: &[Message], instruction: &str, refs: &[String], max_tokens: usize) -> Result<Fitted> {
+    let limit = ctx.saturating_sub(max_tokens);
     let tok = model.tokenizer();
     let ids: Vec<Vec<u32>> = refs.iter().map(|r| tok.encode(r, false)).collect::<Result<_>>()?;
     let cut = |cap: usize| -> Vec<String> {
         ids.iter()
             .zip(refs)
-            .map(|(t, r)| if t.len() <= cap { r.clone() } else { format!("{} […]", tok.decode(&t[..cap])) })
+            .map(|(t, r)| if t.len() <= cap { r.clone() } else { format!("{}{CUT_MARK}", tok.decode(&t[..cap])) })
             .collect()
     };
     let (lo, hi) = (0usize, ids.iter().map(Vec::len).max().unwrap_or(0));

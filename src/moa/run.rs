@@ -112,7 +112,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         let t = Instant::now();
         let last_layer = li + 1 == n_layers;
         if last_layer && opts.early_prefill && the_plan.aggregator.early_prefill && !failed.contains_key(&agg.model) && !is_remote(&agg.model) {
-            stair = Some(Staircase::new(with_system(conv, &agg.system), recipe.instruction.clone(), agents.len()));
+            stair = Some(Staircase::new(with_system(conv, &agg.system), recipe.instruction.clone(), agents.len(), agg.max_tokens));
         }
         let mut order = References::new(agents.len(), opts.reference_order);
         // Plan job indices skip agents whose model could not be read.

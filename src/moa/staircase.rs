@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::model::prefix::SENTINEL;
 use crate::model::{Message, Model};
+use crate::moa::fit::Budgets;
 use crate::moa::prompt::inject_references;
 use crate::runtime::prefill::{EarlyPrefill, TakeKept};
 
@@ -77,6 +78,11 @@ impl References {
         }
     }
 
+    /// Agents that failed or were left out so far (they write no reference).
+    pub fn failed(&self) -> usize {
+        self.done.iter().filter(|d| matches!(d, Some(None))).count()
+    }
+
     /// Once every agent finished: the references in order, and each agent's 1-based position.
     pub fn ordered(&self) -> (Vec<String>, Vec<Option<usize>>) {
         let (refs, _) = self.settled();
@@ -93,7 +99,10 @@ pub struct Staircase {
     /// The aggregator's conversation (its system prompt applied) and the instruction.
     conv: Vec<Message>,
     instruction: String,
-    session: Option<EarlyPrefill>,
+    /// The aggregator's answer length (its references' budgets leave room for it).
+    max_tokens: usize,
+    agents: usize,
+    session: Option<(Arc<Model>, EarlyPrefill)>,
     /// Streamed text of running agents (single generations only), by index.
     partial: Vec<Option<Arc<Mutex<String>>>>,
     /// What the last snapshot held: settled references and bytes of streamed text.
@@ -104,8 +113,8 @@ pub struct Staircase {
 const STREAM_STEP: usize = 48;
 
 impl Staircase {
-    pub fn new(conv: Vec<Message>, instruction: String, agents: usize) -> Self {
-        Self { conv, instruction, session: None, partial: vec![None; agents], sent: None }
+    pub fn new(conv: Vec<Message>, instruction: String, agents: usize, max_tokens: usize) -> Self {
+        Self { conv, instruction, max_tokens, agents, session: None, partial: vec![None; agents], sent: None }
     }
 
     pub fn started(&self) -> bool {
@@ -115,7 +124,7 @@ impl Staircase {
     /// Start filling `model`'s cache (capacity: the planned context), from a kept cache that
     /// `kept` hands out when one shares a prefix with the prompt.
     pub fn start(&mut self, model: Arc<Model>, capacity: usize, kept: Option<TakeKept>) -> crate::error::Result<()> {
-        self.session = Some(EarlyPrefill::start(model, capacity, kept)?);
+        self.session = Some((model.clone(), EarlyPrefill::start(model, capacity, kept)?));
         Ok(())
     }
 
@@ -128,9 +137,10 @@ impl Staircase {
         b
     }
 
-    /// Send the session what is known of the prompt now, when it grew.
+    /// Send the session what is known of the prompt now, when it grew. References that may be
+    /// cut to fit the context are sent only as far as they are sure to stay ([`Budgets::known`]).
     pub fn update(&mut self, refs: &References) {
-        let Some(session) = &self.session else { return };
+        let Some((model, session)) = &self.session else { return };
         let (settled, next) = refs.settled();
         let streamed = next
             .and_then(|i| self.partial.get(i).cloned().flatten())
@@ -143,13 +153,20 @@ impl Staircase {
             }
         }
         self.sent = Some(now);
-        let mut texts: Vec<String> = settled.into_iter().map(|(_, t)| t).collect();
-        texts.push(format!("{streamed}{SENTINEL}"));
+        let settled: Vec<String> = settled.into_iter().map(|(_, t)| t).collect();
+        let slots = self.agents.saturating_sub(refs.failed());
+        let known = Budgets::new(model.as_ref(), &model.name, model.context_length(), &self.conv, &self.instruction, slots, self.max_tokens)
+            .and_then(|b| b.known(&settled, &streamed));
+        // Not even empty references fit: the aggregator's own run reports it.
+        let Ok(mut texts) = known else { return };
+        if let Some(open) = texts.last_mut() {
+            open.push_str(SENTINEL);
+        }
         session.update(inject_references(&self.conv, &self.instruction, &texts));
     }
 
     pub fn into_session(self) -> Option<EarlyPrefill> {
-        self.session
+        self.session.map(|(_, s)| s)
     }
 }
 
