@@ -226,6 +226,32 @@ fn early_prefill_and_drafts_keep_the_aggregate_text() {
     }
 }
 
+/// Proposers of layer 2 prefill their prompts while layer 1 still runs (the staircase one layer
+/// down): in recipe order at temperature 0 every layer writes what it writes without it, and the
+/// layer-2 agents compute most of their prompts before they start.
+#[test]
+fn layer_two_proposers_prefill_while_layer_one_runs() {
+    use moa_local::moa::staircase::ReferenceOrder;
+    let rt = runtime();
+    let rc = recipe(&["qwen-coder", "smollm2"], 3, 16);
+    let conv = q("Name two uses of a hash map.");
+    let base = RunOptions { seed: 4, draft: false, early_prefill: false, reference_order: ReferenceOrder::Recipe, ..RunOptions::default() };
+    let b = run_with(&rt, &rc, &conv, base.clone());
+    rt.clear_prefix_caches();
+    let f = run_with(&rt, &rc, &conv, RunOptions { early_prefill: true, ..base });
+    assert_eq!(f.plan.layers[1].early_prefill, vec![0, 1], "both layer-2 models are resident during layer 1");
+    for (lb, lf) in b.layers.iter().zip(&f.layers) {
+        for (x, y) in lb.answers.iter().zip(&lf.answers) {
+            assert_eq!((&x.prompt, &x.text), (&y.prompt, &y.text), "layer {} {}: early prefill changed the answer", lb.layer, x.model);
+        }
+    }
+    assert_eq!(f.aggregate.text, b.aggregate.text);
+    for (x, y) in b.layers[1].answers.iter().zip(&f.layers[1].answers) {
+        assert_eq!(x.stats.prefilled_tokens, x.stats.prompt_tokens, "without it {} computes its whole prompt", x.model);
+        assert!(y.stats.prefilled_tokens < y.stats.prompt_tokens / 2, "{}: {} of {} prompt tokens computed after layer 1", y.model, y.stats.prefilled_tokens, y.stats.prompt_tokens);
+    }
+}
+
 /// The next turn of a conversation reuses each proposer's cache from the turn before: only the
 /// tokens it has not seen (the aggregate answer and the new question) are computed, and the
 /// answers are those of a fresh runtime.

@@ -141,6 +141,10 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
                 human(budget.saturating_sub(w.bytes))
             );
         }
+        if !l.early_prefill.is_empty() {
+            let early: Vec<String> = l.early_prefill.iter().filter_map(|&j| runnable.get(j)).map(|&i| format!("#{} {}", i + 1, recipe.layers[l.layer - 1][i].model)).collect();
+            println!("layer {}: prompts of [{}] prefilled while layer {} runs", l.layer, early.join(", "), l.layer - 1);
+        }
     }
     let ag = &p.aggregator;
     println!(

@@ -106,13 +106,16 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
     let mut layers = Vec::new();
     let n_layers = recipe.layers.len();
     let mut preload: Option<tokio::task::JoinHandle<()>> = None;
-    let mut stair: Option<Staircase> = None;
+    // Prompts of the next layer prefilled while this one runs: its agents' (by index), or the
+    // aggregator's (None).
+    let mut stairs: Vec<(Option<usize>, Staircase)> = Vec::new();
+    let mut early_caches: HashMap<usize, crate::model::PromptCache> = HashMap::new();
     for (li, agents) in recipe.layers.iter().enumerate() {
         let layer = li + 1;
         let t = Instant::now();
         let last_layer = li + 1 == n_layers;
-        if last_layer && opts.early_prefill && the_plan.aggregator.early_prefill && !failed.contains_key(&agg.model) && !is_remote(&agg.model) {
-            stair = Some(Staircase::new(with_system(conv, &agg.system), recipe.instruction.clone(), agents.len(), agg.max_tokens));
+        if opts.early_prefill {
+            stairs = next_stairs(recipe, li, &jobs, &the_plan, &failed, conv);
         }
         let mut order = References::new(agents.len(), opts.reference_order);
         // Plan job indices skip agents whose model could not be read.
@@ -135,7 +138,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             let agent = agents[i].clone();
             let seed = agent_seed(opts.seed, layer, i);
             let (rt, conv, refs, ctx, instruction) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone(), recipe.instruction.clone());
-            let partial = stair.as_mut().map(|s| s.stream_of(i));
+            let partial = watch(&mut stairs, i);
             remote_set.spawn(async move {
                 let call = AgentCall { layer, index: i, seed, stream_to_user: false, partial, draft: false, cache: None };
                 let r = run_remote(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await;
@@ -155,7 +158,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             for m in &wave.load {
                 load_model(&rt, m, layer, wave.wave, &ctx, &mut failed).await;
             }
-            let last_wave = last_layer && wi + 1 >= local_waves;
+            let last_wave = wi + 1 >= local_waves;
             let final_wave = wi + 1 == waves.len();
             if last_layer && wi + 1 == local_waves.max(1) && the_plan.aggregator.preload && !is_remote(&agg.model) {
                 let (rt2, ctx2, m) = (rt.clone(), ctx.clone(), agg.model.clone());
@@ -179,16 +182,14 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                 let seeds: Vec<u64> = group.iter().map(|&i| agent_seed(opts.seed, layer, i)).collect();
                 let (rt, conv, refs, ctx) = (rt.clone(), conv.to_vec(), refs.clone(), ctx.clone());
                 let (instruction, w, fail) = (recipe.instruction.clone(), wave.wave, failed.get(&agent.model).cloned());
-                let stream = match (&mut stair, group.len()) {
-                    (Some(s), 1) => Some(s.stream_of(group[0])),
-                    _ => None,
-                };
+                let stream = if group.len() == 1 { watch(&mut stairs, group[0]) } else { None };
+                let cache = if group.len() == 1 { early_caches.remove(&group[0]) } else { None };
                 let draft = opts.draft;
                 set.spawn(async move {
                     let results: Vec<Result<AgentRun>> = match fail {
                         Some(e) => group.iter().map(|_| Err(Error::Other(e.clone()))).collect(),
                         None if group.len() == 1 => {
-                            let call = AgentCall { layer, index: group[0], seed: seeds[0], stream_to_user: false, partial: stream, draft, cache: None };
+                            let call = AgentCall { layer, index: group[0], seed: seeds[0], stream_to_user: false, partial: stream, draft, cache };
                             vec![run_agent(&rt, &agent, &conv, &instruction, &refs, call, &ctx).await]
                         }
                         None => run_samples(&rt, &agent, &conv, &instruction, &refs, &seeds, layer, &group, draft, &ctx).await,
@@ -196,22 +197,29 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                     group.iter().zip(seeds).zip(results).map(|((&i, seed), r)| finish(layer, i, w, &agent, seed, r, &ctx)).collect::<Vec<_>>()
                 });
             }
-            // Answers in the order they come; meanwhile the aggregator's prompt grows.
+            // Answers in the order they come; meanwhile the next layer's prompts grow.
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(150));
             loop {
-                if let Some(s) = stair.as_mut().filter(|_| last_wave) {
-                    if !s.started() {
-                        if let Some(m) = rt.loaded_model(&agg.model) {
-                            let rt2 = rt.clone();
-                            let kept: TakeKept = Box::new(move |m, ids| rt2.take_prefix(m, ids));
-                            if let Err(e) = s.start(m, agg_context, Some(kept)) {
-                                ctx.notice(format!("early prefill of the aggregator not started: {e}"));
-                                stair = None;
-                            }
+                if last_wave {
+                    stairs.retain_mut(|(target, s)| {
+                        if s.started() {
+                            return true;
                         }
-                    }
+                        let (name, capacity) = match *target {
+                            Some(i) => (&recipe.layers[li + 1][i].model, jobs[li + 1][i].as_ref().map_or(0, |j| j.context)),
+                            None => (&agg.model, agg_context),
+                        };
+                        let Some(m) = rt.loaded_model(name) else { return true };
+                        let rt2 = rt.clone();
+                        let kept: TakeKept = Box::new(move |m, ids| rt2.take_prefix(m, ids));
+                        let started = s.start(m, capacity, Some(kept));
+                        if let Err(e) = &started {
+                            ctx.notice(format!("early prefill of {name} for layer {} not started: {e}", layer + 1));
+                        }
+                        started.is_ok()
+                    });
                 }
-                if let Some(s) = stair.as_mut() {
+                for (_, s) in stairs.iter_mut() {
                     s.update(&order);
                 }
                 // A wave ends with its local agents; the final one also waits for the remote ones.
@@ -248,6 +256,21 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
             a.reference = positions.get(a.index).copied().flatten();
         }
         refs = ordered;
+        // The next layer's agents start from what was prefilled for them.
+        for (target, s) in std::mem::take(&mut stairs) {
+            let Some(i) = target else {
+                stairs.push((None, s));
+                continue;
+            };
+            if let Some(session) = s.into_session() {
+                match session.finish().await {
+                    Ok((pc, _)) => {
+                        early_caches.insert(i, pc);
+                    }
+                    Err(e) => ctx.notice(format!("early prefill for layer {} agent {} failed, prefilling afresh: {e}", layer + 1, i + 1)),
+                }
+            }
+        }
         let tokens: usize = answers.iter().map(|a| a.stats.generated_tokens).sum();
         let wall = t.elapsed().as_secs_f64();
         sink(MoaEvent::LayerFinished { layer, wall_secs: wall, tokens });
@@ -267,7 +290,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         load_model(&rt, &agg.model, layer, 0, &ctx, &mut failed).await;
     }
     let (mut early, mut early_cache) = (None, None);
-    if let Some(session) = stair.and_then(Staircase::into_session) {
+    if let Some(session) = stairs.pop().and_then(|(_, s)| s.into_session()) {
         match session.finish().await {
             Ok((pc, log)) => {
                 early = Some(log);
@@ -331,6 +354,46 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
         notices,
         total_secs: ctx.secs(),
     })
+}
+
+/// Staircases for the prompts of the layer after `li` that the plan lets be prefilled while `li`
+/// runs: the aggregator's after the last layer; after others, the next layer's local agents the
+/// plan names that run alone (samples of one model batch their own prefill).
+fn next_stairs(
+    recipe: &Recipe,
+    li: usize,
+    jobs: &[Vec<Option<crate::runtime::scheduler::Job>>],
+    plan: &crate::runtime::scheduler::Plan,
+    failed: &HashMap<String, String>,
+    conv: &[Message],
+) -> Vec<(Option<usize>, Staircase)> {
+    let n = recipe.layers[li].len();
+    let stair = |a: &crate::moa::recipe::Agent| Staircase::new(with_system(conv, &a.system), recipe.instruction.clone(), n, a.max_tokens);
+    let usable = |m: &str| !failed.contains_key(m) && !is_remote(m);
+    let Some(next) = recipe.layers.get(li + 1) else {
+        let agg = &recipe.aggregator;
+        return if plan.aggregator.early_prefill && usable(&agg.model) { vec![(None, stair(agg))] } else { Vec::new() };
+    };
+    let runnable: Vec<usize> = (0..next.len()).filter(|&i| jobs[li + 1][i].is_some()).collect();
+    plan.layers[li + 1]
+        .early_prefill
+        .iter()
+        .filter_map(|&j| runnable.get(j).copied())
+        .filter(|&i| usable(&next[i].model) && next.iter().filter(|b| same_settings(&next[i], b)).count() == 1)
+        .map(|i| (Some(i), stair(&next[i])))
+        .collect()
+}
+
+/// The buffer agent `index` streams its text into for every staircase (None: there is none).
+fn watch(stairs: &mut [(Option<usize>, Staircase)], index: usize) -> Option<Arc<Mutex<String>>> {
+    if stairs.is_empty() {
+        return None;
+    }
+    let b = Arc::new(Mutex::new(String::new()));
+    for (_, s) in stairs.iter_mut() {
+        s.watch(index, b.clone());
+    }
+    Some(b)
 }
 
 async fn load_model(rt: &Arc<Runtime>, name: &str, layer: usize, wave: usize, ctx: &Ctx, failed: &mut HashMap<String, String>) {

@@ -128,13 +128,11 @@ impl Staircase {
         Ok(())
     }
 
-    /// A buffer agent `index` streams its answer into.
-    pub fn stream_of(&mut self, index: usize) -> Arc<Mutex<String>> {
-        let b = Arc::new(Mutex::new(String::new()));
+    /// Agent `index` streams its answer into `buf`.
+    pub fn watch(&mut self, index: usize, buf: Arc<Mutex<String>>) {
         if let Some(slot) = self.partial.get_mut(index) {
-            *slot = Some(b.clone());
+            *slot = Some(buf);
         }
-        b
     }
 
     /// Send the session what is known of the prompt now, when it grew. References that may be

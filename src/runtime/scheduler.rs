@@ -32,6 +32,10 @@ pub struct Wave {
 pub struct LayerPlan {
     pub layer: usize,
     pub waves: Vec<Wave>,
+    /// Jobs of this layer (≥ 2) whose prompts are prefilled while the previous layer's last wave
+    /// runs: they run in this layer's first wave on a model resident then, and their KV caches
+    /// fit beside that wave.
+    pub early_prefill: Vec<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -135,6 +139,8 @@ pub fn plan(layers: &[Vec<Job>], aggregator: &Job, est: &Estimates, budget: u64,
     let mut out_layers = Vec::new();
     let mut peak = 0u64;
     for (li, jobs) in layers.iter().enumerate() {
+        let before: Vec<String> = res.models.keys().cloned().collect();
+        let prev_bytes = out_layers.last().and_then(|l: &LayerPlan| l.waves.last()).map(|w| w.bytes);
         let mut remaining: Vec<usize> = (0..jobs.len()).collect();
         let mut waves = Vec::new();
         while !remaining.is_empty() {
@@ -167,7 +173,18 @@ pub fn plan(layers: &[Vec<Job>], aggregator: &Job, est: &Estimates, budget: u64,
             peak = peak.max(bytes);
             waves.push(Wave { wave: waves.len() + 1, jobs: chosen, load, unload, bytes });
         }
-        out_layers.push(LayerPlan { layer: li + 1, waves });
+        let mut early_prefill = Vec::new();
+        if let (Some(mut bytes), Some(first)) = (prev_bytes, waves.first()) {
+            for &j in &first.jobs {
+                let kv = est[&jobs[j].model].kv_per_sequence;
+                if before.contains(&jobs[j].model) && bytes + kv <= budget {
+                    bytes += kv;
+                    early_prefill.push(j);
+                }
+            }
+            peak = peak.max(bytes);
+        }
+        out_layers.push(LayerPlan { layer: li + 1, waves, early_prefill });
     }
     // The aggregator: preload during the last wave when it fits beside it.
     let agg = &aggregator.model;
@@ -244,6 +261,20 @@ mod tests {
         assert!(roomy.peak >= (500 + 300 + 2) << 20, "both models and both caches are counted");
         let tight = plan(&[vec![job("a")]], &job("c"), &estimates(), 700 << 20, "cpu").unwrap();
         assert!(!tight.aggregator.preload && !tight.aggregator.early_prefill, "c loads after a is gone: it runs as before");
+    }
+
+    #[test]
+    fn next_layer_prompts_are_prefilled_only_on_resident_models_with_room() {
+        let layers = vec![vec![job("a"), job("b")], vec![job("a"), job("b"), job("c")]];
+        let roomy = plan(&layers, &job("a"), &estimates(), 8 << 30, "cpu").unwrap();
+        assert!(roomy.layers[0].early_prefill.is_empty(), "nothing runs before layer 1");
+        assert_eq!(roomy.layers[1].early_prefill, vec![0, 1], "c is not resident during layer 1");
+        // Room beside layer 1's wave for exactly one more cache.
+        let budget = roomy.layers[0].waves[0].bytes + (1 << 20);
+        let tight = plan(&layers, &job("a"), &estimates(), budget, "cpu").unwrap();
+        assert_eq!(tight.layers[0].waves.len(), 1);
+        assert_eq!(tight.layers[1].early_prefill, vec![0]);
+        assert!(tight.peak <= budget);
     }
 
     #[test]
