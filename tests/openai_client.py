@@ -3,7 +3,7 @@ tests/openai_client.sh with the bundled test models, greedy, tiny max_tokens).
 
 Checks: a plain and a streamed chat completion with model="moa" (same greedy answer both ways,
 usage and the `moa` extension), the models list, text completions (logprobs, echo with
-max_tokens 0 as lm-evaluation-harness scores, token-id prompts, streaming), chat logprobs, and the client's typed errors for an unknown
+max_tokens 0 as lm-evaluation-harness scores, token-id prompts, streaming), chat logprobs (plain and streamed), and the client's typed errors for an unknown
 model (NotFoundError), a bad parameter (BadRequestError) and a wrong API key (AuthenticationError).
 Ends with a 'N passed, N failed' line and a non-zero exit on any failure.
 """
@@ -112,6 +112,12 @@ def test_chat_logprobs():
     for t in content:
         assert len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token and t.logprob <= 0, t
         assert bytes(t.bytes).decode("utf-8", "replace") == t.token, t
+    # Streamed: the same tokens and log-probabilities, gathered from the chunks as clients do.
+    streamed = []
+    for ch in client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2, stream=True):
+        if ch.choices and ch.choices[0].logprobs and ch.choices[0].logprobs.content:
+            streamed.extend(ch.choices[0].logprobs.content)
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content], streamed
 
 
 def test_unknown_model_is_not_found():

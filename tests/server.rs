@@ -565,7 +565,6 @@ async fn text_completions_score_like_generation_and_name_bad_parameters() {
         (json!({"model": "smollm2", "prompt": user, "logprobs": 6}), "logprobs"),
         (json!({"model": "smollm2", "prompt": user, "suffix": "x"}), "suffix"),
         (json!({"model": "smollm2", "prompt": user, "max_tokens": 0}), "max_tokens"),
-        (json!({"model": "smollm2", "prompt": user, "logprobs": 1, "stream": true}), "logprobs"),
     ] {
         let (status, v) = post_completion(&s, &body).await;
         assert_eq!(status, 400, "{body}: {v}");
@@ -574,6 +573,40 @@ async fn text_completions_score_like_generation_and_name_bad_parameters() {
     let (status, v) = post_completion(&s, &json!({"model": "smollm2", "prompt": [99999999]})).await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("vocabulary"), "{v}");
+}
+
+/// Streamed, each choice's token log-probabilities come with its last chunk and are the ones the
+/// same request gets unstreamed: chat (`logprobs.content`) and text completions (the legacy
+/// object, echoed prompt first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_logprobs_are_the_unstreamed_ones() {
+    let s = start(|_| {}).await;
+    let streamed = |url: &'static str, body: Value| {
+        let base = s.base.clone();
+        async move {
+            let r = reqwest::Client::new().post(format!("{base}{url}")).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let data = sse_data(&r.text().await.unwrap());
+            let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+            let with: Vec<&Value> = chunks.iter().filter(|c| !c["choices"][0]["logprobs"].is_null()).collect();
+            assert_eq!(with.len(), 1, "one chunk carries them: {chunks:?}");
+            assert!(with[0]["choices"][0]["finish_reason"].is_string());
+            with[0]["choices"][0]["logprobs"].clone()
+        }
+    };
+    let chat = chat_body("smollm2", "Say hi.", json!({"max_tokens": 5, "logprobs": true, "top_logprobs": 2}));
+    let (_, _, plain) = post(&s, &chat).await;
+    let mut sc = chat.clone();
+    sc["stream"] = json!(true);
+    assert_eq!(streamed("/v1/chat/completions", sc).await, plain["choices"][0]["logprobs"]);
+    assert_eq!(plain["choices"][0]["logprobs"]["content"].as_array().unwrap().len(), 5);
+    let text = json!({"model": "smollm2", "prompt": "The sky is", "max_tokens": 4, "temperature": 0, "echo": true, "logprobs": 2});
+    let (_, plain) = post_completion(&s, &text).await;
+    let mut st = text.clone();
+    st["stream"] = json!(true);
+    let got = streamed("/v1/completions", st).await;
+    assert_eq!(got, plain["choices"][0]["logprobs"]);
+    assert!(got["token_logprobs"][0].is_null() && got["tokens"].as_array().unwrap().len() > 4, "the echoed prompt leads: {got}");
 }
 
 /// Chat completions report the answer tokens' log-probabilities in OpenAI's shape.

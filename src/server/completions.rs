@@ -8,7 +8,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::Prompt;
-use crate::server::openai::{check_logprobs_stream, integer, parse_object, parse_sampling, ApiError, ChatParams};
+use crate::server::openai::{integer, parse_object, parse_sampling, ApiError, ChatParams};
 use crate::server::worker::{Finished, TokenInfo};
 
 /// OpenAI's legacy cap on `logprobs` for text completions.
@@ -46,7 +46,6 @@ pub fn parse_completion(body: &[u8]) -> Result<ChatParams, ApiError> {
     if p.stream && echo && matches!(p.prompt, Some(Prompt::Tokens(_))) {
         return Err(ApiError::bad_request("echo of a token-id prompt cannot stream; send the prompt as text or ask without streaming", Some("echo")));
     }
-    check_logprobs_stream(&p)?;
     Ok(p)
 }
 
@@ -110,12 +109,16 @@ pub fn choices(texts: Vec<String>, fin: &Finished, p: &ChatParams) -> Vec<Value>
                 Some(e) => format!("{}{text}", e.text),
                 None => text,
             };
-            let logprobs = p.logprobs.map(|_| {
-                let mut toks: Vec<TokenInfo> = echoed.map(|e| e.tokens.clone()).unwrap_or_default();
-                toks.extend(fin.choices.get(i).map(|c| c.tokens.clone()).unwrap_or_default());
-                logprobs_object(&toks)
-            });
-            json!({"text": full, "index": i, "logprobs": logprobs, "finish_reason": reason})
+            json!({"text": full, "index": i, "logprobs": legacy_logprobs(fin, p, i), "finish_reason": reason})
         })
         .collect()
+}
+
+/// Choice `i`'s legacy `logprobs` object when asked for (the echoed prompt's tokens first), else
+/// null.
+pub fn legacy_logprobs(fin: &Finished, p: &ChatParams, i: usize) -> Value {
+    let Some(_) = p.logprobs else { return Value::Null };
+    let mut toks: Vec<TokenInfo> = fin.prompt.as_ref().filter(|_| p.echo).map(|e| e.tokens.clone()).unwrap_or_default();
+    toks.extend(fin.choices.get(i).map(|c| c.tokens.clone()).unwrap_or_default());
+    logprobs_object(&toks)
 }

@@ -64,7 +64,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParams, ApiError> {
         (true, k) => Some(k.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    check_logprobs_stream(&p)?;
     Ok(p)
 }
 
@@ -83,14 +82,6 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<(Map<String, Value>, String), 
         Some(_) => return Err(ApiError::bad_request("model must be a string", Some("model"))),
     };
     Ok((m, model))
-}
-
-/// Log-probabilities are reported in the whole answer only.
-pub(crate) fn check_logprobs_stream(p: &ChatParams) -> Result<(), ApiError> {
-    if p.stream && p.logprobs.is_some() {
-        return Err(ApiError::bad_request("logprobs are not supported with stream: true on this server; ask without streaming", Some("logprobs")));
-    }
-    Ok(())
 }
 
 /// The sampling and output fields chat and text completions share (`messages` left empty).
@@ -391,7 +382,6 @@ mod tests {
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).param, Some("n"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#).param, Some("top_logprobs"));
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#).param, Some("top_logprobs"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"stream":true}"#).param, Some("logprobs"));
         let p = parse_chat(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3}"#).unwrap();
         assert_eq!(p.logprobs, Some(3));
     }

@@ -247,60 +247,73 @@ fn sse(job: Job, meta: Meta, p: ChatParams) -> impl Stream<Item = Result<Event, 
         (Kind::Text, _, _) => Phase::Body,
         _ => Phase::Start,
     };
-    stream::unfold((job, meta, start), move |(mut job, meta, phase)| async move {
-        let text_kind = meta.kind == Kind::Text;
-        let object = if text_kind { "text_completion" } else { "chat.completion.chunk" };
-        let ch = |choices: Value, extra: Option<(&str, Value)>| {
-            let mut v = chunk(&meta.id, meta.created, &meta.model, choices, extra);
-            v["object"] = object.into();
-            data(v)
-        };
-        // A choice's delta: chat's `delta.content`, text completion's `text`.
-        let delta = |i: usize, t: Option<&str>, reason: Option<&str>| match (text_kind, t) {
-            (true, t) => json!({"index": i, "text": t.unwrap_or(""), "logprobs": null, "finish_reason": reason}),
-            (false, Some(t)) => json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": reason}),
-            (false, None) => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
-        };
-        match phase {
-            Phase::Echo(text) => Some((Ok(ch(json!([delta(0, Some(&text), None)]), None)), (job, meta, Phase::Body))),
-            Phase::Start => {
-                let roles: Vec<Value> =
-                    (0..n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
-                let first = ch(json!(roles), None);
-                Some((Ok(first), (job, meta, Phase::Body)))
-            }
-            Phase::Body => loop {
-                let ev = match job.events.recv().await {
-                    Some(JobEvent::Text(_, t)) if t.is_empty() => continue,
-                    Some(JobEvent::Text(i, t)) => ch(json!([delta(i, Some(&t), None)]), None),
-                    Some(JobEvent::Done(f)) => {
-                        let moa = f.moa.as_ref().map(|m| ("moa", json!(m)));
-                        let ends: Vec<Value> = f
-                            .finish_reasons
-                            .iter()
-                            .enumerate()
-                            .map(|(i, r)| delta(i, None, Some(r)))
-                            .collect();
-                        let last = ch(json!(ends), moa.clone());
-                        let mut tail = vec![Event::default().data("[DONE]")];
-                        if include_usage {
-                            let mut u = chunk(&meta.id, meta.created, &meta.model, json!([]), Some(("usage", json!(f.usage))));
-                            if let Some((k, v)) = moa {
-                                u[k] = v;
+    let p = std::sync::Arc::new(p);
+    stream::unfold((job, meta, start), move |(mut job, meta, phase)| {
+        let p = p.clone();
+        async move {
+            let text_kind = meta.kind == Kind::Text;
+            let object = if text_kind { "text_completion" } else { "chat.completion.chunk" };
+            let ch = |choices: Value, extra: Option<(&str, Value)>| {
+                let mut v = chunk(&meta.id, meta.created, &meta.model, choices, extra);
+                v["object"] = object.into();
+                data(v)
+            };
+            // A choice's delta: chat's `delta.content`, text completion's `text`.
+            let delta = |i: usize, t: Option<&str>, reason: Option<&str>| match (text_kind, t) {
+                (true, t) => json!({"index": i, "text": t.unwrap_or(""), "logprobs": null, "finish_reason": reason}),
+                (false, Some(t)) => json!({"index": i, "delta": {"content": t}, "logprobs": null, "finish_reason": reason}),
+                (false, None) => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
+            };
+            match phase {
+                Phase::Echo(text) => Some((Ok(ch(json!([delta(0, Some(&text), None)]), None)), (job, meta, Phase::Body))),
+                Phase::Start => {
+                    let roles: Vec<Value> =
+                        (0..n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
+                    let first = ch(json!(roles), None);
+                    Some((Ok(first), (job, meta, Phase::Body)))
+                }
+                Phase::Body => loop {
+                    let ev = match job.events.recv().await {
+                        Some(JobEvent::Text(_, t)) if t.is_empty() => continue,
+                        Some(JobEvent::Text(i, t)) => ch(json!([delta(i, Some(&t), None)]), None),
+                        Some(JobEvent::Done(f)) => {
+                            let moa = f.moa.as_ref().map(|m| ("moa", json!(m)));
+                            // Each choice's token log-probabilities come with its last chunk.
+                            let ends: Vec<Value> = f
+                                .finish_reasons
+                                .iter()
+                                .enumerate()
+                                .map(|(i, r)| {
+                                    let mut d = delta(i, None, Some(r));
+                                    d["logprobs"] = match (text_kind, p.logprobs, f.choices.get(i)) {
+                                        (true, _, _) => crate::server::completions::legacy_logprobs(&f, &p, i),
+                                        (false, Some(_), Some(c)) => chat_logprobs(&c.tokens),
+                                        _ => Value::Null,
+                                    };
+                                    d
+                                })
+                                .collect();
+                            let last = ch(json!(ends), moa.clone());
+                            let mut tail = vec![Event::default().data("[DONE]")];
+                            if include_usage {
+                                let mut u = chunk(&meta.id, meta.created, &meta.model, json!([]), Some(("usage", json!(f.usage))));
+                                if let Some((k, v)) = moa {
+                                    u[k] = v;
+                                }
+                                tail.push(data(u));
                             }
-                            tail.push(data(u));
+                            break Some((Ok(last), (job, meta, Phase::Tail(tail))));
                         }
-                        break Some((Ok(last), (job, meta, Phase::Tail(tail))));
-                    }
-                    Some(JobEvent::Failed(e)) => {
-                        let err = ApiError::from(e);
-                        break Some((Ok(data(err.body())), (job, meta, Phase::Tail(vec![Event::default().data("[DONE]")]))));
-                    }
-                    None => break None,
-                };
-                break Some((Ok(ev), (job, meta, Phase::Body)));
-            },
-            Phase::Tail(mut rest) => rest.pop().map(|e| (Ok(e), (job, meta, Phase::Tail(rest)))),
+                        Some(JobEvent::Failed(e)) => {
+                            let err = ApiError::from(e);
+                            break Some((Ok(data(err.body())), (job, meta, Phase::Tail(vec![Event::default().data("[DONE]")]))));
+                        }
+                        None => break None,
+                    };
+                    break Some((Ok(ev), (job, meta, Phase::Body)));
+                },
+                Phase::Tail(mut rest) => rest.pop().map(|e| (Ok(e), (job, meta, Phase::Tail(rest)))),
+            }
         }
     })
 }
