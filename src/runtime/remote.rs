@@ -239,12 +239,16 @@ impl RemoteClient {
     /// What `plan` shows of an endpoint, asked now (nothing generated): the model id requests
     /// will name, which `GET /models` must list, and its context length where known.
     pub async fn check(&self, ep: &Endpoint) -> Result<(String, Option<usize>)> {
-        let listed = ids_of(&self.list_models(ep).await?);
+        let data = self.list_models(ep).await?;
+        let listed = ids_of(&data);
         let id = self.model_id(ep).await?;
-        if !listed.contains(&id) {
+        let Some(entry) = data.iter().find(|m| m["id"].as_str() == Some(id.as_str())) else {
             return Err(Error::Other(format!("remote endpoint {}: GET /models does not list `{id}` (it lists: {})", ep.base, listed.join(", "))));
-        }
-        Ok((id, self.context_length(ep).await))
+        };
+        // The listing just read answers the context question too.
+        let n = reported_context_of(entry);
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner()).insert((ep.base.clone(), id.clone()), n);
+        Ok((id, n.or(self.setting(ep).context_length)))
     }
 
     /// The remote model's context length: where its `GET /models` entry tells it (vLLM's
@@ -262,11 +266,7 @@ impl RemoteClient {
             return *c;
         }
         let data = self.list_models(ep).await.ok()?;
-        let entry = data.iter().find(|m| m["id"].as_str() == Some(model.as_str()))?;
-        let n = ["/max_model_len", "/meta/n_ctx_train", "/moa_local/context_length", "/context_length"]
-            .iter()
-            .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
-            .map(|n| n as usize);
+        let n = reported_context_of(data.iter().find(|m| m["id"].as_str() == Some(model.as_str()))?);
         self.contexts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, n);
         n
     }
@@ -422,6 +422,15 @@ impl RemoteClient {
         }
         Ok(())
     }
+}
+
+/// The context a `GET /models` entry reports: vLLM's `max_model_len`, llama-server's
+/// `meta.n_ctx_train`, moa-local's `moa_local.context_length`, or a plain `context_length`.
+fn reported_context_of(entry: &Value) -> Option<usize> {
+    ["/max_model_len", "/meta/n_ctx_train", "/moa_local/context_length", "/context_length"]
+        .iter()
+        .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+        .map(|n| n as usize)
 }
 
 fn ids_of(data: &[Value]) -> Vec<String> {
