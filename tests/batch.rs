@@ -205,3 +205,37 @@ fn a_waiting_request_given_up_leaves_without_joining() {
     let l = &rt.decode_loops()[0];
     assert_eq!((l.finished, l.failed, l.running, l.waiting), (2, 0, 0, 0), "the given-up request never joined (the solo run and the first): {l:?}");
 }
+
+/// A MoA run given up while its agents wait for a place in their model's batch: the waiting
+/// agent leaves the queue at the loop's next step without joining, the run ends cancelled, and
+/// the request that holds the place writes what it writes alone.
+#[test]
+fn a_moa_run_given_up_while_its_agent_waits_leaves_the_queue() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use moa_local::model::{GenerateRequest, Message, Prompt};
+    use moa_local::moa::{self, Overrides, Recipe, RunOptions};
+    use moa_local::runtime::{DeviceSpec, Runtime};
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap().with_parallel(1));
+    let m = rt.load_blocking("smollm2").unwrap();
+    let req = || GenerateRequest::new(Prompt::Chat(vec![Message::user("Name a primary color.")]), 32, SamplingParams::greedy());
+    let alone = tokio.block_on(rt.generate_batched(m.clone(), req(), None, |_| Control::Continue)).unwrap().text;
+    let o = Overrides { models: Some(vec!["smollm2".into()]), temperature: Some(0.0), max_tokens: Some(8), ..Default::default() };
+    let recipe = Recipe::build(None, &o, &[]).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions { cancel: Some(flag.clone()), early_prefill: false, ..RunOptions::default() };
+    let (first, run) = tokio.block_on(async {
+        let f = flag.clone();
+        let a = rt.generate_batched(m.clone(), req(), None, move |_| {
+            f.store(true, Ordering::Relaxed);
+            Control::Continue
+        });
+        let conv = [Message::user("What is two plus two?")];
+        let b = moa::run(rt.clone(), &recipe, &conv, &opts, moa::report::no_events());
+        futures_util::future::join(a, b).await
+    });
+    assert_eq!(first.unwrap().text, alone);
+    assert!(matches!(run, Err(moa_local::error::Error::Cancelled)), "{:?}", run.map(|r| r.aggregate.text));
+    let l = &rt.decode_loops()[0];
+    assert_eq!((l.finished, l.running, l.waiting), (2, 0, 0), "the MoA agent never joined (the solo run and the first): {l:?}");
+}

@@ -133,6 +133,8 @@ pub(crate) async fn run_agent(
     if !draft {
         req.max_draft = 0;
     }
+    // A run given up while this agent waits for a place in its model's batch: out of the queue.
+    req.cancel = ctx.cancel.clone();
     let start = ctx.secs();
     let on_text = text_sink(ctx, layer, index, stream_to_user, partial);
     // Through the model's decode loop: batched with every other sequence of that model (other
