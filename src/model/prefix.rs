@@ -40,6 +40,12 @@ impl PromptCache {
         model.cache_bytes(self.cache.capacity())
     }
 
+    /// A deep copy (same tokens, same capacity): several samples of one prompt start from one
+    /// prefill.
+    pub fn fork(&self) -> Result<PromptCache> {
+        Ok(PromptCache { cache: self.cache.fork(self.cache.capacity())?, tokens: self.tokens.clone() })
+    }
+
     /// Keep the longest common prefix of the cached tokens and `tokens`, then compute
     /// `tokens[..len − hold_back]` (the last ones may still change when more text follows).
     /// Returns how many positions were computed.

@@ -254,6 +254,23 @@ impl Runtime {
             .map_err(|e| Error::Other(format!("generation thread failed: {e}")))?
     }
 
+    /// `req`'s prompt prefilled once (all but its last token, which each sequence computes for
+    /// its own first logits) into a cache with room for its answer, on a blocking worker thread as
+    /// a kernel tenant: `n` choices of one request fork it instead of prefilling `n` times.
+    pub async fn prefill_shared(&self, model: Arc<Model>, req: &GenerateRequest) -> Result<PromptCache> {
+        let (_, ids) = model.tokenize_prompt(&req.prompt)?;
+        model.check_request(&ids, req)?;
+        let capacity = ids.len() + req.max_tokens;
+        tokio::task::spawn_blocking(move || {
+            let mut pc = model.new_prompt_cache(capacity)?;
+            let _cores = Tenant::enter();
+            pc.extend(&model, &ids, 1)?;
+            Ok(pc)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("prefill thread failed: {e}")))?
+    }
+
     /// Each prompt token's log-probability given the tokens before it (see
     /// `Model::score_prompt`), on a blocking worker thread as a kernel tenant.
     pub async fn score_prompt(&self, model: Arc<Model>, ids: Vec<u32>, top: usize) -> Result<Vec<crate::engine::logprobs::TokenLogprob>> {

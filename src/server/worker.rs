@@ -18,7 +18,7 @@ use crate::moa::report::AgentStats;
 use crate::moa::{self, EventSink, MoaEvent, Recipe, RunOptions};
 use crate::engine::logprobs::TokenLogprob;
 use crate::model::tokenizer::GgufTokenizer;
-use crate::model::{GenerateRequest, Prompt, StopReason};
+use crate::model::{GenerateRequest, Prompt, PromptCache, StopReason};
 use crate::runtime::Runtime;
 use crate::server::models::{precheck, ModelEntry};
 use crate::server::openai::{AgentUsage, ApiError, ChatParams, LayerUsage, MoaUsage, Usage};
@@ -226,13 +226,16 @@ async fn run(
             if !defaults.draft {
                 req.max_draft = 0;
             }
-            // Every choice joins the model's decode loop (batched), choice i with seed + i.
+            // Every choice joins the model's decode loop (batched), choice i with seed + i; n > 1
+            // choices start from forks of one prefill of the prompt.
+            let shared = if p.n > 1 && max_tokens > 0 { Some(rt.prefill_shared(model.clone(), &req).await?) } else { None };
             let runs = (0..p.n.max(1)).map(|i| {
                 let (c, tx, rt, model) = (cancel.clone(), tx.clone(), rt.clone(), model.clone());
                 let mut req = req.clone();
                 req.sampling.seed = seed.wrapping_add(i as u64);
+                let pc = shared.as_ref().map(PromptCache::fork).transpose();
                 async move {
-                    rt.generate_batched(model, req, None, move |piece| {
+                    rt.generate_batched(model, req, pc?, move |piece| {
                         if c.load(Ordering::Relaxed) {
                             return Control::Stop;
                         }
