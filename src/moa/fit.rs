@@ -110,20 +110,19 @@ impl<'a> Budgets<'a> {
     /// `refs`, in order, each cut to its budget, and the fewest tokens a cut reference was kept
     /// to (None: none was cut).
     pub fn cut(&self, refs: &[String]) -> Result<(Vec<String>, Option<usize>)> {
-        let (mut used, mut out, mut cut_to) = (0usize, Vec::with_capacity(refs.len()), None::<usize>);
-        for (k, r) in refs.iter().enumerate() {
-            let b = self.budget(k, used);
-            let ids = self.tok.encode(r, false)?;
-            if ids.len() <= b {
-                used += ids.len();
-                out.push(r.clone());
-            } else {
+        let mut cut_to = None::<usize>;
+        let out = refs
+            .iter()
+            .zip(self.each(refs)?)
+            .map(|(r, (ids, b))| {
+                if ids.len() <= b {
+                    return r.clone();
+                }
                 let keep = b.saturating_sub(self.mark);
-                out.push(format!("{}{CUT_MARK}", self.tok.decode(&ids[..keep])));
-                used += b;
                 cut_to = Some(cut_to.map_or(keep, |c| c.min(keep)));
-            }
-        }
+                format!("{}{CUT_MARK}", self.tok.decode(&ids[..keep]))
+            })
+            .collect();
         Ok((out, cut_to))
     }
 
@@ -133,20 +132,32 @@ impl<'a> Budgets<'a> {
     /// (the one being written), the tokens within its budget. The last text returned is the open
     /// one: what follows it is not known yet.
     pub fn known(&self, settled: &[String], streaming: &str) -> Result<Vec<String>> {
-        let (mut used, mut out) = (0usize, Vec::with_capacity(settled.len() + 1));
-        for (k, r) in settled.iter().enumerate() {
-            let b = self.budget(k, used);
-            let ids = self.tok.encode(r, false)?;
-            if ids.len() > b {
+        let each = self.each(settled)?;
+        let mut out = Vec::with_capacity(settled.len() + 1);
+        for (r, (ids, b)) in settled.iter().zip(&each) {
+            if ids.len() > *b {
                 out.push(self.tok.decode(&ids[..b.saturating_sub(self.mark)]));
                 return Ok(out);
             }
-            used += ids.len();
             out.push(r.clone());
         }
+        let used = each.iter().map(|(ids, _)| ids.len()).sum();
         let keep = self.budget(settled.len(), used).saturating_sub(self.mark);
         let ids = self.tok.encode(streaming, false)?;
         out.push(if ids.len() <= keep { streaming.to_string() } else { self.tok.decode(&ids[..keep]) });
+        Ok(out)
+    }
+
+    /// Each of `refs`, in order, with its tokens and its budget (a reference over its budget
+    /// uses all of it).
+    fn each(&self, refs: &[String]) -> Result<Vec<(Vec<u32>, usize)>> {
+        let (mut used, mut out) = (0usize, Vec::with_capacity(refs.len()));
+        for r in refs {
+            let b = self.budget(out.len(), used);
+            let ids = self.tok.encode(r, false)?;
+            used += ids.len().min(b);
+            out.push((ids, b));
+        }
         Ok(out)
     }
 
