@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate tests/data/perplexity/: llama-perplexity's PPL on tests/data/perplexity.txt (-c 128)
 # for the bundled models, and for the synthetic test files of the architectures without a bundled
-# real file (mixtures of experts, Llama 3 RoPE factors, Gemma 2, Phi-3; seed 1, written by
+# real file (mixtures of experts, Llama 3 RoPE factors, Gemma 2, Phi-3, and Phi-2 and GLM-4, which run
+# through candle-transformers; seed 1, written by
 # `moa-local bench --synthetic ARCH:tiny:q4_k_m`) also the --kl-divergence-base logits of the
 # first two chunks, which the test reads back with `moa-local perplexity --kl-divergence-base`, and
 # llama.cpp's own KL divergence from them with flash attention off (the base is written with its
@@ -30,7 +31,7 @@ run() { # FILE [ARGS...]: print llama-perplexity's final PPL
     printf '%s"%s": %s' "$sep" "$(basename "$f")" "$(run "$f")"; sep=$',\n'
   done
   spread=""
-  for a in qwen3moe mixtral qwen2moe llama gemma2 phi3; do
+  for a in qwen3moe mixtral qwen2moe llama gemma2 phi3 phi2 glm4; do
     ./target/release/moa-local bench --synthetic "$a:tiny:q4_k_m" --synthetic-dir "$tmp" -p 0 -n 0 -r 1 >/dev/null 2>&1
     f="$tmp/$a-tiny-q4_k_m.gguf"
     printf '%s"synthetic-%s-tiny-q4_k_m": %s' "$sep" "$a" "$(run "$f" --chunks 2 --kl-divergence-base "$out/$a-tiny.kld")"

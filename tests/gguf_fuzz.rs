@@ -63,12 +63,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Cases per model in CI: 300+ in all, weighted towards the smaller files.
+/// Cases per model in CI: 660 in all, weighted towards the smaller files.
 /// The test models, and synthetic files (`synthetic:ARCH:SIZE:QUANT`, seed 1) for the loader paths
 /// no bundled model has: Phi-3's fused Q/K/V and gate/up matrices read by row groups and its
-/// LongRoPE factor tensors; Llama 3's `rope_freqs`.
-const CASES: [(&str, usize); 5] =
-    [(common::SMOL, 150), (common::GEMMA, 100), (common::QWEN, 60), ("synthetic:phi3:tiny:q4_k_m", 150), ("synthetic:llama:tiny:q8_0", 60)];
+/// LongRoPE factor tensors; Llama 3's `rope_freqs`; Phi-2 and GLM-4, whose loaders are
+/// candle-transformers' (given the tensors our checked parser found and their shapes checked
+/// against the metadata, the context it sizes tables by capped, its panics caught).
+const CASES: [(&str, usize); 7] = [
+    (common::SMOL, 150),
+    (common::GEMMA, 100),
+    (common::QWEN, 60),
+    ("synthetic:phi3:tiny:q4_k_m", 150),
+    ("synthetic:llama:tiny:q8_0", 60),
+    ("synthetic:phi2:tiny:q4_k_m", 80),
+    ("synthetic:glm4:tiny:q4_k_m", 60),
+];
 /// What a case may allocate beyond the file and its KV cache: the header parser's metadata
 /// allowance (64 MiB past the file's size, for a header that is nearly all vocabulary), the tokenizer's tables, the
 /// activations of a few-token forward pass, the allocator's rounding.

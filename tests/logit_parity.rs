@@ -243,3 +243,19 @@ fn logits_match_llama_cpp_phi3_tiny() {
     let f = check_synthetic("phi3:tiny:q4_k_m");
     assert!(f.is_empty(), "{f:#?}");
 }
+
+/// Phi-2, run through candle-transformers (no native implementation): LayerNorm with biases,
+/// parallel attention and MLP, partial rotary embeddings (32 of 64 dimensions).
+#[test]
+fn logits_match_llama_cpp_phi2_tiny_through_candle_transformers() {
+    let f = check_synthetic("phi2:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+/// GLM-4, run through candle-transformers: fused gate/up, sandwich norms, Q/K/V biases, RoPE on
+/// half of each head.
+#[test]
+fn logits_match_llama_cpp_glm4_tiny_through_candle_transformers() {
+    let f = check_synthetic("glm4:tiny:q4_k_m");
+    assert!(f.is_empty(), "{f:#?}");
+}

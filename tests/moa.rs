@@ -278,3 +278,43 @@ fn the_second_turn_computes_only_new_tokens() {
     assert!(early.reused_tokens > 16, "turn 2's aggregator reused {} tokens", early.reused_tokens);
     assert_eq!(t2.aggregate.text, fresh.aggregate.text, "and writes what a fresh runtime writes");
 }
+
+/// A mixture of experts (Qwen3-MoE) and an architecture the native transformer does not have
+/// (Phi-2, run through candle-transformers) as proposers beside a real model, the real Qwen
+/// aggregating: every proposer answers, each answer reaches the aggregator as a reference, and
+/// each synthetic proposer's answer is what its model gives alone on the same prompt (temperature
+/// 0), so neither the scheduler nor the shared batch loop changes them. (Synthetic weights: the
+/// answers are gibberish of the files' filler tokens; the ChatML template is real.)
+#[test]
+fn moe_and_candle_transformers_proposers_run_in_a_moa() {
+    use moa_local::engine::{Control, SamplingParams};
+    use moa_local::model::generate::{GenerateRequest, Prompt};
+    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for spec in ["qwen3moe:tiny:q4_k_m", "phi2:tiny:q4_k_m"] {
+        let path = dir.path().join(format!("{}.gguf", spec.replace(':', "-")));
+        // Seed 5: weights whose greedy answer to this question is not all newlines.
+        write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 5).unwrap();
+        files.push(path.display().to_string());
+    }
+    let rt = runtime();
+    let mut r = recipe(&[files[0].as_str(), files[1].as_str(), "smollm2"], 2, 12);
+    r.aggregator.model = "qwen-coder".into();
+    let question = q("Name a primary color.");
+    let (out, _) = run(&rt, &r, &question);
+    let out = out.unwrap();
+    let answers = &out.layers[0].answers;
+    assert_eq!(answers.len(), 3);
+    for a in answers {
+        assert!(a.error.is_none() && !a.text.is_empty() && a.stats.generated_tokens > 0, "{a:#?}");
+        assert!(out.aggregate.prompt.contains(&format!("{}. {}", a.reference.unwrap(), a.text.trim())), "{} is not among the references", a.model);
+    }
+    assert!(!out.aggregate.text.is_empty());
+    for (path, a) in files.iter().zip(answers) {
+        let m = Model::load(path, &candle_core::Device::Cpu).unwrap();
+        let req = GenerateRequest::new(Prompt::Chat(question.clone()), 12, SamplingParams::greedy());
+        let alone = m.generate(&req, &mut |_| Control::Continue).unwrap();
+        assert_eq!(alone.text, a.text, "{path}: the MoA proposer's answer differs from the model's own");
+    }
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use moa_local::eval::perplexity::{perplexity, KlBase};
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+use moa_local::model::network::Backend;
 use moa_local::model::Model;
 
 fn data() -> PathBuf {
@@ -45,7 +46,7 @@ fn ppl_matches_llama_perplexity_on_the_bundled_models() {
 }
 
 /// The tiny synthetic files of the architectures without a bundled real one (the mixtures of
-/// experts, Llama 3's RoPE factors, Gemma 2, Phi-3; peaked weights): KL divergence from llama.cpp's
+/// experts, Llama 3's RoPE factors, Gemma 2, Phi-3, and Phi-2 and GLM-4 through candle-transformers; peaked weights): KL divergence from llama.cpp's
 /// logits on the same tokens, and its top-1 choice, measured against how far llama.cpp lies from
 /// itself when only its attention kernel changes (flash attention off against the base's on).
 /// Where a router scores two experts within rounding of each other either change can swap an
@@ -54,7 +55,7 @@ fn ppl_matches_llama_perplexity_on_the_bundled_models() {
 #[test]
 fn synthetic_kl_divergence_from_llama_cpp_is_small() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["qwen3moe", "mixtral", "qwen2moe", "llama", "gemma2", "phi3"] {
+    for arch in ["qwen3moe", "mixtral", "qwen2moe", "llama", "gemma2", "phi3", "phi2", "glm4"] {
         let spec = format!("{arch}:tiny:q4_k_m");
         let path = dir.path().join(format!("{arch}.gguf"));
         write_synthetic(&SyntheticSpec::parse(&spec).unwrap(), &path, 1).unwrap();
@@ -78,8 +79,13 @@ fn synthetic_kl_divergence_from_llama_cpp_is_small() {
         );
         // (The base file's own PPL is not llama.cpp's: it keeps log-probabilities only down to 16
         // below the top one, and on random weights the right token often lies further down.)
+        // candle-transformers computes Phi-2's GELU exactly where llama.cpp's CPU rounds its input
+        // and output to f16 (a lookup table) whether flash attention is on or off, so that
+        // difference is outside llama.cpp's own spread: 1e-3 more room there (a wrong layer is
+        // orders above it: candle-transformers' Gemma 3 with SiLU for GELU lies 1.4 away).
+        let slack = if model.transformer.backend() == Backend::Native { 1e-4 } else { 1e-3 };
         for (ours, what) in [(k.mean_kld, "mean_kld"), (k.p95_kld, "p95_kld")] {
-            let bound = SPREAD_FACTOR * own(what) + 1e-4;
+            let bound = SPREAD_FACTOR * own(what) + slack;
             assert!(ours <= bound, "{spec}: {what} {ours:.6} from llama.cpp, above {bound:.6} (llama.cpp from itself {:.6})", own(what));
         }
         let top = own("same_top_pct") - 3.0;

@@ -10,6 +10,7 @@ use moa_local::bench::{bench_pp, bench_tg, bench_tg_paired, largest_kv_bytes, ma
 use moa_local::runtime::estimate;
 use moa_local::model::catalog::Catalog;
 use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+use moa_local::model::network::Backend;
 use moa_local::model::Model;
 use moa_local::runtime::DeviceSpec;
 
@@ -141,6 +142,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 model_ratio: peak.saturating_sub(before) as f64 / (model.file_size + kv_bytes) as f64,
             }),
             _ => None,
+        };
+        let name = match model.transformer.backend() {
+            Backend::Native => name,
+            b => format!("{name} [{}]", b.label()),
         };
         rows.push(ModelBench {
             model: name,

@@ -117,7 +117,9 @@ pub fn plan(a: MoaArgs) -> anyhow::Result<ExitCode> {
         }
         let s = rt.shape(&name)?;
         let path = rt.resolve(&name)?;
-        println!("  model {name}: {:?}, weights {}, file {}", s.cfg.arch, human(s.weights), path.display());
+        let active = if s.cfg.moe.is_some() { format!(" ({} read per token)", human(s.active_weights)) } else { String::new() };
+        let through = if s.cfg.arch.is_native() { "" } else { ", runs through candle-transformers (slower: one sequence at a time)" };
+        println!("  model {name}: {:?}, weights {}{active}, file {}{through}", s.cfg.arch, human(s.weights), path.display());
     }
     // Wave jobs index the layer's local agents with a job (remote ones run beside the waves).
     let (jobs, _) = moa::plan::plan_jobs(&rt, &recipe, &conv);

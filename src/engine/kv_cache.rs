@@ -31,6 +31,16 @@ enum Store {
     Cpu(Vec<(Vec<f16>, Vec<f16>)>),
     /// Per layer (k, v), each `[1, n_kv_head, capacity, head_dim]` f16 tensors.
     Device(Vec<(Tensor, Tensor)>),
+    /// The state of a forward pass that keeps its cache itself (a candle-transformers model):
+    /// only it reads it; this cache counts the positions.
+    Opaque(Box<dyn SequenceState>),
+}
+
+/// A sequence's state held by a forward pass that keeps its own cache (see `Store::Opaque`).
+pub trait SequenceState: Send + Sync {
+    /// A copy holding the same positions.
+    fn fork(&self) -> Result<Box<dyn SequenceState>>;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 pub struct KvCache {
@@ -60,6 +70,20 @@ impl KvCache {
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(Error::candle("allocating the KV cache"))?;
         Ok(Self { store: Store::Device(layers), n_kv_head, head_dim, len: 0, capacity })
+    }
+
+    /// A cache whose positions live in `state` (a forward pass with its own cache), for up to
+    /// `capacity` positions.
+    pub fn opaque(state: Box<dyn SequenceState>, capacity: usize) -> Self {
+        Self { store: Store::Opaque(state), n_kv_head: 0, head_dim: 0, len: 0, capacity }
+    }
+
+    /// The state of an opaque cache (None for the project's own caches).
+    pub fn opaque_state(&mut self) -> Option<&mut dyn std::any::Any> {
+        match &mut self.store {
+            Store::Opaque(s) => Some(s.as_any_mut()),
+            _ => None,
+        }
     }
 
     /// Bytes a cache of this geometry takes.
@@ -120,7 +144,7 @@ impl KvCache {
     pub fn cpu_layer(&self, layer: usize) -> Result<(&[f16], &[f16])> {
         match &self.store {
             Store::Cpu(layers) => Ok((layers[layer].0.as_slice(), layers[layer].1.as_slice())),
-            Store::Device(_) => Err(Error::Other("cpu_layer on a device cache".into())),
+            _ => Err(Error::Other("cpu_layer on a device cache".into())),
         }
     }
 
@@ -183,6 +207,7 @@ impl KvCache {
                 }
                 Store::Device(out)
             }
+            Store::Opaque(s) => Store::Opaque(s.fork()?),
         };
         Ok(Self { store, n_kv_head: h, head_dim: d, len, capacity })
     }

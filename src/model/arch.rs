@@ -11,8 +11,17 @@ pub const MAX_VOCAB: usize = 1 << 22;
 /// Longest context accepted from a file's metadata.
 pub const MAX_CONTEXT: u32 = 1 << 24;
 
-pub const SUPPORTED_ARCHS: &[&str] =
-    &["llama (Llama, Mistral, SmolLM2, Mixtral)", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3"];
+pub const SUPPORTED_ARCHS: &[&str] = &[
+    "llama (Llama, Mistral, SmolLM2, Mixtral)",
+    "qwen2",
+    "qwen2moe",
+    "qwen3",
+    "qwen3moe",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "phi2 and glm4 (through candle-transformers, slower)",
+];
 /// Most experts per layer accepted (real models have up to 256 or 384).
 pub const MAX_EXPERTS: u32 = 1024;
 
@@ -26,6 +35,17 @@ pub enum Arch {
     Gemma2,
     Gemma3,
     Phi3,
+    /// Run by candle-transformers' implementation, not the native transformer.
+    Phi2,
+    Glm4,
+}
+
+impl Arch {
+    /// Whether the project's own transformer implements this architecture (the others run
+    /// through candle-transformers, see `model::network`).
+    pub fn is_native(self) -> bool {
+        !matches!(self, Arch::Phi2 | Arch::Glm4)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -108,6 +128,8 @@ impl Config {
             "gemma2" => Arch::Gemma2,
             "gemma3" => Arch::Gemma3,
             "phi3" => Arch::Phi3,
+            "phi2" => Arch::Phi2,
+            "glm4" => Arch::Glm4,
             other => {
                 return Err(Error::UnsupportedArch {
                     path: g.path.clone(),
@@ -159,8 +181,16 @@ impl Config {
             }
             Ok(v)
         };
-        if g.has(&k("rope.dimension_count")) && g.u32(&k("rope.dimension_count"))? as usize != head_dim {
-            return Err(g.field_err(&k("rope.dimension_count"), &format!("differs from the head size {head_dim} (partial rotary embeddings are not supported)")));
+        if g.has(&k("rope.dimension_count")) {
+            let rope_dim = g.u32(&k("rope.dimension_count"))? as usize;
+            if arch.is_native() && rope_dim != head_dim {
+                return Err(g.field_err(&k("rope.dimension_count"), &format!("differs from the head size {head_dim} (partial rotary embeddings are not supported)")));
+            }
+            // candle-transformers' Phi-2 and GLM-4 rotate part of each head, as those models do,
+            // with tables of rope_dim / 2 columns.
+            if rope_dim == 0 || rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
+                return Err(g.field_err(&k("rope.dimension_count"), &format!("is {rope_dim}: must be even and within 2..={head_dim} (the head size)")));
+            }
         }
         let rope_base = positive("rope.freq_base", 10_000.0)?;
         let rope_freq_scale = Self::rope_scaling(g, &k)?;
@@ -184,10 +214,17 @@ impl Config {
         } else {
             (None, None)
         };
-        let rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5)?;
+        let rms_eps = positive(if arch == Arch::Phi2 { "attention.layer_norm_epsilon" } else { "attention.layer_norm_rms_epsilon" }, 1e-5)?;
         let n_ff = dim("feed_forward_length", None, 1 << 20)?;
         let moe = Self::moe_from_gguf(g, arch, n_ff)?;
-        let context_length = dim("context_length", Some(4096), MAX_CONTEXT)?;
+        let mut context_length = dim("context_length", Some(4096), MAX_CONTEXT)?;
+        if arch == Arch::Phi2 {
+            // candle-transformers' Phi-2 holds RoPE tables for 4096 positions.
+            context_length = context_length.min(crate::model::candle_tx::FIXED_TABLES);
+        } else if !arch.is_native() {
+            // Its other models size their tables by the context, which it is given capped.
+            context_length = context_length.min(crate::model::candle_tx::MAX_TABLE_POSITIONS);
+        }
         Ok(Self {
             arch,
             n_layer,
@@ -212,14 +249,14 @@ impl Config {
             sandwich_norm: gemma,
             embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
             attn_scale,
-            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            activation: if gemma || arch == Arch::Phi2 { Activation::GeluTanh } else { Activation::Silu },
             moe,
             attn_softcap,
             final_softcap,
             rope_freq_scale,
             rope_attn_factor: positive("rope.scaling.attn_factor", 1.0)?,
             rope_orig_context: dim("rope.scaling.original_context_length", Some(context_length as u32), MAX_CONTEXT)?,
-            fused_gate_up: arch == Arch::Phi3,
+            fused_gate_up: matches!(arch, Arch::Phi3 | Arch::Glm4),
         })
     }
 

@@ -14,13 +14,14 @@ use crate::model::arch::Config;
 use crate::model::gguf::{sha256_file, GgufFile};
 use crate::model::template::ChatTemplate;
 use crate::model::tokenizer::GgufTokenizer;
-use crate::model::transformer::Transformer;
+use crate::model::network::Network;
 
 pub struct Model {
     /// Display name (file stem unless the caller gave an alias).
     pub name: String,
     pub path: PathBuf,
-    pub transformer: Transformer,
+    /// The forward pass (native, or candle-transformers' for the architectures it alone has).
+    pub transformer: Network,
     pub tokenizer: GgufTokenizer,
     pub template: ChatTemplate,
     pub file_size: u64,
@@ -81,7 +82,7 @@ impl Model {
         // weights load, so they never add to the load's peak.
         g.drop_vocabulary();
         release_freed_memory();
-        let transformer = Transformer::load(&g, cfg, device)?;
+        let transformer = Network::load(&g, cfg, device)?;
         drop(g);
 
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();

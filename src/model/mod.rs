@@ -15,6 +15,8 @@ pub mod generate;
 pub mod batched;
 pub mod prefix;
 pub mod loaded;
+pub mod candle_tx;
+pub mod network;
 pub mod chat_tokens;
 
 pub use generate::{GenerateRequest, Generation, Prompt, StopReason};

@@ -65,6 +65,8 @@ pub struct Shape {
     /// RoPE frequency factors: Llama 3's `rope_freqs` (llama), LongRoPE's short and long
     /// factors with their attention factor and a trained context of 4096 (phi3).
     pub rope_factors: bool,
+    /// Dimensions of each head that RoPE rotates (Phi-2, GLM-4 rotate part of it; 0: all).
+    pub rope_dim: usize,
 }
 
 impl Shape {
@@ -79,6 +81,16 @@ impl Shape {
 
     const fn rope_factors(self) -> Self {
         Shape { rope_factors: true, ..self }
+    }
+    const fn partial_rope(self, rope_dim: usize) -> Self {
+        Shape { rope_dim, ..self }
+    }
+    fn rotated_dims(&self) -> usize {
+        if self.rope_dim == 0 { self.head_dim } else { self.rope_dim }
+    }
+    /// Phi-2: LayerNorm with biases, fused QKV, one MLP of up and down, each projection biased.
+    fn is_phi2(&self) -> bool {
+        self.arch == "phi2"
     }
 
     fn is_tiny(&self) -> bool {
@@ -156,6 +168,7 @@ const fn shape(arch: &'static str, size: &'static str, like: &'static str, dims:
         experts: [0; 4],
         peaked: false,
         rope_factors: false,
+        rope_dim: 0,
     }
 }
 
@@ -175,10 +188,18 @@ pub const KNOWN: &[Shape] = &[
         .moe([60, 4, 1408, 5632]),
     shape("gemma2", "2b", "gemma-2-2b", [26, 2304, 8, 4, 256, 9216, 256000, 8192], 1e4, 1e-6, false, true),
     shape("phi3", "mini", "Phi-3.5-mini-instruct", [32, 3072, 32, 32, 96, 8192, 32064, 131072], 1e4, 1e-5, false, false).rope_factors(),
+    // Run through candle-transformers (no native implementation).
+    shape("phi2", "2.7b", "phi-2", [32, 2560, 32, 32, 80, 10240, 51200, 2048], 1e4, 1e-5, false, false).partial_rope(32),
+    shape("glm4", "9b", "GLM-4-9B-0414", [40, 4096, 32, 2, 128, 13696, 151552, 32768], 1e4, 1e-5, true, false).partial_rope(64),
     // Test files: two layers, peaked weights; the MoEs 8 experts of which 2 per token.
     shape("llama", "tiny", "Llama 3 (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 5e5, 1e-5, false, false).rope_factors().peaked(),
     shape("gemma2", "tiny", "Gemma 2 (tiny)", [3, 256, 4, 2, 64, 512, 512, 4096], 1e4, 1e-6, false, true).peaked(),
     shape("phi3", "tiny", "Phi-3 (tiny)", [2, 256, 4, 2, 64, 512, 512, 131072], 1e4, 1e-5, false, false).rope_factors().peaked(),
+    // Phi-3-mini-4k's layout: no LongRoPE factors (candle-transformers applies none).
+    shape("phi3", "tiny-4k", "Phi-3-mini-4k (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e4, 1e-5, false, false).peaked(),
+    shape("qwen3", "tiny", "Qwen3 (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, false, true).peaked(),
+    shape("phi2", "tiny", "phi-2 (tiny)", [2, 256, 4, 4, 64, 512, 512, 2048], 1e4, 1e-5, false, false).partial_rope(32).peaked(),
+    shape("glm4", "tiny", "GLM-4 (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e4, 1e-5, true, false).partial_rope(32).peaked(),
     shape("mixtral", "tiny", "Mixtral (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-5, false, false).moe([8, 2, 512, 0]).peaked(),
     shape("qwen3moe", "tiny", "Qwen3-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, false, true).moe([8, 2, 256, 0]).peaked(),
     shape("qwen2moe", "tiny", "Qwen2-MoE (tiny)", [2, 256, 4, 2, 64, 512, 512, 4096], 1e6, 1e-6, true, false)
@@ -295,9 +316,9 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
         (format!("{a}.feed_forward_length"), u(sh.n_ff)),
         (format!("{a}.attention.head_count"), u(sh.n_head)),
         (format!("{a}.attention.head_count_kv"), u(sh.n_kv_head)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(sh.rms_eps)),
+        (format!("{a}.attention.layer_norm_{}epsilon", if sh.is_phi2() { "" } else { "rms_" }), Value::F32(sh.rms_eps)),
         (format!("{a}.rope.freq_base"), Value::F32(sh.rope_base)),
-        (format!("{a}.rope.dimension_count"), u(sh.head_dim)),
+        (format!("{a}.rope.dimension_count"), u(sh.rotated_dims())),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String(if a.starts_with("qwen") { "qwen2" } else { "default" }.into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
@@ -320,7 +341,7 @@ fn metadata(spec: &SyntheticSpec, sh: &Shape) -> Vec<(String, Value)> {
             m.push((format!("{a}.expert_shared_feed_forward_length"), u(n_ff_shared)));
         }
     }
-    if a.starts_with("gemma") || a == "qwen3moe" {
+    if a.starts_with("gemma") || a.starts_with("qwen3") || a == "glm4" {
         m.push((format!("{a}.attention.key_length"), u(sh.head_dim)));
         m.push((format!("{a}.attention.value_length"), u(sh.head_dim)));
     }
@@ -360,7 +381,7 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
     for i in 0..sh.n_layer {
         let p = format!("blk.{i}");
         let mut m = |kind: &str, experts: usize, rows: usize, cols: usize| tensor(format!("{p}.{kind}.weight"), kind, i, experts, rows, cols);
-        if sh.arch == "phi3" {
+        if sh.arch == "phi3" || sh.is_phi2() {
             // Phi-3's fused projections: Q, K, V in one matrix; the gate's rows, then up's.
             m("attn_qkv", 0, (sh.n_head + 2 * sh.n_kv_head) * hd, e)?;
         } else {
@@ -369,8 +390,13 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
             m("attn_v", 0, sh.n_kv_head * hd, e)?;
         }
         m("attn_output", 0, e, sh.n_head * hd)?;
-        if sh.arch == "phi3" {
+        if sh.arch == "phi3" || sh.arch == "glm4" {
             m("ffn_up", 0, 2 * sh.n_ff, e)?;
+            m("ffn_down", 0, e, sh.n_ff)?;
+            continue;
+        }
+        if sh.is_phi2() {
+            m("ffn_up", 0, sh.n_ff, e)?;
             m("ffn_down", 0, e, sh.n_ff)?;
             continue;
         }
@@ -395,20 +421,33 @@ pub fn write_synthetic(spec: &SyntheticSpec, path: impl AsRef<Path>, seed: u64) 
     }
     // 1-D f32 tensors: norms (1.0) and biases (random).
     let mut vectors = vec![("output_norm.weight".to_string(), e, Some(1.0))];
+    if sh.is_phi2() {
+        vectors.push(("output_norm.bias".to_string(), e, None));
+        vectors.push(("output.bias".to_string(), sh.vocab, None));
+    }
     for i in 0..sh.n_layer {
         let mut add = |name: &str, len: usize, fill: Option<f32>| vectors.push((format!("blk.{i}.{name}"), len, fill));
         add("attn_norm.weight", e, Some(1.0));
+        if sh.is_phi2() {
+            // Phi-2's one LayerNorm feeds attention and MLP in parallel; every projection is biased.
+            add("attn_norm.bias", e, None);
+            add("attn_qkv.bias", (sh.n_head + 2 * sh.n_kv_head) * hd, None);
+            add("attn_output.bias", e, None);
+            add("ffn_up.bias", sh.n_ff, None);
+            add("ffn_down.bias", e, None);
+            continue;
+        }
         add("ffn_norm.weight", e, Some(1.0));
         if sh.qkv_bias {
             add("attn_q.bias", sh.n_head * hd, None);
             add("attn_k.bias", sh.n_kv_head * hd, None);
             add("attn_v.bias", sh.n_kv_head * hd, None);
         }
-        if sh.arch == "gemma3" || sh.arch == "qwen3moe" {
+        if sh.arch == "gemma3" || sh.arch.starts_with("qwen3") {
             add("attn_q_norm.weight", hd, Some(1.0));
             add("attn_k_norm.weight", hd, Some(1.0));
         }
-        if sh.arch.starts_with("gemma") {
+        if sh.arch.starts_with("gemma") || sh.arch == "glm4" {
             add("post_attention_norm.weight", e, Some(1.0));
             add("post_ffw_norm.weight", e, Some(1.0));
         }

@@ -19,7 +19,7 @@ use crate::model::ubatch;
 mod attention;
 mod moe;
 mod rope;
-mod shapes;
+pub(crate) mod shapes;
 mod switches;
 
 pub use switches::generic_ops_requested;

@@ -5,14 +5,24 @@
 //! instead of reaching the kernels, which trust the shapes they are given.
 
 use crate::error::{Error, Result};
-use crate::model::arch::Config;
+use crate::model::arch::{Arch, Config};
 use crate::model::gguf::GgufFile;
 
-/// Check the shapes (row-major, as candle holds them) of every tensor `cfg` implies.
+/// Check the shapes (row-major, as candle holds them) of every tensor `cfg` implies: for the
+/// native transformer, and for the architectures candle-transformers runs, whose loaders read
+/// each tensor by name and trust its shape.
 pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
     let (e, hd) = (cfg.n_embd, cfg.head_dim);
     let q = cfg.n_head * hd;
     let kv = cfg.n_kv_head * hd;
+    // Phi-2: LayerNorms with biases, one MLP of up and down, every projection biased.
+    let phi2 = cfg.arch == Arch::Phi2;
+    if phi2 && q != e {
+        return Err(Error::BadGguf {
+            path: g.path.clone(),
+            reason: format!("{} heads of {hd} do not make the embedding length {e} (Phi-2 splits the embedding into its heads)", cfg.n_head),
+        });
+    }
     let mut want: Vec<(String, Vec<usize>, bool)> = vec![
         ("token_embd.weight".into(), vec![cfg.vocab_size, e], true),
         ("output.weight".into(), vec![cfg.vocab_size, e], false),
@@ -20,6 +30,8 @@ pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
         ("rope_freqs.weight".into(), vec![hd / 2], false),
         ("rope_factors_long.weight".into(), vec![hd / 2], false),
         ("rope_factors_short.weight".into(), vec![hd / 2], false),
+        ("output_norm.bias".into(), vec![e], phi2),
+        ("output.bias".into(), vec![cfg.vocab_size], phi2),
     ];
     for i in 0..cfg.n_layer {
         let mut t = |n: &str, dims: &[usize], required: bool| want.push((format!("blk.{i}.{n}"), dims.to_vec(), required));
@@ -31,8 +43,19 @@ pub fn check(g: &GgufFile, cfg: &Config) -> Result<()> {
         t("attn_k.weight", &[kv, e], !fused_qkv);
         t("attn_v.weight", &[kv, e], !fused_qkv);
         t("attn_output.weight", &[e, q], true);
-        t("ffn_norm.weight", &[e], true);
+        t("ffn_norm.weight", &[e], !phi2);
+        if phi2 {
+            t("attn_norm.bias", &[e], true);
+            t("attn_qkv.bias", &[q + 2 * kv], true);
+            t("attn_output.bias", &[e], true);
+            t("ffn_up.bias", &[cfg.n_ff], true);
+            t("ffn_down.bias", &[e], true);
+        }
         match &cfg.moe {
+            None if phi2 => {
+                t("ffn_up.weight", &[cfg.n_ff, e], true);
+                t("ffn_down.weight", &[e, cfg.n_ff], true);
+            }
             None if cfg.fused_gate_up => {
                 t("ffn_up.weight", &[2 * cfg.n_ff, e], true);
                 t("ffn_down.weight", &[e, cfg.n_ff], true);
