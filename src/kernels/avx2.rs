@@ -274,7 +274,7 @@ impl<W: Small> Kern for SmallKern<W> {
                     // Decode (one row, or a few sequences batched) streams the weights from DRAM:
                     // fetch the next tile's block now.
                     for c in 0..C {
-                        _mm_prefetch::<_MM_HINT_T0>(w[c].add(b * W::BYTES + ahead) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(w[c].add(b * W::BYTES + ahead) as *const i8);
                     }
                 }
                 if !W::SIGNED && R > 1 {
