@@ -144,7 +144,7 @@ impl KvCache {
     pub fn cpu_layer(&self, layer: usize) -> Result<(&[f16], &[f16])> {
         match &self.store {
             Store::Cpu(layers) => Ok((layers[layer].0.as_slice(), layers[layer].1.as_slice())),
-            _ => Err(Error::Other("cpu_layer on a device cache".into())),
+            _ => Err(Error::Other("cpu_layer on a cache not held in CPU memory by this engine".into())),
         }
     }
 

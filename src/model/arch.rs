@@ -117,6 +117,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// Weight bytes one decoded token reads from `g`: all its tensors, less the share of the
+    /// expert tensors the router leaves unpicked (`1 - n_used / n_expert`) and, unless the output
+    /// is tied to it, the token embedding (read one row per token).
+    pub fn active_weight_bytes(&self, g: &GgufFile) -> u64 {
+        let bytes = |i: &candle_core::quantized::gguf_file::TensorInfo| crate::model::gguf::tensor_bytes(i.ggml_dtype, i.shape.elem_count());
+        let infos = &g.content.tensor_infos;
+        let idle: u64 = match &self.moe {
+            None => 0,
+            Some(m) => infos
+                .iter()
+                .filter(|(name, _)| name.ends_with("_exps.weight"))
+                .map(|(_, i)| bytes(i) / m.n_expert as u64 * (m.n_expert - m.n_used) as u64)
+                .sum(),
+        };
+        let tied = !g.has_tensor("output.weight");
+        let embed = if tied { 0 } else { infos.get("token_embd.weight").map_or(0, bytes) };
+        g.tensor_data_bytes().saturating_sub(idle).saturating_sub(embed)
+    }
+
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch_name = g.architecture()?;
         let arch = match arch_name.as_str() {

@@ -58,15 +58,25 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl CandleModel {
-    /// Load `path` (architecture `arch`) with candle-transformers.
+    /// Load `path` with candle-transformers (its vocabulary arrays dropped first: the models
+    /// read none of them).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let g = GgufFile::open(path)?;
+        let mut g = GgufFile::open(path)?;
+        g.drop_vocabulary();
+        Self::from_gguf(&g, device)
+    }
+
+    /// Load the weights of an opened file, from a copy of its parsed header.
+    pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Self> {
+        let path = g.path.as_path();
         let arch = g.architecture()?;
         if !CANDLE_ARCHS.contains(&arch.as_str()) {
             return Err(Error::UnsupportedArch { path: path.to_path_buf(), arch, supported: CANDLE_ARCHS.join(", ") });
         }
         let mut r = g.reader()?;
-        let mut ct = g.content;
+        let c = &g.content;
+        let infos = c.tensor_infos.iter().map(|(n, i)| (n.clone(), gguf_file::TensorInfo { ggml_dtype: i.ggml_dtype, shape: i.shape.clone(), offset: i.offset }));
+        let mut ct = gguf_file::Content { magic: c.magic, metadata: c.metadata.clone(), tensor_infos: infos.collect(), tensor_data_offset: c.tensor_data_offset };
         cap_context(&mut ct, &arch);
         let fail = |reason: String| Error::BadGguf { path: path.to_path_buf(), reason: format!("candle-transformers' {arch} model: {reason}") };
         let loaded = catch_unwind(AssertUnwindSafe(|| -> candle_core::Result<Self> {
@@ -178,8 +188,8 @@ fn fresh(m: &CandleModel) -> Result<CandleModel> {
 }
 
 impl CandlePass {
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let model = CandleModel::load(path, device)?;
+    pub fn load(g: &GgufFile, device: &Device) -> Result<Self> {
+        let model = CandleModel::from_gguf(g, device)?;
         fresh(&model)?;
         Ok(Self { pristine: Arc::new(model), device: device.clone() })
     }

@@ -49,7 +49,7 @@ impl Network {
             Pass::Native(Transformer::load(g, cfg.clone(), device)?)
         } else {
             crate::model::transformer::shapes::check(g, &cfg)?;
-            Pass::Candle(CandlePass::load(&g.path, device)?)
+            Pass::Candle(CandlePass::load(g, device)?)
         };
         Ok(Self { cfg, pass, file_bytes })
     }

@@ -58,8 +58,7 @@ impl MemoryEstimate {
 pub struct ModelShape {
     pub cfg: Config,
     pub weights: u64,
-    /// Weight bytes one decoded token reads: all for a dense model, for a mixture of experts all
-    /// but the share of the expert tensors its router does not pick (`n_used / n_expert` read).
+    /// Weight bytes one decoded token reads ([`Config::active_weight_bytes`]).
     pub active_weights: u64,
     /// The most a GPU load goes above the final weights: candle reads a tensor's raw bytes and
     /// then copies them to the device, so at tensor `i` of the load order (embedding, layers,
@@ -97,19 +96,11 @@ impl ModelShape {
             before += size;
         }
         let merges = g.str_array("tokenizer.ggml.merges").map(|m| m.len()).unwrap_or(0);
-        let expert_bytes: u64 = g
-            .content
-            .tensor_infos
-            .iter()
-            .filter(|(name, _)| name.contains("_exps."))
-            .map(|(_, i)| tensor_bytes(i.ggml_dtype, i.shape.elem_count()))
-            .sum();
-        let unpicked = cfg.moe.as_ref().map_or(0, |m| expert_bytes / m.n_expert as u64 * (m.n_expert - m.n_used) as u64);
         // candle-transformers keeps the token embedding dequantized to f32 beside the file's.
         let dequantized = if cfg.arch.is_native() { 0 } else { (cfg.vocab_size * cfg.n_embd * 4) as u64 };
         Ok(Self {
             weights: g.tensor_data_bytes() + dequantized,
-            active_weights: g.tensor_data_bytes().saturating_sub(unpicked),
+            active_weights: cfg.active_weight_bytes(&g),
             load_overshoot,
             tokenizer_entries: (cfg.vocab_size + merges) as u64,
             cfg,

@@ -161,20 +161,7 @@ impl Transformer {
         };
         let fast_cpu = device.is_cpu() && !generic_ops_requested();
         let prefill_rows = ubatch::prefill_rows(&cfg, g.tensor_data_bytes(), device.is_cpu());
-        let idle: u64 = match &cfg.moe {
-            None => 0,
-            Some(m) => g
-                .content
-                .tensor_infos
-                .iter()
-                .filter(|(name, _)| name.ends_with("_exps.weight"))
-                .map(|(_, i)| crate::model::gguf::tensor_bytes(i.ggml_dtype, i.shape.elem_count()) / m.n_expert as u64 * (m.n_expert - m.n_used) as u64)
-                .sum(),
-        };
-        // The embedding table is read one row per token, not whole.
-        let embed_bytes = crate::model::gguf::tensor_bytes(embed.dtype(), embed.shape().elem_count());
-        let tied = !g.has_tensor("output.weight");
-        let active_bytes = g.tensor_data_bytes().saturating_sub(idle).saturating_sub(if tied { 0 } else { embed_bytes });
+        let active_bytes = cfg.active_weight_bytes(g);
         Ok(Self {
             cfg,
             embed,
