@@ -122,6 +122,25 @@ fn generic_ops_on_cpu_match_the_fast_path() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The device path builds a pass's attention mask once per window of the model's layers,
+/// `[seq, kv_len]`, shared by every layer and query head, and none for a decode step (per layer
+/// and query head it was 90 times as many bytes on SmolLM2's 30 layers of 3 query heads per KV
+/// head: host work and an upload a GPU pays in every prefill pass).
+#[test]
+fn generic_path_builds_one_mask_per_pass_and_window() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for (key, windows) in [(common::SMOL, 1u64), (common::GEMMA, 2)] {
+        let model = load(&common::model_path(key), &Device::Cpu, true);
+        let prompt = reference_prompt(key);
+        let n = prompt.len() as u64;
+        let mut cache = model.new_cache(prompt.len() + 2).unwrap();
+        let logits = model.forward(&prompt, &mut cache).unwrap();
+        assert_eq!(model.mask_bytes_built(), windows * n * n * 4, "{key}: mask bytes of one {n}-token pass");
+        model.forward(&[argmax(&logits)], &mut cache).unwrap();
+        assert_eq!(model.mask_bytes_built(), windows * n * n * 4, "{key}: a decode step needs no mask");
+    }
+}
+
 /// The architectures without a bundled real file, on their tiny synthetic files: Gemma 2's
 /// soft-caps and alternating windows, Phi-3's fused matrices and LongRoPE, Llama 3's RoPE factors.
 /// Their peaked random weights make every rounding difference larger than on real models, so a

@@ -1,9 +1,14 @@
 //! Attention of one layer: the q/k/v projections, q/k norms and RoPE over every row of a step,
 //! then per segment either the CPU fast path (llama.cpp-style attention straight over the f16
 //! cache, `engine::attention`) or candle's tensor ops (mask + softmax, the code a GPU runs).
+//! The device path's masks are built once per forward pass, one `[seq, kv_len]` per segment and
+//! window, and shared by every layer and query head (see [`PassMasks`]).
+
+use std::sync::atomic::Ordering;
 
 use candle_core::Tensor;
 
+use super::stacked::split;
 use super::{Layer, Segment, Transformer};
 use crate::engine::attention::{self, AttnShape};
 use crate::engine::KvCache;
@@ -11,43 +16,93 @@ use crate::kernels::with_cpu_f32;
 use crate::model::arch::RopeStyle;
 use crate::model::row_ops::rope_cpu;
 
+/// The first cache position a query at `pos` (the first of its step) attends to under `window`.
+fn first_key(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
+/// The device path's additive masks of one forward pass: per segment, one per distinct window
+/// of the model's layers (None: causal only), absent where nothing is masked (one query over
+/// keys all in its window).
+pub(super) struct PassMasks(Vec<Vec<(Option<usize>, Option<Tensor>)>>);
+
+impl PassMasks {
+    fn get(&self, seg: usize, window: Option<usize>) -> Option<&Tensor> {
+        self.0[seg].iter().find(|(w, _)| *w == window).and_then(|(_, m)| m.as_ref())
+    }
+}
+
 impl Transformer {
-    /// Additive mask `[n_rep * seq, kv_len]` for queries at `pos..pos+seq` over keys `0..kv_len`.
-    fn mask(&self, pos: usize, seq: usize, kv_start: usize, kv_len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
-        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
-        let mut m = Vec::with_capacity(n_rep * seq * kv_len);
-        for _ in 0..n_rep {
-            for i in 0..seq {
-                let qp = pos + i;
-                for j in 0..kv_len {
-                    let kp = kv_start + j;
-                    let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
-                    m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
+    /// The masks of a pass over `segs` (nothing on the CPU fast path, which needs none).
+    pub(super) fn pass_masks(&self, segs: &[Segment<'_>]) -> candle_core::Result<PassMasks> {
+        if self.fast_cpu {
+            return Ok(PassMasks(Vec::new()));
+        }
+        let mut windows: Vec<Option<usize>> = Vec::new();
+        for l in &self.layers {
+            if !windows.contains(&l.window) {
+                windows.push(l.window);
             }
         }
-        Tensor::from_vec(m, (n_rep * seq, kv_len), &self.device)
+        let mut out = Vec::with_capacity(segs.len());
+        for sg in segs {
+            let (seq, pos) = (sg.tokens.len(), sg.cache.len());
+            let mut per = Vec::with_capacity(windows.len());
+            for &w in &windows {
+                let kv_start = first_key(pos, w);
+                let kv_len = pos + seq - kv_start;
+                let needed = seq > 1 || w.is_some_and(|w| kv_len > w);
+                per.push((w, needed.then(|| self.mask(pos, seq, kv_start, kv_len, w)).transpose()?));
+            }
+            out.push(per);
+        }
+        Ok(PassMasks(out))
+    }
+
+    /// Additive mask `[seq, kv_len]` for queries at `pos..pos+seq` over keys
+    /// `kv_start..kv_start+kv_len`.
+    fn mask(&self, pos: usize, seq: usize, kv_start: usize, kv_len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+        let mut m = Vec::with_capacity(seq * kv_len);
+        for i in 0..seq {
+            let qp = pos + i;
+            for j in 0..kv_len {
+                let kp = kv_start + j;
+                let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
+                m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        self.mask_bytes.fetch_add((m.len() * std::mem::size_of::<f32>()) as u64, Ordering::Relaxed);
+        Tensor::from_vec(m, (seq, kv_len), &self.device)
+    }
+
+    /// Bytes of attention masks built on the host so far (the device path uploads each).
+    pub fn mask_bytes_built(&self) -> u64 {
+        self.mask_bytes.load(Ordering::Relaxed)
     }
 
     /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
     /// projections run once over all rows, each segment attends over its own cache.
-    pub(super) fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor), masks: &PassMasks) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         // Each step takes its input by value, so a prefill's intermediate copies are freed as
         // soon as the next one exists (activations are most of a small model's working memory).
+        // Every segment's rows at once: heads first, norms and RoPE (per-row positions) in one
+        // pass each, then attention per segment over its own cache.
+        let rows = x.dim(1)?;
         let (q, k, v) = {
-            let [mut q, mut k, mut v]: [Tensor; 3] =
-                self.mm_many(&[&l.wq, &l.wk, &l.wv], x)?.try_into().expect("three projections");
-            if let Some((bq, bk, bv)) = &l.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+            // Each group's output `[1, rows, heads * d]` → heads first, then each part's heads
+            // (one copy per part, whether the parts were stacked or not).
+            let mut heads = Vec::with_capacity(3);
+            for (y, part_rows) in self.project(&l.qkv, x)? {
+                let n = y.dim(2)? / c.head_dim;
+                let y = y.reshape((1, rows, n, c.head_dim))?.transpose(1, 2)?;
+                for part in split(&y, 1, part_rows, c.head_dim)? {
+                    heads.push(part.contiguous()?);
+                }
             }
-            // Every segment's rows at once: heads first, norms and RoPE (per-row positions) in
-            // one pass each, then attention per segment over its own cache.
-            let rows = x.dim(1)?;
-            let heads = |t: Tensor, n: usize| t.reshape((1, rows, n, c.head_dim))?.transpose(1, 2)?.contiguous();
-            (heads(q, c.n_head)?, heads(k, c.n_kv_head)?, heads(v, c.n_kv_head)?)
+            let [q, k, v]: [Tensor; 3] = heads.try_into().expect("three projections");
+            (q, k, v)
         };
         let norm = |t: Tensor, w: Option<&Tensor>| match w {
             Some(w) => self.rms_norm(&t, w),
@@ -70,10 +125,11 @@ impl Transformer {
         } else {
             let mut outs = Vec::with_capacity(segs.len());
             let mut off = 0;
-            for sg in segs.iter_mut() {
+            for (si, sg) in segs.iter_mut().enumerate() {
                 let (seq, pos) = (sg.tokens.len(), sg.cache.len());
                 let part = |t: &Tensor| t.narrow(2, off, seq)?.contiguous();
-                outs.push(self.attention_device(l, li, &part(&q)?, &part(&k)?, &part(&v)?, pos, sg.cache)?);
+                let mask = masks.get(si, l.window);
+                outs.push(self.attention_device(l, li, &part(&q)?, &part(&k)?, &part(&v)?, pos, sg.cache, mask)?);
                 off += seq;
             }
             if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? }
@@ -122,19 +178,15 @@ impl Transformer {
 
     /// Other devices: the same attention with candle's tensor ops (mask + softmax).
     #[allow(clippy::too_many_arguments)]
-    fn attention_device(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+    fn attention_device(&self, l: &Layer, li: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let (b, _, seq, _) = q.dims4()?;
         let (mut ka, mut va) = cache.append_device(li, k, v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let total = pos + seq;
-        let mut kv_start = 0;
-        if let Some(w) = l.window {
-            let first_needed = (pos + 1).saturating_sub(w);
-            if first_needed > 0 {
-                ka = ka.narrow(2, first_needed, total - first_needed)?;
-                va = va.narrow(2, first_needed, total - first_needed)?;
-                kv_start = first_needed;
-            }
+        let kv_start = first_key(pos, l.window);
+        if kv_start > 0 {
+            ka = ka.narrow(2, kv_start, total - kv_start)?;
+            va = va.narrow(2, kv_start, total - kv_start)?;
         }
         let kv_len = total - kv_start;
         let n_rep = c.n_head / c.n_kv_head;
@@ -144,10 +196,10 @@ impl Transformer {
         if let Some(cap) = c.attn_softcap {
             att = ((att / cap as f64)?.tanh()? * cap as f64)?;
         }
-        let att = if seq > 1 || l.window.is_some_and(|w| kv_len > w) {
-            att.broadcast_add(&self.mask(pos, seq, kv_start, kv_len, l.window)?)?
-        } else {
-            att
+        // The pass's `[seq, kv_len]` mask, broadcast over the KV heads and each one's query heads.
+        let att = match mask {
+            Some(m) => att.reshape((b, c.n_kv_head, n_rep, seq, kv_len))?.broadcast_add(m)?.reshape((b, c.n_kv_head, n_rep * seq, kv_len))?,
+            None => att,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let out = att.matmul(&va.contiguous()?)?;

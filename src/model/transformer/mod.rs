@@ -20,21 +20,21 @@ mod attention;
 mod moe;
 mod rope;
 pub(crate) mod shapes;
+mod stacked;
 mod switches;
 
 pub use switches::generic_ops_requested;
 use moe::{Ffn, Mlp, Moe};
 use rope::RopeFactors;
+use stacked::Stacked;
 use switches::{step_lock_for, GPU_STEP_LOCKS};
 
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    /// q, k, v (with Qwen 2's biases).
+    qkv: Stacked,
     wo: QMatMul,
-    bias: Option<(Tensor, Tensor, Tensor)>,
     qk_norm: Option<(Tensor, Tensor)>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
@@ -64,18 +64,24 @@ pub struct Transformer {
     /// Weight bytes one decoded token reads: all of them for a dense model; for a mixture of
     /// experts, all but the experts a token does not pick.
     active_bytes: u64,
+    /// Bytes of attention masks built so far (device path; see `attention::PassMasks`).
+    mask_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Transformer {
     pub fn load(g: &GgufFile, cfg: Config, device: &Device) -> Result<Self> {
         shapes::check(g, &cfg)?;
+        let fast_cpu = device.is_cpu() && !generic_ops_requested();
+        // The device path stacks q|k|v and gate|up (see `stacked`): their parts are read into CPU
+        // memory first, then stacked or uploaded one by one.
+        let cpu = Device::Cpu;
         let mut r = g.reader()?;
         let mut q = |name: &str| g.tensor(&mut r, name, device);
         let embed = Arc::new(q("token_embd.weight")?);
         let mut layers = Vec::with_capacity(cfg.n_layer);
         let (mut r2, mut r3) = (g.reader()?, g.reader()?);
-        let mut opt = |name: &str| -> Result<Option<QTensor>> {
-            if g.has_tensor(name) { g.tensor(&mut r2, name, device).map(Some) } else { Ok(None) }
+        let mut opt_on = |name: &str, on: &Device| -> Result<Option<QTensor>> {
+            if g.has_tensor(name) { g.tensor(&mut r2, name, on).map(Some) } else { Ok(None) }
         };
         let missing = |name: &str| Error::BadGguf {
             path: g.path.clone(),
@@ -84,31 +90,32 @@ impl Transformer {
         let mut all = Vec::new();
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let mut req = |n: &str| -> Result<QTensor> {
+            let mut req_on = |n: &str, on: &Device| -> Result<QTensor> {
                 let name = format!("{p}.{n}.weight");
-                opt(&name)?.ok_or_else(|| missing(&name))
+                opt_on(&name, on)?.ok_or_else(|| missing(&name))
             };
-            let attn_norm = req("attn_norm")?;
+            let attn_norm = req_on("attn_norm", device)?;
             // Fused Q/K/V (Phi-3) and gate/up (Phi-3's `ffn_up`) are read as separate matrices.
             let (q_rows, kv_rows) = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim);
             let qkv_name = format!("{p}.attn_qkv.weight");
             let qkv: [QTensor; 3] = if g.has_tensor(&qkv_name) {
-                g.tensor_row_groups(&mut r3, &qkv_name, &[q_rows, kv_rows, kv_rows], device)?.try_into().expect("three parts")
+                g.tensor_row_groups(&mut r3, &qkv_name, &[q_rows, kv_rows, kv_rows], &cpu)?.try_into().expect("three parts")
             } else {
-                [req("attn_q")?, req("attn_k")?, req("attn_v")?]
+                [req_on("attn_q", &cpu)?, req_on("attn_k", &cpu)?, req_on("attn_v", &cpu)?]
             };
-            let wo = req("attn_output")?;
-            let ffn_norm = req("ffn_norm")?;
+            let wo = req_on("attn_output", device)?;
+            let ffn_norm = req_on("ffn_norm", device)?;
             let dense = match (&cfg.moe, cfg.fused_gate_up) {
                 (Some(_), _) => None,
                 (None, true) => {
                     let name = format!("{p}.ffn_up.weight");
                     let [gate, up]: [QTensor; 2] =
-                        g.tensor_row_groups(&mut r3, &name, &[cfg.n_ff, cfg.n_ff], device)?.try_into().expect("two parts");
-                    Some([gate, up, req("ffn_down")?])
+                        g.tensor_row_groups(&mut r3, &name, &[cfg.n_ff, cfg.n_ff], &cpu)?.try_into().expect("two parts");
+                    Some([gate, up, req_on("ffn_down", device)?])
                 }
-                (None, false) => Some([req("ffn_gate")?, req("ffn_up")?, req("ffn_down")?]),
+                (None, false) => Some([req_on("ffn_gate", &cpu)?, req_on("ffn_up", &cpu)?, req_on("ffn_down", device)?]),
             };
+            let mut opt = |name: &str| opt_on(name, device);
             let bq = opt(&format!("{p}.attn_q.bias"))?;
             let bk = opt(&format!("{p}.attn_k.bias"))?;
             let bv = opt(&format!("{p}.attn_v.bias"))?;
@@ -124,11 +131,13 @@ impl Transformer {
         for (i, [attn_norm, wo, ffn_norm], [wq, wk, wv], dense, experts, [bq, bk, bv], [qn, kn, pan, pfn]) in all {
             let ffn = match (experts, dense) {
                 (Some(m), _) => Ffn::Moe(m),
-                (None, Some([gate, up, down])) => Ffn::Dense(Mlp { gate: mm(gate)?, up: mm(up)?, down: mm(down)? }),
+                (None, Some([gate, up, down])) => {
+                    Ffn::Dense(Mlp { gate_up: Stacked::new(vec![gate, up], None, !fast_cpu, device)?, down: mm(down)? })
+                }
                 (None, None) => unreachable!("a layer has experts or a dense feed-forward"),
             };
             let bias = match (bq, bk, bv) {
-                (Some(a), Some(b), Some(c)) => Some((deq(a)?, deq(b)?, deq(c)?)),
+                (Some(a), Some(b), Some(c)) => Some(vec![deq(a)?, deq(b)?, deq(c)?]),
                 _ => None,
             };
             let qk_norm = match (qn, kn) {
@@ -138,11 +147,8 @@ impl Transformer {
             let window = cfg.window_of(i);
             layers.push(Layer {
                 attn_norm: deq(attn_norm)?,
-                wq: mm(wq)?,
-                wk: mm(wk)?,
-                wv: mm(wv)?,
+                qkv: Stacked::new(vec![wq, wk, wv], bias, !fast_cpu, device)?,
                 wo: mm(wo)?,
-                bias,
                 qk_norm,
                 post_attn_norm: pan.map(deq).transpose()?,
                 ffn_norm: deq(ffn_norm)?,
@@ -159,7 +165,6 @@ impl Transformer {
         } else {
             QMatMul::from_arc(embed.clone()).map_err(Error::candle("tying the output to the embedding"))?
         };
-        let fast_cpu = device.is_cpu() && !generic_ops_requested();
         let prefill_rows = ubatch::prefill_rows(&cfg, g.tensor_data_bytes(), device.is_cpu());
         let active_bytes = cfg.active_weight_bytes(g);
         Ok(Self {
@@ -174,6 +179,7 @@ impl Transformer {
             step_lock: step_lock_for(device),
             prefill_rows,
             active_bytes,
+            mask_bytes: Default::default(),
         })
     }
 
@@ -199,7 +205,7 @@ impl Transformer {
     }
 
     fn mlp(&self, m: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = self.mm_many(&[&m.gate, &m.up], x)?.try_into().expect("two projections");
+        let [gate, up]: [Tensor; 2] = self.project_parts(&m.gate_up, x)?.try_into().expect("two projections");
         let h = self.gated(gate, up)?;
         self.mm(&m.down, &h)
     }
@@ -260,10 +266,11 @@ impl Transformer {
                 ropes.push((l.rope_base, rope::tables(c, l.rope_base, &rows, &self.device)?));
             }
         }
+        let masks = self.pass_masks(segs)?;
         let n_layers = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
             let rope = &ropes.iter().find(|(b, _)| *b == l.rope_base).expect("a table per base").1;
-            let mut h = self.attention(l, li, &self.rms_norm(&x, &l.attn_norm)?, segs, rope)?;
+            let mut h = self.attention(l, li, &self.rms_norm(&x, &l.attn_norm)?, segs, rope, &masks)?;
             if let (Some(idx), true) = (&keep, li + 1 == n_layers) {
                 h = h.index_select(idx, 1)?;
                 x = x.index_select(idx, 1)?;

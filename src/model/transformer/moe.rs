@@ -11,6 +11,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use super::stacked::Stacked;
 use super::Transformer;
 use crate::error::{Error, Result};
 use crate::model::arch::MoeConfig;
@@ -18,9 +19,14 @@ use crate::model::gguf::GgufFile;
 
 /// A gated MLP: `down(act(gate · x) ⊙ (up · x))`.
 pub(super) struct Mlp {
-    pub gate: QMatMul,
-    pub up: QMatMul,
+    pub gate_up: Stacked,
     pub down: QMatMul,
+}
+
+/// An MLP of separate matrices (experts: the decode step fuses the picked ones' calls itself).
+fn parts(gate: QTensor, up: QTensor, down: QTensor) -> Result<Mlp> {
+    let device = gate.device();
+    Ok(Mlp { gate_up: Stacked::new(vec![gate, up], None, false, &device)?, down: mm(down)? })
 }
 
 pub(super) struct Moe {
@@ -50,13 +56,13 @@ impl Moe {
             .into_iter()
             .zip(ups)
             .zip(downs)
-            .map(|((gate, up), down)| Ok(Mlp { gate: mm(gate)?, up: mm(up)?, down: mm(down)? }))
+            .map(|((gate, up), down)| parts(gate, up, down))
             .collect::<Result<Vec<_>>>()?;
         let shared = match cfg.n_ff_shared {
             None => None,
             Some(_) => {
                 let mut q = |kind: &str| g.tensor(r, &format!("{p}.{kind}.weight"), device);
-                let mlp = Mlp { gate: mm(q("ffn_gate_shexp")?)?, up: mm(q("ffn_up_shexp")?)?, down: mm(q("ffn_down_shexp")?)? };
+                let mlp = parts(q("ffn_gate_shexp")?, q("ffn_up_shexp")?, q("ffn_down_shexp")?)?;
                 let gate = q("ffn_gate_inp_shexp")?.dequantize(device).map_err(Error::candle("dequantizing the shared expert's gate"))?;
                 Some((mlp, gate))
             }
@@ -136,7 +142,10 @@ impl Transformer {
     /// A decode step: the picked experts' gate and up projections share one input, so they run
     /// as one fused call; the down projections follow one by one.
     fn moe_one_row(&self, m: &Moe, x: &Tensor, picks: &[(usize, f32)]) -> candle_core::Result<Tensor> {
-        let ws: Vec<&QMatMul> = picks.iter().flat_map(|&(e, _)| [&m.experts[e].gate, &m.experts[e].up]).collect();
+        let ws: Vec<&QMatMul> = picks
+            .iter()
+            .flat_map(|&(e, _)| m.experts[e].gate_up.parts().expect("experts keep separate matrices"))
+            .collect();
         let gu = self.mm_many(&ws, x)?;
         let mut out: Option<Tensor> = None;
         for (pair, &(e, w)) in gu.chunks_exact(2).zip(picks) {
