@@ -62,3 +62,37 @@ fn a_cached_generation_writes_the_fresh_text_and_computes_only_new_tokens() {
         second.stats.prompt_tokens
     );
 }
+
+/// Requests that begin alike (a system prompt and the template's start) but ask different
+/// things: after the first, each of the others starts from a copy of the shared positions of the
+/// first one's kept cache, which stays for the next (served requests arriving together all skip
+/// computing their beginning), and each writes what it writes from an empty cache.
+#[test]
+fn requests_sharing_a_beginning_all_start_from_the_kept_cache_and_write_the_same() {
+    use std::sync::Arc;
+    use moa_local::runtime::{DeviceSpec, Runtime};
+    let rt = Arc::new(Runtime::new(DeviceSpec::Cpu).unwrap());
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let m = tokio.block_on(rt.load("qwen-coder")).unwrap();
+    let req = |q: &str| {
+        let msgs = vec![Message { role: "system".into(), content: "You are a concise assistant that answers in one sentence.".into() }, Message::user(q)];
+        GenerateRequest::new(Prompt::Chat(msgs), 12, SamplingParams::greedy())
+    };
+    let asks = ["Name a primary color.", "What is two plus two?", "Name a planet."];
+    let fresh: Vec<_> = asks.iter().map(|q| m.generate(&req(q), &mut |_| Control::Continue).unwrap()).collect();
+    let first = tokio.block_on(rt.generate_batched(m.clone(), req(asks[0]), None, |_| Control::Continue)).unwrap();
+    assert_eq!(first.ids, fresh[0].ids);
+    assert_eq!(rt.prefix_caches().0, 1, "the first request's cache is kept");
+    for (q, want) in asks[1..].iter().zip(&fresh[1..]) {
+        let g = tokio.block_on(rt.generate_batched(m.clone(), req(q), None, |_| Control::Continue)).unwrap();
+        assert_eq!(g.ids, want.ids, "{q}: starting from the shared positions changed the answer");
+        assert!(
+            g.stats.prefilled_tokens * 2 < g.stats.prompt_tokens,
+            "{q}: computed {} of {} prompt tokens; the system prompt was shared",
+            g.stats.prefilled_tokens,
+            g.stats.prompt_tokens
+        );
+    }
+    // The first cache stayed (copied from, not taken) and each request's own cache was kept.
+    assert_eq!(rt.prefix_caches().0, 3);
+}

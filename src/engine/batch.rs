@@ -117,7 +117,8 @@ impl Batch {
             return;
         }
         let max_draft = self.running.iter().filter(|r| r.decoding).map(|r| r.opts.max_draft).max().unwrap_or(0);
-        let k = if max_draft > 0 { self.len.choose(max_draft) } else { 0 };
+        let drafting = self.running.iter().filter(|r| r.decoding && r.opts.max_draft > 0).count();
+        let k = if max_draft > 0 { self.len.choose_for(max_draft, drafting) } else { 0 };
         let mut budget = self.prefill_budget;
         // (index, fed tokens, rows wanted)
         let mut plan: Vec<(usize, Vec<u32>, usize)> = Vec::with_capacity(self.running.len());
@@ -159,8 +160,12 @@ impl Batch {
                 return;
             }
         };
-        let extra: usize = plan.iter().filter(|p| self.running[p.0].decoding).map(|p| p.1.len() - 1).sum();
-        self.len.observe_pass(extra, t.elapsed().as_secs_f64());
+        // Decode passes only: a pass that also prefills says nothing about the cost of rows of
+        // drafts.
+        if plan.iter().all(|p| self.running[p.0].decoding) {
+            let extra: usize = plan.iter().map(|p| p.1.len() - 1).sum();
+            self.len.observe_pass(extra, t.elapsed().as_secs_f64());
+        }
         for ((i, _, want), logits) in plan.into_iter().zip(out) {
             let r = &mut self.running[i];
             if want == 0 {

@@ -105,7 +105,11 @@ impl Lookup {
 /// over recent passes (older ones decay); acceptance as geometric with a per-token probability
 /// `p`, estimated as accepted / (accepted + mismatches) (a draft is accepted up to its first
 /// mismatch, so the tokens after it say nothing). The length maximises expected tokens per
-/// second, `(1 − p^(k+1)) / (1 − p) / (a + b·k)`; 0 when no draft beats a 1-row step.
+/// second, `(1 − p^(k+1)) / (1 − p) / (a + b·k)`; 0 when no draft beats a 1-row step. In a
+/// batch of `n` decoding sequences (see [`DraftLength::choose_for`]) the pass's rows are all of
+/// theirs, `a + b·n·k`, for `n` times the tokens: each sequence's share is `a / n + b·k`, so
+/// drafts that pay for one sequence (a memory-bound step, rows nearly free) stop paying once
+/// the batch makes the step compute-bound.
 pub struct DraftLength {
     /// Decayed sums for the fit: weight, Σx, Σy, Σx², Σxy (x = extra rows, y = seconds).
     sums: [f64; 5],
@@ -171,11 +175,17 @@ impl DraftLength {
 
     /// Draft length for the next step (0: a plain 1-row step), at most `cap`.
     pub fn choose(&mut self, cap: usize) -> usize {
+        self.choose_for(cap, 1)
+    }
+
+    /// Draft length per sequence for the next pass of `n` decoding sequences (each drafting up
+    /// to the length chosen; passes observed with their total extra rows).
+    pub fn choose_for(&mut self, cap: usize, n: usize) -> usize {
         let cap = cap.min(MAX_DRAFT);
         if cap == 0 {
             return 0;
         }
-        let Some((a, b)) = self.cost() else {
+        let Some((a, b)) = self.cost().map(|(a, b)| (a / n.max(1) as f64, b)) else {
             // Measure a 1-row step first, then a short draft.
             return if self.seen[0] { cap.min(2) } else { 0 };
         };
@@ -281,5 +291,18 @@ mod tests {
         let picks: Vec<usize> = (0..32).map(|_| d.choose(8)).collect();
         assert!(picks.iter().filter(|&&k| k > 0).count() <= 2, "failing drafts stop but for probes: {picks:?}");
         assert_eq!(d.choose(0), 0);
+    }
+
+    #[test]
+    fn a_batch_drafts_only_while_its_rows_are_cheap_per_sequence() {
+        // Passes of 8 sequences: 60 ms for their 8 rows, 6.25 ms per extra row (compute-bound).
+        let mut d = DraftLength::default();
+        d.observe_pass(0, 0.060);
+        d.observe_pass(16, 0.160);
+        // One sequence would draft on these numbers (a step's 60 ms buys 9 extra rows)...
+        assert!(d.choose(8) > 0);
+        // ...eight share the step: 7.5 ms each, and a drafted row at 6.25 ms accepted 2 times
+        // in 3 does not pay.
+        assert_eq!(d.choose_for(8, 8), 0);
     }
 }

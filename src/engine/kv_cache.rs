@@ -174,8 +174,14 @@ impl KvCache {
 
     /// A deep copy holding the same positions, with at least `capacity` room.
     pub fn fork(&self, capacity: usize) -> Result<Self> {
-        let capacity = capacity.max(self.len);
-        let (h, d, len) = (self.n_kv_head, self.head_dim, self.len);
+        self.fork_prefix(self.len, capacity)
+    }
+
+    /// A deep copy of the first `len` positions (at most all), with at least `capacity` room.
+    pub fn fork_prefix(&self, len: usize, capacity: usize) -> Result<Self> {
+        let len = len.min(self.len);
+        let capacity = capacity.max(len);
+        let (h, d) = (self.n_kv_head, self.head_dim);
         let store = match &self.store {
             Store::Cpu(layers) => Store::Cpu(
                 layers
@@ -206,6 +212,10 @@ impl KvCache {
                     out.push((nk, nv));
                 }
                 Store::Device(out)
+            }
+            // A state kept elsewhere forks whole (it cannot be cut here).
+            Store::Opaque(_) if len < self.len => {
+                return Err(Error::Other("a cache kept by its forward pass cannot be forked in part".into()))
             }
             Store::Opaque(s) => Store::Opaque(s.fork()?),
         };

@@ -211,7 +211,7 @@ pub async fn run(rt: Arc<Runtime>, recipe: &Recipe, conv: &[Message], opts: &Run
                         };
                         let Some(m) = rt.loaded_model(name) else { return true };
                         let rt2 = rt.clone();
-                        let kept: TakeKept = Box::new(move |m, ids| rt2.take_prefix(m, ids));
+                        let kept: TakeKept = Box::new(move |m, ids| rt2.take_prefix(m, ids, capacity));
                         let started = s.start(m, capacity, Some(kept));
                         if let Err(e) = &started {
                             ctx.notice(format!("early prefill of {name} for layer {} not started: {e}", layer + 1));

@@ -40,6 +40,14 @@ impl PromptCache {
         model.cache_bytes(self.cache.capacity())
     }
 
+    /// A deep copy of the first `len` tokens' positions with room for `capacity`: a new
+    /// prompt that shares only a beginning with this one (a system prompt) starts from it
+    /// while this one stays whole.
+    pub fn fork_prefix(&self, len: usize, capacity: usize) -> Result<PromptCache> {
+        let len = len.min(self.tokens.len());
+        Ok(PromptCache { cache: self.cache.fork_prefix(len, capacity)?, tokens: self.tokens[..len].to_vec() })
+    }
+
     /// A deep copy (same tokens, same capacity): several samples of one prompt start from one
     /// prefill.
     pub fn fork(&self) -> Result<PromptCache> {

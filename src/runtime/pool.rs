@@ -288,8 +288,8 @@ impl Runtime {
     }
 
     /// The kept cache of `model` sharing the longest prefix with `tokens` (removed from the store).
-    pub fn take_prefix(&self, model: &Model, tokens: &[u32]) -> Option<PromptCache> {
-        self.prefixes.take(model, tokens)
+    pub fn take_prefix(&self, model: &Model, tokens: &[u32], positions: usize) -> Option<PromptCache> {
+        self.prefixes.take(model, tokens, positions)
     }
 
     /// Drop every kept prompt cache (a benchmark's runs must each start cold).
@@ -339,7 +339,7 @@ impl Runtime {
         tokio::task::spawn_blocking(move || {
             let _cores = Tenant::enter();
             let (text, ids) = model.tokenize_prompt(&req.prompt)?;
-            let mut pc = match pc.or_else(|| this.prefixes.take(&model, &ids)) {
+            let mut pc = match pc.or_else(|| this.prefixes.take(&model, &ids, ids.len() + req.max_tokens)) {
                 Some(pc) => pc,
                 None => model.new_prompt_cache(ids.len() + req.max_tokens)?,
             };
@@ -365,7 +365,7 @@ impl Runtime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (text, ids) = model.tokenize_prompt(&req.prompt)?;
         model.check_request(&ids, &req)?;
-        let pc = pc.or_else(|| self.prefixes.take(&model, &ids));
+        let pc = pc.or_else(|| self.prefixes.take(&model, &ids, ids.len() + req.max_tokens));
         let capacity = pc.as_ref().map_or(0, |p| p.capacity()).max(ids.len() + req.max_tokens);
         let bytes = model.cache_bytes(capacity);
         self.kv.set_budget(self.kv_budget());

@@ -27,9 +27,13 @@ pub struct PrefixStore {
 }
 
 impl PrefixStore {
-    /// The stored cache of `model` sharing the longest prefix with `prompt` (at least
-    /// [`MIN_SHARED`] tokens), removed from the store: one generation uses it at a time.
-    pub fn take(&self, model: &Model, prompt: &[u32]) -> Option<PromptCache> {
+    /// A cache of `model` sharing the longest prefix with `prompt` (at least [`MIN_SHARED`]
+    /// tokens), with room for `positions`. A stored cache the prompt continues (the next turn
+    /// of its conversation) is removed from the store: one generation uses it at a time. One
+    /// that goes on differently after the shared part (the system prompt and template of
+    /// another request) stays, and the prompt gets a copy of the shared positions: concurrent
+    /// requests that begin alike all skip computing their beginning.
+    pub fn take(&self, model: &Model, prompt: &[u32], positions: usize) -> Option<PromptCache> {
         let mut g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (best, shared) = g
             .0
@@ -38,7 +42,17 @@ impl PrefixStore {
             .filter(|(_, e)| e.model == model.path)
             .map(|(i, e)| (i, common_prefix(e.pc.tokens(), prompt)))
             .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))?;
-        (shared >= MIN_SHARED).then(|| g.0.swap_remove(best).pc)
+        if shared < MIN_SHARED {
+            return None;
+        }
+        if shared < g.0[best].pc.tokens().len() {
+            if let Ok(pc) = g.0[best].pc.fork_prefix(shared, positions) {
+                g.1 += 1;
+                g.0[best].used = g.1;
+                return Some(pc);
+            }
+        }
+        Some(g.0.swap_remove(best).pc)
     }
 
     /// Keep `pc` for later, dropping least recently used caches beyond `cap` bytes in all.
