@@ -5,7 +5,8 @@
 # step's output in order) and $OUT/steps.txt (exit codes and times); each step has its own timeout so
 # a slow step leaves the others' results.
 #
-#   bash benches/gpu_run.sh DIR     # DIR holds moa-local.xz, device_path.xz, lib_tests.xz, llama-bench.xz
+#   bash benches/gpu_run.sh DIR     # DIR holds moa-local.xz, device_path.xz, llama-bench.xz
+#                                   # (optional: lib_tests.xz, moa-base.xz = a previous binary for A/B)
 #   STEPS="cuda_test moa_bench" bash benches/gpu_run.sh DIR   # only these steps (default: all)
 #
 # The binaries are built on the CPU machine (see docs/gpu.md "Measuring on a lent GPU"):
@@ -32,27 +33,45 @@ step() { # name timeout command...
 { nvidia-smi; nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv; lscpu; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } > "$OUT/machine.txt" 2>&1
 ldd "$bin/moa-local" "$bin/llama-bench" >> "$OUT/machine.txt" 2>&1
 
-# (a) CUDA vs CPU on small random-weight models: logits and 16 greedy tokens.
-step cuda_test 120 "$bin/device_path" cuda_matches_cpu --nocapture --test-threads 1
-# (b) moa-local pp512/tg128 on 7B-shaped Q4_K_M files (written here, kept for llama-bench).
-step moa_bench 180 "$bin/moa-local" bench --device cuda:0 --synthetic qwen2:7b:q4_k_m --synthetic llama:7b:q4_k_m \
-  --synthetic-dir "$syn" -p 512 -n 128 -r "${REPS:-5}"
+# (a) CUDA vs CPU on small random-weight models (logits and 16 greedy tokens), and two models
+# decoding at once on one device against their solo runs.
+step cuda_test 150 "$bin/device_path" cuda_ --nocapture --test-threads 1
+# (b) moa-local pp512/tg128 on 7B-shaped Q4_K_M files (written here, kept for llama-bench). The
+# text output ends with each test's host time against device wait per pass.
+step moa_bench 200 "$bin/moa-local" bench --device cuda:0 --synthetic qwen2:7b:q4_k_m --synthetic llama:7b:q4_k_m \
+  --synthetic-dir "$syn" -p 512 -n 128 -r "${REPS:-3}"
 # (c) llama.cpp on the same files (all layers on the GPU; flash attention off like moa-local).
-step llama_bench 150 "$bin/llama-bench" -m "$syn/qwen2-7b-q4_k_m.gguf" -m "$syn/llama-7b-q4_k_m.gguf" -p 512 -n 128 -r "${REPS:-5}" -ngl 99 -fa 0
-# (d) plan (free memory from the driver) and a 3-proposer MoA, once per way of sharing the GPU (#4):
-# per-thread streams, a stream per model, one stream, one forward step at a time.
+step llama_bench 150 "$bin/llama-bench" -m "$syn/qwen2-7b-q4_k_m.gguf" -m "$syn/llama-7b-q4_k_m.gguf" -p 512 -n 128 -r "${REPS:-3}" -ngl 99 -fa 0
+# (d) A/B in the same run: the previous binary (moa-base, when carried: before the shared masks
+# and stacked projections) and this one with each host-cost setting back at candle's default.
+if [ -x "$bin/moa-base" ]; then
+  step moa_base 120 "$bin/moa-base" bench --device cuda:0 --synthetic qwen2:7b:q4_k_m --synthetic llama:7b:q4_k_m \
+    --synthetic-dir "$syn" -p 512 -n 128 -r "${REPS:-3}"
+fi
+for cfg in MOA_CUDA_EVENTS=on; do
+  (export "$cfg"; step "moa_${cfg#MOA_CUDA_}" 90 "$bin/moa-local" bench --device cuda:0 --synthetic qwen2:7b:q4_k_m \
+    --synthetic-dir "$syn" -p 512 -n 128 -r "${REPS:-3}")
+done
+# (e) plan (free memory from the driver) and a 3-proposer MoA (text table: proposers done, wait for
+# the first aggregate token, decode tok/s, per mode of the MoA bench), a stream per model (the
+# default), then with STEPS=moa_modes one stream for all and one forward step at a time.
 m3="$syn/qwen2-7b-q4_k_m.gguf,$syn/llama-7b-q4_k_m.gguf,$syn/qwen2-7b-q4_k_m.gguf"
 step plan 30 "$bin/moa-local" plan --device cuda:0 --models "$m3" "hello"
-for cfg in MOA_CUDA_STREAMS=thread MOA_CUDA_STREAMS=model MOA_CUDA_STREAMS=shared MOA_CUDA_CONCURRENCY=steps; do
-  (export "$cfg"; step "moa_${cfg#*=}" 75 "$bin/moa-local" bench --device cuda:0 --moa "$m3" --layers 2 --max-tokens 64 -r 3 --json)
-done
-# CPU kernels on this host's CPU (AVX-512 VNNI where it has it): correctness, then the Q4_0/Q5_0
-# prefill kernel AVX2 vs VNNI on a 0.5B-shaped file (Q5_0 is most of Qwen2.5-0.5B).
-step cpu_kernels 60 "$bin/lib_tests" kernels:: --test-threads 4
-cat > /tmp/cpu_vnni.sh <<EOF
+step moa_default 150 "$bin/moa-local" bench --device cuda:0 --moa "$m3" --layers 2 --max-tokens 64 -r "${MOA_REPS:-1}"
+case " ${STEPS:-all} " in *" moa_modes "*)
+  for cfg in MOA_CUDA_STREAMS=shared MOA_CUDA_CONCURRENCY=steps; do
+    (export "$cfg"; STEPS=all step "moa_${cfg#*=}" 150 "$bin/moa-local" bench --device cuda:0 --moa "$m3" --layers 2 --max-tokens 64 -r "${MOA_REPS:-1}")
+  done;;
+esac
+# CPU kernels on this host's CPU (AVX-512 VNNI where it has it), when lib_tests is carried:
+# correctness, then the Q4_0/Q5_0 prefill kernel AVX2 vs VNNI on a 0.5B-shaped file.
+if [ -x "$bin/lib_tests" ]; then
+  step cpu_kernels 60 "$bin/lib_tests" kernels:: --test-threads 4
+  cat > /tmp/cpu_vnni.sh <<EOF2
 for isa in avx2 best avx2 best; do
   MOA_KERNEL_ISA=\$isa "$bin/moa-local" bench --synthetic qwen2:0.5b:q4_k_m --synthetic-dir "$syn" -p 128 -n 0 -r 3 -t 4 2>&1 | sed "s/^/\$isa: /"
 done
-EOF
-step cpu_vnni 90 bash /tmp/cpu_vnni.sh
+EOF2
+  step cpu_vnni 90 bash /tmp/cpu_vnni.sh
+fi
 ls -la "$syn" >> "$OUT/steps.txt"

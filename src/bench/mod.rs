@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::engine::{Forward, KvCache};
 use crate::error::Result;
+use crate::model::transformer::PassTimes;
 use crate::model::Model;
 
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,10 @@ pub struct TestResult {
     pub samples_tps: Vec<f64>,
     pub mean_tps: f64,
     pub sd_tps: f64,
+    /// Per pass of the timed runs: host time building and issuing it against the wait for the
+    /// device (see `Transformer::pass_times`; meaningful on a GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_times: Option<PassTimes>,
 }
 
 /// Mean and sample standard deviation.
@@ -31,7 +36,7 @@ fn mean_sd(samples: &[f64]) -> (f64, f64) {
 
 fn stats(test: String, tokens: usize, samples: Vec<f64>) -> TestResult {
     let (mean_tps, sd_tps) = mean_sd(&samples);
-    TestResult { test, tokens, mean_tps, sd_tps, samples_tps: samples }
+    TestResult { test, tokens, mean_tps, sd_tps, samples_tps: samples, pass_times: None }
 }
 
 /// Deterministic pseudo-random token ids (llama-bench also feeds random tokens).
@@ -60,21 +65,23 @@ pub fn largest_kv_bytes(model: &Model, pp: usize, tg: usize, batch: usize) -> u6
 
 /// Tokens per second of `reps` timed runs after one warm-up; `run` sets up untimed and returns
 /// the duration of its timed part.
-fn sample(reps: usize, tokens: usize, mut run: impl FnMut() -> Result<Duration>) -> Result<Vec<f64>> {
+/// The model's pass clock restarts after the warm-up, so that what it reads next covers the timed runs.
+fn sample(model: &Model, reps: usize, tokens: usize, mut run: impl FnMut() -> Result<Duration>) -> Result<Vec<f64>> {
     run()?;
+    model.transformer.pass_times();
     (0..reps).map(|_| Ok(tokens as f64 / run()?.as_secs_f64())).collect()
 }
 
 /// Prefill `n` tokens in one forward, `reps` times (after one warm-up).
 pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 1);
-    let samples = sample(reps, n, || {
+    let samples = sample(model, reps, n, || {
         let mut c = cache(model, n)?;
         let t = Instant::now();
         model.transformer.forward(&toks, &mut c)?;
         Ok(t.elapsed())
     })?;
-    Ok(stats(format!("pp{n}"), n, samples))
+    Ok(TestResult { pass_times: model.transformer.pass_times(), ..stats(format!("pp{n}"), n, samples) })
 }
 
 /// One timed run of `toks` generated one at a time from an empty cache.
@@ -102,8 +109,8 @@ fn tg_batch_run(model: &Model, toks: &[u32], batch: usize) -> Result<Duration> {
 /// Generate `n` tokens one at a time from an empty cache, `reps` times (after one warm-up).
 pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<TestResult> {
     let toks = tokens(n, model.cfg().vocab_size, 2);
-    let samples = sample(reps, n, || tg_run(model, &toks))?;
-    Ok(stats(format!("tg{n}"), n, samples))
+    let samples = sample(model, reps, n, || tg_run(model, &toks))?;
+    Ok(TestResult { pass_times: model.transformer.pass_times(), ..stats(format!("tg{n}"), n, samples) })
 }
 
 /// What decoding `batch` sequences in one forward gains over one sequence: aggregate tok/s over

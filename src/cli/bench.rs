@@ -177,6 +177,15 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        // Where a pass's time goes, where work is queued on a device (on the CPU fast path the
+        // host part is the whole compute).
+        if !device.is_cpu() || moa_local::model::transformer::generic_ops_requested() {
+            for r in &rows {
+                for t in r.results.iter().filter(|t| t.pass_times.is_some()) {
+                    println!("\n{} {}: {}", r.model, t.test, t.pass_times.as_ref().map(|p| p.describe()).unwrap_or_default());
+                }
+            }
+        }
         let mem: Vec<String> = rows.iter().filter_map(|r| r.memory.as_ref().map(|m| m.line(&r.model))).collect();
         if !mem.is_empty() {
             println!("\nmemory (CPU): {}", mem.join("; "));

@@ -76,6 +76,15 @@ impl Network {
         }
     }
 
+    /// Host time against device wait per pass since the last call (native path; the
+    /// candle-transformers path is not measured).
+    pub fn pass_times(&self) -> Option<crate::model::transformer::PassTimes> {
+        match &self.pass {
+            Pass::Native(t) => Some(t.pass_times()),
+            Pass::Candle(_) => None,
+        }
+    }
+
     /// Weight bytes one decoded token reads (a mixture of experts reads only the picked ones).
     pub fn active_bytes(&self) -> u64 {
         match &self.pass {

@@ -45,15 +45,16 @@ fn bad_device(s: &str) -> Error {
 }
 
 /// How work on one CUDA device is spread over streams (`MOA_CUDA_STREAMS`):
-/// - `thread` (default): candle's per-thread default stream, so each generation (each runs on its
-///   own worker thread) issues its kernels on its own stream;
-/// - `model`: one explicit stream per loaded model, shared by that model's generations;
+/// - `model` (default): every loaded model has its own candle device handle — its own stream and
+///   cuBLAS handle — so concurrent models overlap on the GPU and share no buffer;
 /// - `shared`: one stream for everything on the device (work of concurrent models serializes).
 ///
-/// Measured on an H100 with 3 concurrent proposers (benches/README.md).
+/// candle's per-thread default stream (once the default) is not offered: two models decoding at
+/// once on it wrote different tokens than alone (`cuda_concurrent_models_match_their_solo_runs`,
+/// H200, benches/README.md), since every model then shares one cuBLAS handle and its workspace.
+/// Measured with 3 concurrent proposers in benches/README.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CudaStreams {
-    PerThread,
     PerModel,
     Shared,
 }
@@ -61,17 +62,16 @@ pub enum CudaStreams {
 impl CudaStreams {
     pub fn from_env() -> Result<Self> {
         match std::env::var("MOA_CUDA_STREAMS").as_deref() {
-            Err(_) | Ok("") | Ok("thread") => Ok(Self::PerThread),
-            Ok("model") => Ok(Self::PerModel),
+            Err(_) | Ok("") | Ok("model") => Ok(Self::PerModel),
             Ok("shared") => Ok(Self::Shared),
-            Ok(other) => Err(Error::InvalidRequest(format!("MOA_CUDA_STREAMS={other}: expected thread, model or shared"))),
+            Ok(other) => Err(Error::InvalidRequest(format!("MOA_CUDA_STREAMS={other}: expected model or shared"))),
         }
     }
 }
 
 impl DeviceSpec {
-    /// The device a model is loaded on, given the runtime's `shared` one: on CUDA with
-    /// `MOA_CUDA_STREAMS=model` a new handle with its own stream, otherwise `shared` itself.
+    /// The device a model is loaded on, given the runtime's `shared` one: on CUDA (unless
+    /// `MOA_CUDA_STREAMS=shared`) a new handle with its own stream, otherwise `shared` itself.
     pub fn open_for_model(&self, shared: &Device) -> Result<Device> {
         match self {
             DeviceSpec::Cuda(_) if CudaStreams::from_env()? == CudaStreams::PerModel => self.open(),
@@ -89,11 +89,11 @@ impl DeviceSpec {
                         "device {self} requested but this build has no CUDA support (rebuild with `cargo build --release --features cuda`)"
                     )));
                 }
-                let d = match CudaStreams::from_env()? {
-                    CudaStreams::PerThread => Device::new_cuda(*i),
-                    CudaStreams::PerModel | CudaStreams::Shared => Device::new_cuda_with_stream(*i),
-                };
-                d.map_err(Error::candle(format!("opening {self}")))
+                // Every handle gets its own stream: with `model` each model opens its own, with
+                // `shared` the runtime's one handle is the only one models use.
+                let d = Device::new_cuda_with_stream(*i).map_err(Error::candle(format!("opening {self}")))?;
+                cuda_host_cost::tune(&d, self)?;
+                Ok(d)
             }
             DeviceSpec::Metal => {
                 if !cfg!(feature = "metal") {
@@ -161,6 +161,39 @@ fn cuda_free_memory(spec: &DeviceSpec) -> Result<u64> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_free_memory(spec: &DeviceSpec) -> Result<u64> {
     spec.open().map(|_| 0)
+}
+
+/// Per-op host cost on CUDA (#24): candle creates two CUDA events with every allocation for
+/// cudarc's cross-stream tracking, and records and waits on them around every op once a context
+/// has more than one stream. Here a tensor is only ever used on the stream of the handle it was
+/// made on (a model's weights, caches and activations all live on that model's handle; nothing
+/// on the device passes between models), so the tracking only costs: it is switched off at open
+/// (`MOA_CUDA_EVENTS=on` keeps it, for measuring: 7.0 against 5.8 ms of host time per decoded
+/// token of a 7B model on an H200, benches/README.md).
+#[cfg(feature = "cuda")]
+mod cuda_host_cost {
+    use candle_core::Device;
+
+    use super::DeviceSpec;
+    use crate::error::{Error, Result};
+
+    pub(super) fn tune(dev: &Device, spec: &DeviceSpec) -> Result<()> {
+        let cuda = dev.as_cuda_device().map_err(Error::candle(format!("opening {spec}")))?;
+        if std::env::var("MOA_CUDA_EVENTS").as_deref() != Ok("on") {
+            // SAFETY: every tensor made from this handle is used on its one stream only (see
+            // above), so no cross-stream synchronisation is needed; tensors made from now on
+            // just skip creating and recording events.
+            unsafe { cuda.disable_event_tracking() };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda_host_cost {
+    pub(super) fn tune(_: &candle_core::Device, _: &super::DeviceSpec) -> crate::error::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parse a memory size like `8GiB`, `512MiB`, `6G`, `1.5GB` or a byte count.

@@ -80,6 +80,11 @@ impl Transformer {
         self.mask_bytes.load(Ordering::Relaxed)
     }
 
+    /// Host time against device wait per pass since the last call (see `pass_clock`).
+    pub fn pass_times(&self) -> super::PassTimes {
+        self.clock.take()
+    }
+
     /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
     /// projections run once over all rows, each segment attends over its own cache.
     #[allow(clippy::too_many_arguments)]

@@ -18,11 +18,13 @@ use crate::model::ubatch;
 
 mod attention;
 mod moe;
+mod pass_clock;
 mod rope;
 pub(crate) mod shapes;
 mod stacked;
 mod switches;
 
+pub use pass_clock::{PassSplit, PassTimes};
 pub use switches::generic_ops_requested;
 use moe::{Ffn, Mlp, Moe};
 use rope::RopeFactors;
@@ -66,6 +68,8 @@ pub struct Transformer {
     active_bytes: u64,
     /// Bytes of attention masks built so far (device path; see `attention::PassMasks`).
     mask_bytes: std::sync::atomic::AtomicU64,
+    /// Host time against device wait per pass (see [`pass_clock`]).
+    clock: pass_clock::PassClock,
 }
 
 impl Transformer {
@@ -180,6 +184,7 @@ impl Transformer {
             prefill_rows,
             active_bytes,
             mask_bytes: Default::default(),
+            clock: Default::default(),
         })
     }
 
@@ -232,6 +237,7 @@ impl Transformer {
     /// returns the last position's logits of each segment that asks for them, in order.
     fn forward_inner(&self, segs: &mut [Segment<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
+        let started = std::time::Instant::now();
         let all: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let ids = Tensor::new(all.as_slice(), &self.device)?;
         let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
@@ -289,11 +295,16 @@ impl Transformer {
             sg.cache.advance(sg.tokens.len());
         }
         if last_rows.is_empty() {
+            // A piece of a prompt: no copy to wait in (the next pass's copy waits for it too).
+            self.clock.record(false, started.elapsed(), std::time::Duration::ZERO);
             return Ok(Vec::new());
         }
         let last = self.rms_norm(&x, &self.norm)?;
         let logits = self.mm(&self.output, &last)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let issued = std::time::Instant::now();
         let mut rows = logits.to_vec2::<f32>()?;
+        let decode = segs.iter().all(|s| s.tokens.len() == 1);
+        self.clock.record(decode, issued - started, issued.elapsed());
         if let Some(cap) = c.final_softcap {
             for x in rows.iter_mut().flatten() {
                 *x = cap * (*x / cap).tanh();
