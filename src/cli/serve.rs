@@ -30,8 +30,9 @@ pub struct ServeArgs {
     /// Requests that may wait for a run slot; more get HTTP 429 with Retry-After.
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
-    /// Requests running at once (default: --parallel). Requests and MoA agents of the same model
-    /// share its decode loop's batch.
+    /// Requests running at once (default: every served model's decode loop full, --parallel
+    /// each; beyond what memory holds, sequences wait in their loop). Requests and MoA agents of
+    /// the same model share its decode loop's batch.
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// MoA runs at once (default 1: each plans the whole memory budget for its agents; raise it
@@ -54,8 +55,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if a.moa.json || a.moa.show_proposals {
         anyhow::bail!("--json and --show-proposals apply to a single run, not to `serve`");
     }
-    let concurrency = a.concurrency.unwrap_or(a.parallel);
-    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(a.parallel >= 1, "--parallel must be at least 1");
     anyhow::ensure!(a.moa_concurrency >= 1, "--moa-concurrency must be at least 1");
     let recipe = recipe_of(&a.moa)?;
@@ -72,7 +71,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.recipes = recipes;
     cfg.api_key = a.api_key.clone();
     cfg.queue = a.queue;
-    cfg.concurrency = concurrency;
+    cfg.concurrency = a.concurrency.unwrap_or_else(|| cfg.full_loops(a.parallel));
+    anyhow::ensure!(cfg.concurrency >= 1, "--concurrency must be at least 1");
     cfg.moa_concurrency = a.moa_concurrency;
     anyhow::ensure!(a.max_body >= 1024, "--max-body must be at least 1024 bytes");
     cfg.max_body_bytes = a.max_body;

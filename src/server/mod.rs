@@ -47,8 +47,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Requests that may wait for a run slot (beyond the running ones).
     pub queue: usize,
-    /// Requests running at once (default `runtime::pool::DEFAULT_PARALLEL`): single-model
-    /// requests batch in their model's decode loop.
+    /// Requests running at once (default [`ServerConfig::full_loops`]): single-model requests
+    /// batch in their model's decode loop.
     pub concurrency: usize,
     /// MoA runs at once (default 1: each plans the whole memory budget for its agents). Their
     /// agents batch in the model decode loops with everything else.
@@ -76,6 +76,23 @@ impl ServerConfig {
             early_prefill: true,
         };
         Self { recipe, recipes: BTreeMap::new(), api_key: None, queue: 8, concurrency: crate::runtime::pool::DEFAULT_PARALLEL, moa_concurrency: 1, defaults, system: None, max_body_bytes: DEFAULT_MAX_BODY }
+    }
+
+    /// Requests that can run at once when every served local model's decode loop is full
+    /// (`parallel` sequences each): `--concurrency`'s default. Memory is what admits them: a
+    /// sequence whose KV cache does not fit yet waits in its loop until one leaves, so running
+    /// more requests than memory holds costs nothing but their place. Remote endpoints batch on
+    /// their own side and add no loop here.
+    pub fn full_loops(&self, parallel: usize) -> usize {
+        let mut local: Vec<String> = Vec::new();
+        for r in std::iter::once(&self.recipe).chain(self.recipes.values()) {
+            for m in r.model_names() {
+                if !crate::runtime::remote::is_remote(&m) && !local.contains(&m) {
+                    local.push(m);
+                }
+            }
+        }
+        parallel.max(1) * local.len().max(1)
     }
 }
 
@@ -183,5 +200,25 @@ impl Server {
             eprintln!("moa-local serve: shutting down");
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moa::recipe::Overrides;
+
+    fn recipe(models: &[&str], aggregator: &str) -> Recipe {
+        let o = Overrides { models: Some(models.iter().map(|s| s.to_string()).collect()), aggregator: Some(aggregator.into()), ..Default::default() };
+        Recipe::build(None, &o, &[]).unwrap()
+    }
+
+    #[test]
+    fn concurrency_defaults_to_every_local_loop_full() {
+        let mut cfg = ServerConfig::new(recipe(&["qwen-coder", "smollm2"], "qwen-coder"));
+        assert_eq!(cfg.full_loops(4), 8, "two local models, four sequences each");
+        cfg.recipes.insert("remote".into(), recipe(&["gemma3", "https://box:8000/v1#big"], "smollm2"));
+        assert_eq!(cfg.full_loops(4), 12, "gemma3 adds a loop; the endpoint batches on its own side");
+        assert_eq!(cfg.full_loops(0), 3, "at least one sequence per loop");
     }
 }
