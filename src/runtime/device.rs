@@ -51,7 +51,9 @@ fn bad_device(s: &str) -> Error {
 ///
 /// candle's per-thread default stream (once the default) is not offered: two models decoding at
 /// once on it wrote different tokens than alone (`cuda_concurrent_models_match_their_solo_runs`,
-/// H200, benches/README.md), since every model then shares one cuBLAS handle and its workspace.
+/// H200, benches/README.md). Not traced further; the likely causes are the one cuBLAS handle (and
+/// workspace) every model then shares, and buffers freed on another thread's stream than the one
+/// still using them.
 /// Measured with 3 concurrent proposers in benches/README.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CudaStreams {
