@@ -4,9 +4,10 @@
 //!
 //! - Always: the generic path on CPU (`MOA_GENERIC_OPS=1`, the same code a GPU runs) on the
 //!   real test models, so the GPU path is exercised by every CI run.
-//! - With `--features cuda` (run on a machine with a GPU): CUDA against the CPU fast path on a
-//!   small random-weight model written by moa-local (`qwen2:0.5b:q4_k_m` shapes: Q4_K, Q5_0, Q6_K,
-//!   Q8_0 weights), which is how a lent GPU machine checks it (no model files reach it).
+//! - With `--features cuda` (run on a machine with a GPU): CUDA against the CPU's f32 reference
+//!   (weights dequantized, see `load_exact`) on small random-weight models written by moa-local
+//!   (`qwen2:0.5b:q4_k_m` shapes: Q4_K, Q5_0, Q6_K, Q8_0 weights; llama, gemma2, phi3), which is
+//!   how a lent GPU machine checks it (no model files reach it); and two models at once on one GPU.
 //!
 //! Both check what a user relies on: the prompt's logits close (the top logit within 2%, the RMS
 //! of the difference within 5% of the logits' RMS; see [`TOP_REL`]), and
@@ -168,6 +169,25 @@ fn generic_ops_on_cpu_match_the_fast_path_on_synthetic_architectures() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The f32 reference of a file: the CPU's generic path with candle's weights dequantized to f32
+/// (`CANDLE_DEQUANTIZE_ALL`, read once per thread, so on a thread of its own), f32 activations.
+/// CUDA (int8 activations in 32-blocks) is checked against it rather than against the CPU fast
+/// path (int8 in 256-blocks): two int8 pipelines can part on either side of the exact value
+/// (on an H200, `phi3:tiny:q4_k_m`'s top logit: exact 11.515, CPU fast 11.759, CUDA 11.411; CUDA
+/// with f32 activations 11.515).
+#[cfg(feature = "cuda")]
+fn load_exact(path: &Path) -> Transformer {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+        let t = load(&path, &Device::Cpu, true);
+        std::env::remove_var("CANDLE_DEQUANTIZE_ALL");
+        t
+    })
+    .join()
+    .unwrap()
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_matches_cpu_on_a_random_weight_model() {
@@ -179,24 +199,19 @@ fn cuda_matches_cpu_on_a_random_weight_model() {
     for spec in ["qwen2:0.5b:q4_k_m", "llama:135m:q8_0", "gemma2:tiny:q4_k_m", "phi3:tiny:q4_k_m"] {
         let path = dir.join(format!("{}.gguf", spec.replace(':', "-")));
         write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 7).unwrap();
-        let cpu = load(&path, &Device::Cpu, false);
+        let exact = load_exact(&path);
         let mut cuda = load(&path, &moa_local::runtime::DeviceSpec::Cuda(0).open().expect("opening cuda:0"), false);
-        let vocab = cpu.cfg.vocab_size as u32;
+        let vocab = exact.cfg.vocab_size as u32;
         let prompt: Vec<u32> = (0..40u32).map(|i| (300 + i * 37) % vocab).collect();
-        failures.extend(compare(&format!("{spec} cuda"), &cpu, &cuda, &prompt, 0.0));
-        // Where a difference comes from, printed (not asserted): the same ops on the CPU, and
-        // candle's CUDA kernels on f32 activations (dequantized weights) instead of int8 ones.
-        let generic = load(&path, &Device::Cpu, true);
-        for f in compare(&format!("{spec} cuda against generic-cpu"), &generic, &cuda, &prompt, 0.0) {
-            eprintln!("  (diagnostic) {f}");
+        failures.extend(compare(&format!("{spec} cuda"), &exact, &cuda, &prompt, 0.0));
+        // The CPU fast path against the same reference, for scale (printed, not asserted here:
+        // the CPU tests check it).
+        let fast = load(&path, &Device::Cpu, false);
+        for f in compare(&format!("{spec} cpu fast path"), &exact, &fast, &prompt, 0.0) {
+            eprintln!("  (cpu fast path) {f}");
         }
-        candle_core::quantized::cuda::set_force_dmmv(true);
-        for f in compare(&format!("{spec} cuda f32 activations"), &cpu, &cuda, &prompt, 0.0) {
-            eprintln!("  (diagnostic) {f}");
-        }
-        candle_core::quantized::cuda::set_force_dmmv(false);
         cuda.set_prefill_rows(16);
-        failures.extend(compare(&format!("{spec} cuda in passes"), &cpu, &cuda, &prompt, 0.0));
+        failures.extend(compare(&format!("{spec} cuda in passes"), &exact, &cuda, &prompt, 0.0));
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{failures:#?}");
