@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use candle_core::Tensor;
 
+use super::rope::PassRope;
 use super::stacked::split;
 use super::{Layer, Segment, Transformer};
 use crate::engine::attention::{self, AttnShape};
@@ -88,7 +89,7 @@ impl Transformer {
     /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
     /// projections run once over all rows, each segment attends over its own cache.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &(Tensor, Tensor), masks: &PassMasks) -> candle_core::Result<Tensor> {
+    pub(super) fn attention(&self, l: &Layer, li: usize, x: &Tensor, segs: &mut [Segment<'_>], rope: &PassRope, masks: &PassMasks) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         // Each step takes its input by value, so a prefill's intermediate copies are freed as
         // soon as the next one exists (activations are most of a small model's working memory).
@@ -103,7 +104,9 @@ impl Transformer {
                 let n = y.dim(2)? / c.head_dim;
                 let y = y.reshape((1, rows, n, c.head_dim))?.transpose(1, 2)?;
                 for part in split(&y, 1, part_rows, c.head_dim)? {
-                    heads.push(part.contiguous()?);
+                    // The device path's values stay a strided view: their only use is the cache's
+                    // f16 cast, which reads it in place (one copy fewer per layer).
+                    heads.push(if heads.len() == 2 && !self.fast_cpu { part } else { part.contiguous()? });
                 }
             }
             let [q, k, v]: [Tensor; 3] = heads.try_into().expect("three projections");
@@ -114,8 +117,7 @@ impl Transformer {
             None => Ok(t),
         };
         let (q, k) = (norm(q, l.qk_norm.as_ref().map(|n| &n.0))?, norm(k, l.qk_norm.as_ref().map(|n| &n.1))?);
-        let (cos, sin) = rope;
-        let rot = |t: Tensor| {
+        let rot = |t: Tensor, (cos, sin): (&Tensor, &Tensor)| {
             if self.fast_cpu {
                 return rope_cpu(&t, cos, sin, c.rope_style);
             }
@@ -124,7 +126,8 @@ impl Transformer {
                 RopeStyle::Neox => candle_nn::rotary_emb::rope(&t, cos, sin),
             }
         };
-        let (q, k) = (rot(q)?, rot(k)?);
+        // On the device path the queries come out scaled by the attention scale (see PassRope).
+        let (q, k) = (rot(q, rope.for_queries())?, rot(k, (&rope.cos, &rope.sin))?);
         let out = if self.fast_cpu {
             self.attention_cpu(l, li, &q, &k, &v, segs)?
         } else {
@@ -134,7 +137,7 @@ impl Transformer {
                 let (seq, pos) = (sg.tokens.len(), sg.cache.len());
                 let part = |t: &Tensor| t.narrow(2, off, seq)?.contiguous();
                 let mask = masks.get(si, l.window);
-                outs.push(self.attention_device(l, li, &part(&q)?, &part(&k)?, &part(&v)?, pos, sg.cache, mask)?);
+                outs.push(self.attention_device(l, li, &part(&q)?, &part(&k)?, &v.narrow(2, off, seq)?, pos, sg.cache, mask)?);
                 off += seq;
             }
             if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 1)? }
@@ -197,7 +200,8 @@ impl Transformer {
         let n_rep = c.n_head / c.n_kv_head;
         // Group query heads by their KV head: [b, n_kv, n_rep * seq, d], no KV copies.
         let qg = q.reshape((b, c.n_kv_head, n_rep * seq, c.head_dim))?;
-        let mut att = (qg.matmul(&ka.contiguous()?.t()?)? * c.attn_scale as f64)?;
+        // The queries carry the attention scale already (their RoPE tables are scaled).
+        let mut att = qg.matmul(&ka.contiguous()?.t()?)?;
         if let Some(cap) = c.attn_softcap {
             att = ((att / cap as f64)?.tanh()? * cap as f64)?;
         }

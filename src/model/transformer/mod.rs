@@ -266,10 +266,10 @@ impl Transformer {
                 (sg.cache.len()..sg.cache.len() + sg.tokens.len()).map(move |p| (p, f))
             })
             .collect();
-        let mut ropes: Vec<(f32, (Tensor, Tensor))> = Vec::new();
+        let mut ropes: Vec<(f32, rope::PassRope)> = Vec::new();
         for l in &self.layers {
             if !ropes.iter().any(|(b, _)| *b == l.rope_base) {
-                ropes.push((l.rope_base, rope::tables(c, l.rope_base, &rows, &self.device)?));
+                ropes.push((l.rope_base, rope::PassRope::new(c, l.rope_base, &rows, &self.device, !self.fast_cpu)?));
             }
         }
         let masks = self.pass_masks(segs)?;

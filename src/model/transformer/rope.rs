@@ -64,3 +64,27 @@ pub(super) fn tables(cfg: &Config, base: f32, rows: &[(usize, Option<&[f32]>)], 
     }
     Ok((Tensor::from_vec(cos, (rows.len(), half), device)?, Tensor::from_vec(sin, (rows.len(), half), device)?))
 }
+
+/// One pass's RoPE tables for a base: cos/sin for the keys, and on the device path the same
+/// tables times the attention scale for the queries, so that `q·kᵀ` comes out scaled (RoPE is
+/// linear): two ops per pass instead of a scaling op per layer. The CPU fast path scales inside
+/// its attention and gets no query tables.
+pub(super) struct PassRope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub q: Option<(Tensor, Tensor)>,
+}
+
+impl PassRope {
+    pub(super) fn new(cfg: &Config, base: f32, rows: &[(usize, Option<&[f32]>)], device: &Device, scale_queries: bool) -> candle_core::Result<Self> {
+        let (cos, sin) = tables(cfg, base, rows, device)?;
+        let s = cfg.attn_scale as f64;
+        let q = scale_queries.then(|| Ok::<_, candle_core::Error>(((&cos * s)?, (&sin * s)?))).transpose()?;
+        Ok(Self { cos, sin, q })
+    }
+
+    /// The tables for the queries: scaled where this pass has them.
+    pub(super) fn for_queries(&self) -> (&Tensor, &Tensor) {
+        self.q.as_ref().map_or((&self.cos, &self.sin), |(c, s)| (c, s))
+    }
+}
