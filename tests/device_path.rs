@@ -45,6 +45,14 @@ fn load(path: &Path, device: &Device, generic: bool) -> Transformer {
     t
 }
 
+/// A random-weight file of `spec` (`arch:size:quant`) written into `dir`.
+fn synthetic(dir: &Path, spec: &str, seed: u64) -> std::path::PathBuf {
+    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
+    let path = dir.join(format!("{}.gguf", spec.replace(':', "-")));
+    write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, seed).unwrap();
+    path
+}
+
 fn greedy(model: &Transformer, prompt: &[u32]) -> Vec<u32> {
     let mut cache = model.new_cache(prompt.len() + STEPS).unwrap();
     let mut sampler = Sampler::new(SamplingParams::greedy());
@@ -149,13 +157,11 @@ fn generic_path_builds_one_mask_per_pass_and_window() {
 /// attention on against off, from `tests/data/parity/`), the yardstick of `logit_parity`.
 #[test]
 fn generic_ops_on_cpu_match_the_fast_path_on_synthetic_architectures() {
-    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for spec in ["gemma2:tiny:q4_k_m", "phi3:tiny:q4_k_m", "llama:tiny:q4_k_m"] {
-        let path = dir.path().join(format!("{}.gguf", spec.replace(':', "-")));
-        write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 1).unwrap();
+        let path = synthetic(dir.path(), spec, 1);
         let fast = load(&path, &Device::Cpu, false);
         let mut generic = load(&path, &Device::Cpu, true);
         let prompt: Vec<u32> = (0..40u32).map(|i| (11 + i * 37) % 500).collect();
@@ -191,14 +197,11 @@ fn load_exact(path: &Path) -> Transformer {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_matches_cpu_on_a_random_weight_model() {
-    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("moa-cuda-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for spec in ["qwen2:0.5b:q4_k_m", "llama:135m:q8_0", "gemma2:tiny:q4_k_m", "phi3:tiny:q4_k_m"] {
-        let path = dir.join(format!("{}.gguf", spec.replace(':', "-")));
-        write_synthetic(&SyntheticSpec::parse(spec).unwrap(), &path, 7).unwrap();
+        let path = synthetic(dir.path(), spec, 7);
         let exact = load_exact(&path);
         let mut cuda = load(&path, &moa_local::runtime::DeviceSpec::Cuda(0).open().expect("opening cuda:0"), false);
         let vocab = exact.cfg.vocab_size as u32;
@@ -213,7 +216,6 @@ fn cuda_matches_cpu_on_a_random_weight_model() {
         cuda.set_prefill_rows(16);
         failures.extend(compare(&format!("{spec} cuda in passes"), &exact, &cuda, &prompt, 0.0));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -225,20 +227,14 @@ fn cuda_matches_cpu_on_a_random_weight_model() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_concurrent_models_match_their_solo_runs() {
-    use moa_local::model::synthetic::{write_synthetic, SyntheticSpec};
     use moa_local::runtime::DeviceSpec;
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("moa-cuda-concurrent-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let spec = DeviceSpec::Cuda(0);
     let shared = spec.open().expect("opening cuda:0");
     let models: Vec<Transformer> = ["qwen2:0.5b:q4_k_m", "llama:135m:q8_0"]
         .iter()
-        .map(|syn| {
-            let path = dir.join(format!("{}.gguf", syn.replace(':', "-")));
-            write_synthetic(&SyntheticSpec::parse(syn).unwrap(), &path, 11).unwrap();
-            load(&path, &spec.open_for_model(&shared).unwrap(), false)
-        })
+        .map(|syn| load(&synthetic(dir.path(), syn, 11), &spec.open_for_model(&shared).unwrap(), false))
         .collect();
     let prompt: Vec<u32> = (0..40u32).map(|i| 300 + i * 37).collect();
     let run = |m: &Transformer| {
@@ -259,5 +255,4 @@ fn cuda_concurrent_models_match_their_solo_runs() {
             assert_eq!(t1, t2, "round {round}, model {i}: greedy tokens changed when run beside another model");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

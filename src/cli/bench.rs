@@ -181,8 +181,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         // host part is the whole compute).
         if !device.is_cpu() || moa_local::model::transformer::generic_ops_requested() {
             for r in &rows {
-                for t in r.results.iter().filter(|t| t.pass_times.is_some()) {
-                    println!("\n{} {}: {}", r.model, t.test, t.pass_times.as_ref().map(|p| p.describe()).unwrap_or_default());
+                for (t, p) in r.results.iter().filter_map(|t| t.pass_times.as_ref().map(|p| (t, p))) {
+                    println!("\n{} {}: {}", r.model, t.test, p.describe());
                 }
             }
         }

@@ -84,15 +84,8 @@ impl ServerConfig {
     /// more requests than memory holds costs nothing but their place. Remote endpoints batch on
     /// their own side and add no loop here.
     pub fn full_loops(&self, parallel: usize) -> usize {
-        let mut local: Vec<String> = Vec::new();
-        for r in std::iter::once(&self.recipe).chain(self.recipes.values()) {
-            for m in r.model_names() {
-                if !crate::runtime::remote::is_remote(&m) && !local.contains(&m) {
-                    local.push(m);
-                }
-            }
-        }
-        parallel.max(1) * local.len().max(1)
+        let recipes = std::iter::once((MOA_MODEL, &self.recipe)).chain(self.recipes.iter().map(|(n, r)| (n.as_str(), r)));
+        parallel.max(1) * models::local_models(recipes).len().max(1)
     }
 }
 

@@ -55,20 +55,29 @@ impl ModelEntry {
     }
 }
 
-/// The entries of every model the recipes use, in first-use order.
-pub fn open_all(rt: &Runtime, recipes: &[(String, Arc<Recipe>)]) -> Result<Vec<Arc<ModelEntry>>> {
-    let mut out: Vec<Arc<ModelEntry>> = Vec::new();
+/// Every local model the recipes use, in first-use order, with the first recipe that uses it.
+/// A remote agent's model lives on its endpoint (which checks its own context and batches on its
+/// own side), so it is not among them.
+pub fn local_models<'a>(recipes: impl IntoIterator<Item = (&'a str, &'a Recipe)>) -> Vec<(&'a str, String)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
     for (rname, r) in recipes {
         for name in r.model_names() {
-            // A remote agent's model lives on its endpoint, which checks its own context.
-            if is_remote(&name) || out.iter().any(|e| e.name == name) {
-                continue;
+            if !is_remote(&name) && !out.iter().any(|(_, n)| *n == name) {
+                out.push((rname, name));
             }
-            let e = ModelEntry::open(rt, &name).map_err(|e| Error::Config(format!("recipe `{rname}`: model {name}: {e}")))?;
-            out.push(Arc::new(e));
         }
     }
-    Ok(out)
+    out
+}
+
+/// The entries of every model the recipes use, in first-use order.
+pub fn open_all(rt: &Runtime, recipes: &[(String, Arc<Recipe>)]) -> Result<Vec<Arc<ModelEntry>>> {
+    local_models(recipes.iter().map(|(n, r)| (n.as_str(), r.as_ref())))
+        .into_iter()
+        .map(|(rname, name)| {
+            ModelEntry::open(rt, &name).map(Arc::new).map_err(|e| Error::Config(format!("recipe `{rname}`: model {name}: {e}")))
+        })
+        .collect()
 }
 
 /// The conversation an agent sees: its own system prompt, when set, replaces the user's.

@@ -81,11 +81,6 @@ impl Transformer {
         self.mask_bytes.load(Ordering::Relaxed)
     }
 
-    /// Host time against device wait per pass since the last call (see `pass_clock`).
-    pub fn pass_times(&self) -> super::PassTimes {
-        self.clock.take()
-    }
-
     /// Attention for every segment of `x` (`[1, rows, n_embd]`, segments' rows back to back):
     /// projections run once over all rows, each segment attends over its own cache.
     #[allow(clippy::too_many_arguments)]
@@ -131,6 +126,7 @@ impl Transformer {
         let out = if self.fast_cpu {
             self.attention_cpu(l, li, &q, &k, &v, segs)?
         } else {
+            debug_assert!(rope.q.is_some(), "the device path's queries need scaled RoPE tables");
             let mut outs = Vec::with_capacity(segs.len());
             let mut off = 0;
             for (si, sg) in segs.iter_mut().enumerate() {

@@ -233,6 +233,11 @@ impl Transformer {
         })
     }
 
+    /// Host time against device wait per pass since the last call (see [`pass_clock`]).
+    pub fn pass_times(&self) -> PassTimes {
+        self.clock.take()
+    }
+
     /// One step over several sequences: every segment's tokens are fed at its cache's position;
     /// returns the last position's logits of each segment that asks for them, in order.
     fn forward_inner(&self, segs: &mut [Segment<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
