@@ -8,7 +8,8 @@
 //! 64 quants are contiguous. Every block reduces to one exact integer for the quants (and, for
 //! Q4_K/Q5_K, one for the mins; Q6_K's `-32` comes from the `bsums`), and the float side is
 //! `avx2_k`'s for Q4_K, so results equal the AVX2 Q4_K kernel and, for all three types, the
-//! column kernels (`avx512_cols`), bit for bit.
+//! column kernels (`avx512_cols`), bit for bit. Decode's two-row tile (`decode2`) reduces both rows'
+//! sums and mins in one pass and keeps the float side in four lanes, each the scalar `mul_add`.
 
 #![allow(clippy::missing_safety_doc, clippy::needless_range_loop, clippy::too_many_arguments)]
 
@@ -115,6 +116,18 @@ unsafe fn acts45(y: *const i8) -> [__m512i; 4] {
     ]
 }
 
+/// One block's quant products against regrouped activations, as 16 exact i32 lanes (each step's
+/// `maddubs` pair sums times its sub-block scales).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot45(b: &Block45, ys: &[__m512i; 4]) -> __m512i {
+    let mut s = _mm512_setzero_si512();
+    for h in 0..4 {
+        s = _mm512_dpwssd_epi32(s, b.sc[h], _mm512_maddubs_epi16(b.qv[h], ys[h]));
+    }
+    s
+}
+
 /// Two weight rows' block sums at once, each exact in i32 and then rounded to f32 once (as
 /// `as f32` does): `[Σ s0, Σ m0, Σ s1, Σ m1]`. One reduction for both rows and their mins costs
 /// about what one row's `reduce_add` and mins sum did (decode was compute-bound on them).
@@ -163,11 +176,7 @@ impl<const HIGH: bool> Q45K512<HIGH> {
             prefetch_block(p1.add(ahead), bytes);
             let dot = |p: *const u8| {
                 let b = block45::<HIGH>(p, &perm);
-                let mut s = _mm512_setzero_si512();
-                for h in 0..4 {
-                    s = _mm512_dpwssd_epi32(s, b.sc[h], _mm512_maddubs_epi16(b.qv[h], ys[h]));
-                }
-                (s, _mm_madd_epi16(b.mins, bs))
+                (dot45(&b, &ys), _mm_madd_epi16(b.mins, bs))
             };
             let ((s0, m0), (s1, m1)) = (dot(p0), dot(p1));
             let scale = _mm_mul_ps(scales_pair(p0, p1), _mm_set1_ps(*ya.d[0].add(i)));
@@ -200,12 +209,7 @@ impl<const HIGH: bool> Kern for Q45K512<HIGH> {
                 let (dx, dminx) = (f16_to_f32(p), f16_to_f32(p.add(2)));
                 let b = block45::<HIGH>(p, &perm);
                 for r in 0..R {
-                    let ys = acts45(ya.qs[r].add(256 * i));
-                    let mut s = _mm512_setzero_si512();
-                    for h in 0..4 {
-                        s = _mm512_dpwssd_epi32(s, b.sc[h], _mm512_maddubs_epi16(b.qv[h], ys[h]));
-                    }
-                    let isum = _mm512_reduce_add_epi32(s) as f32;
+                    let isum = _mm512_reduce_add_epi32(dot45(&b, &acts45(ya.qs[r].add(256 * i)))) as f32;
                     let yd = *ya.d[r].add(i);
                     let imin = hsum_i32x4(_mm_madd_epi16(b.mins, bsums32(ya.bs[r].add(16 * i)))) as f32;
                     acc[c][r] = isum.mul_add(yd * dx, acc[c][r]);
