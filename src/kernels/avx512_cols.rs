@@ -32,11 +32,11 @@ pub(crate) const COLS: usize = 16;
 
 /// Scratch bytes per 256-block of a 16-row chunk: quants, then the type's scale vectors.
 const QBYTES: usize = 4096;
-const K45_SC: usize = QBYTES; // 8 × 16 i32: sub-block scales
-const K45_MN: usize = K45_SC + 8 * 64; // 4 × 16 (i16, i16): mins of sub-blocks 2p, 2p+1
-const K45_D: usize = K45_MN + 4 * 64; // 16 f32
-const K45_DMIN: usize = K45_D + 64; // 16 f32
-const K45_BLOCK: usize = K45_DMIN + 64;
+pub(crate) const K45_SC: usize = QBYTES; // 8 × 16 i32: sub-block scales
+pub(crate) const K45_MN: usize = K45_SC + 8 * 64; // 4 × 16 (i16, i16): mins of sub-blocks 2p, 2p+1
+pub(crate) const K45_D: usize = K45_MN + 4 * 64; // 16 f32
+pub(crate) const K45_DMIN: usize = K45_D + 64; // 16 f32
+pub(crate) const K45_BLOCK: usize = K45_DMIN + 64;
 const K6_SC: usize = QBYTES; // 16 × 16 i32: scales of the 16-element groups
 const K6_CP: usize = K6_SC + 16 * 64; // 8 × 16 (i16, i16): scales of groups 2p, 2p+1
 const K6_D: usize = K6_CP + 8 * 64;
@@ -162,13 +162,7 @@ pub(crate) unsafe fn tile(t: QType, w: *const u8, row_bytes: usize, nw: usize, a
         _ => (210, K6_BLOCK),
     };
     let nb = a.nb;
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let need = (nb * blk + COLS * 256).div_ceil(64);
-        if s.len() < need {
-            s.resize(need, _mm512_setzero_si512());
-        }
-        let scr = s.as_mut_ptr() as *mut u8;
+    with_scratch(nb * blk + COLS * 256, |scr| {
         let stage = scr.add(nb * blk);
         let mut j0 = 0;
         while j0 < nw {
@@ -188,22 +182,41 @@ pub(crate) unsafe fn tile(t: QType, w: *const u8, row_bytes: usize, nw: usize, a
                 }
                 transpose_block(stage, sb);
             }
-            let mask: __mmask16 = if cols == COLS { !0 } else { (1u16 << cols) - 1 };
-            let mut r = 0;
-            while r < nr {
-                let left = (nr - r).min(8);
-                let o = out.add(r * ldo + j0);
-                let rr = r0 + r;
-                if t == QType::Q6K {
-                    by_rows!(rows6, left, scr, blk, a, rr, o, ldo, mask);
-                } else {
-                    by_rows!(rows45, left, scr, blk, a, rr, o, ldo, mask);
-                }
-                r += left;
-            }
+            over_scratch(t, scr, blk, a, r0, nr, out.add(j0), ldo, cols);
             j0 += COLS;
         }
     })
+}
+
+/// `f` on this thread's scratch of at least `bytes` (64-byte aligned).
+pub(crate) fn with_scratch<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let need = bytes.div_ceil(64);
+        if s.len() < need {
+            s.resize(need, unsafe { _mm512_setzero_si512() });
+        }
+        f(s.as_mut_ptr() as *mut u8)
+    })
+}
+
+/// Activation rows `r0..r0 + nr` against the unpacked chunk in `scr` (`blk` bytes per block):
+/// `out[r * ldo + c]` for its first `cols` weight rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn over_scratch(t: QType, scr: *const u8, blk: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize, cols: usize) {
+    let mask: __mmask16 = if cols == COLS { !0 } else { (1u16 << cols) - 1 };
+    let mut r = 0;
+    while r < nr {
+        let left = (nr - r).min(8);
+        let o = out.add(r * ldo);
+        let rr = r0 + r;
+        if t == QType::Q6K {
+            by_rows!(rows6, left, scr, blk, a, rr, o, ldo, mask);
+        } else {
+            by_rows!(rows45, left, scr, blk, a, rr, o, ldo, mask);
+        }
+        r += left;
+    }
 }
 
 /// The 4 activation quants at `p`, broadcast to every lane.

@@ -17,13 +17,15 @@ use super::blocks::{tile_scalar, QType};
 use super::pool::{pool, SyncPtr};
 use super::quantize::Acts;
 
-/// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major.
+/// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major, or (`packed`) Q4_K
+/// rows interleaved by 16 ([`super::packed`]).
 #[derive(Clone, Copy, Debug)]
 pub struct QWeight<'a> {
     pub ty: QType,
     pub n: usize,
     pub k: usize,
     pub data: &'a [u8],
+    pub packed: bool,
 }
 
 impl<'a> QWeight<'a> {
@@ -38,7 +40,12 @@ impl<'a> QWeight<'a> {
         if want != Some(data.len()) {
             return Err(format!("{ty:?} [{n}, {k}]: {} bytes, expected {want:?}", data.len()));
         }
-        Ok(Self { ty, n, k, data })
+        Ok(Self { ty, n, k, data, packed: false })
+    }
+
+    /// A packed Q4_K weight's bytes (runs on [`Isa::Avx512Vnni`] only).
+    pub fn packed(p: &'a super::packed::PackedQ4K) -> Self {
+        Self { ty: QType::Q4K, n: p.n, k: p.k, data: p.bytes(), packed: true }
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -156,7 +163,13 @@ fn column_prefill(t: QType, isa: Isa, m: usize) -> Option<usize> {
 }
 
 /// The kernel for `t` on `isa` over `m` rows; `prepared` when the activations hold the unsigned copy.
-fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize) -> TileFn {
+fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize, packed: bool) -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if packed {
+        return if m >= COLUMN_MIN_ROWS { super::packed::cols_tile } else { super::packed::gemv_tile };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = packed;
     #[cfg(target_arch = "x86_64")]
     if column_prefill(t, isa, m).is_some() {
         return if isa == Isa::Avx512Vnni { super::avx512_cols::tile } else { super::avx2_cols::tile };
@@ -229,6 +242,7 @@ pub fn qmatmul_many_with(isa: Isa, ws: &[QWeight], x: &[f32], outs: &mut [&mut [
     let Some(w) = ws.first() else { return };
     assert!(ws.iter().all(|v| v.ty == w.ty && v.k == w.k), "fused weights must share type and k");
     assert_eq!(ws.len(), outs.len(), "one output per weight");
+    assert!(isa == Isa::Avx512Vnni || ws.iter().all(|v| !v.packed), "packed weights run on AVX-512 VNNI only, not {isa:?}");
     assert!(x.len().is_multiple_of(w.k), "x has {} values, not a multiple of k = {}", x.len(), w.k);
     let m = x.len() / w.k;
     for (v, o) in ws.iter().zip(outs.iter()) {
@@ -265,7 +279,7 @@ struct Split {
 fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split {
     assert!(acts.kind == w.ty.act() && acts.m >= m && acts.nb * acts.kind.block_elems() == w.k);
     let prepared = acts.d_stride >= m + 8;
-    let f = tile_fn(w.ty, isa, prepared, m);
+    let f = tile_fn(w.ty, isa, prepared, m, w.packed);
     if let Some(cols) = column_prefill(w.ty, isa, m) {
         // One chunk per task: its scratch (~1.2× (AVX-512) or 2.4× (AVX2) the chunk's weights as
         // bytes) stays in L1/L2 while every activation row passes over it.
@@ -296,6 +310,8 @@ fn split(isa: Isa, w: &QWeight, acts: &Acts, m: usize, threads: usize) -> Split 
         (16384 / chunk_bytes).clamp(1, n.div_ceil(threads * 4).max(1))
     }
     .max(1);
+    // Packed weights are cut at whole chunks of 16 rows.
+    let rows = if w.packed { rows.next_multiple_of(super::packed::LANES) } else { rows };
     Split { f, rows, tasks: n.div_ceil(rows) }
 }
 

@@ -6,12 +6,14 @@
 //! Module map: `blocks` (layouts, decode, portable scalar dots), `quantize` (activations),
 //! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `avx2_prefill` (Q4_0/Q5_0 over
 //! many rows), `avx512_cols` (K-quant prefill, 16 weight rows per 512-bit register), `avx512_k`
-//! (K-quant decode and small batches, 64 quants per step), `matmul`
+//! (K-quant decode and small batches, 64 quants per step), `packed` (Q4_K rows interleaved by 16
+//! at load for AVX-512: decode without horizontal sums), `matmul`
 //! (`qmatmul`, fused weights, threading), `tensor` (candle integration), `pool` (persistent
 //! threads, cores split between concurrent generations).
 
 pub mod blocks;
 pub mod matmul;
+pub mod packed;
 pub mod pool;
 pub mod quantize;
 pub mod tensor;
@@ -30,9 +32,11 @@ mod avx512_cols;
 mod avx512_k;
 
 #[cfg(test)]
+mod packed_tests;
+#[cfg(test)]
 mod tests;
 
 pub use blocks::{ActType, QType};
 pub use matmul::{qmatmul, qmatmul_many, qmatmul_many_with, qmatmul_with, qtype_of, Isa, QWeight};
-pub use tensor::{forward, forward_many, try_kernels, with_cpu_f32};
+pub use tensor::{forward, forward_many, try_kernels, with_cpu_f32, Weight};
 pub use quantize::Acts;

@@ -3,14 +3,18 @@
 //! bytes in place (`QTensor::data` borrows the CPU storage; nothing is copied or dequantized),
 //! and falls back to candle's own `forward` for every other device, type or dtype.
 //! [`forward_many`] does the same for several weights over one input (q/k/v, gate/up), fusing
-//! the weights of one type into one quantization and one pool job.
+//! the weights of one type into one quantization and one pool job. [`Weight`] is what the model
+//! holds: a candle `QMatMul`, or a Q4_K weight repacked at load for AVX-512 (`packed`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
-use super::matmul::{qmatmul_many, qtype_of, QWeight};
+use super::blocks::QType;
+use super::matmul::{qmatmul_many, qtype_of, Isa, QWeight};
+use super::packed::PackedQ4K;
 
 /// Run `f` on the f32 values of a CPU tensor in place (no copy when it is contiguous f32).
 pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -22,44 +26,115 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::
     }
 }
 
-/// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
-pub fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    if let QMatMul::QTensor(t) = w {
-        if let Some(y) = try_kernels(t, x)? {
-            return Ok(y);
+/// A matmul weight as the model holds it: candle's `QMatMul` (any device or type), or, on a CPU
+/// with AVX-512 VNNI, a Q4_K weight repacked for the kernels ([`PackedQ4K`]: the same bytes
+/// moved, the candle tensor dropped).
+pub enum Weight {
+    Candle(QMatMul),
+    Packed(PackedQ4K),
+}
+
+impl Weight {
+    /// `t` as a weight, repacked when `pack` is asked and the kernels have a packed path for it
+    /// here (a 2-D Q4_K CPU tensor, AVX-512 VNNI the best kernels, `MOA_PACK` not `0`).
+    pub fn new(t: QTensor, pack: bool) -> candle_core::Result<Self> {
+        if pack && packs() && t.device().is_cpu() && t.dtype() == GgmlDType::Q4K && t.rank() == 2 {
+            let (n, k) = t.shape().dims2()?;
+            let p = PackedQ4K::new(&t.data()?, n, k).map_err(candle_core::Error::Msg)?;
+            return Ok(Weight::Packed(p));
+        }
+        Ok(Weight::Candle(QMatMul::from_qtensor(t)?))
+    }
+
+    /// A weight shared with another use (the output tied to the embedding): never repacked.
+    pub fn from_arc(t: Arc<QTensor>) -> candle_core::Result<Self> {
+        Ok(Weight::Candle(QMatMul::from_arc(t)?))
+    }
+
+    /// `x · Wᵀ` by candle's ops for a candle weight (the device path), the kernels for a packed one.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Candle(w) => w.forward(x),
+            Weight::Packed(_) => forward(self, x),
         }
     }
-    w.forward(x)
+
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Weight::Packed(_))
+    }
+}
+
+impl From<QMatMul> for Weight {
+    fn from(w: QMatMul) -> Self {
+        Weight::Candle(w)
+    }
+}
+
+/// Whether Q4_K weights are repacked on this machine.
+fn packs() -> bool {
+    Isa::best() == Isa::Avx512Vnni && std::env::var("MOA_PACK").map(|v| v != "0").unwrap_or(true)
+}
+
+/// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
+pub fn forward(w: &Weight, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let Some(mut ys) = fused(&[w], &x.contiguous()?)? {
+        return Ok(ys.pop().expect("one output"));
+    }
+    match w {
+        Weight::Candle(w) => w.forward(x),
+        Weight::Packed(_) => candle_core::bail!("a packed weight needs a contiguous CPU f32 input"),
+    }
 }
 
 /// `Ok(None)` when the kernels do not apply to this weight/input.
-pub fn try_kernels(t: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    Ok(fused(&[t], &x.contiguous()?)?.and_then(|mut ys| ys.pop()))
+pub fn try_kernels(w: &Weight, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    Ok(fused(&[w], &x.contiguous()?)?.and_then(|mut ys| ys.pop()))
+}
+
+/// The kernel type of a weight on the CPU, if the kernels implement it.
+fn kernel_type(w: &Weight) -> Option<QType> {
+    match w {
+        Weight::Candle(QMatMul::QTensor(t)) if t.device().is_cpu() => qtype_of(t.dtype()),
+        Weight::Candle(_) => None,
+        Weight::Packed(_) => Some(QType::Q4K),
+    }
 }
 
 /// The weights of one kernel type over contiguous `x` as one fused call; `Ok(None)` when the
 /// kernels do not apply (another device, dtype or width).
-fn fused(ts: &[&QTensor], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
-    if ts.is_empty() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
+fn fused(ws: &[&Weight], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+    if ws.is_empty() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 1 {
         return Ok(None);
     }
-    let Some(ty) = qtype_of(ts[0].dtype()) else { return Ok(None) };
+    let Some(ty) = kernel_type(ws[0]) else { return Ok(None) };
     let k = x.dim(candle_core::D::Minus1)?;
-    let mut shapes = Vec::with_capacity(ts.len());
-    for t in ts {
-        let (n, tk) = t.shape().dims2()?;
-        if !t.device().is_cpu() || t.dtype() != ts[0].dtype() || tk != k || k % ty.block_elems() != 0 {
+    // Borrowed from each weight's CPU storage (no copy).
+    let mut data: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(ws.len());
+    for w in ws {
+        if kernel_type(w) != Some(ty) || k % ty.block_elems() != 0 {
             return Ok(None);
         }
-        shapes.push(n);
+        data.push(match w {
+            Weight::Candle(QMatMul::QTensor(t)) => {
+                if t.shape().dims2()?.1 != k {
+                    return Ok(None);
+                }
+                Some(t.data()?)
+            }
+            Weight::Packed(p) if p.k == k => None,
+            _ => return Ok(None),
+        });
     }
-    // Borrowed from each weight's CPU storage (no copy).
-    let data: Vec<Cow<'_, [u8]>> = ts.iter().map(|t| t.data()).collect::<candle_core::Result<_>>()?;
-    let qws: Vec<QWeight> = data
+    let qws: Vec<QWeight> = ws
         .iter()
-        .zip(&shapes)
-        .map(|(d, &n)| QWeight::new(ty, n, k, d).map_err(candle_core::Error::Msg))
+        .zip(&data)
+        .map(|(w, d)| match (w, d) {
+            (Weight::Packed(p), _) => Ok(QWeight::packed(p)),
+            (Weight::Candle(QMatMul::QTensor(t)), Some(d)) => QWeight::new(ty, t.shape().dims()[0], k, d).map_err(candle_core::Error::Msg),
+            _ => unreachable!("every weight's data was taken above"),
+        })
         .collect::<candle_core::Result<_>>()?;
+    let shapes: Vec<usize> = qws.iter().map(|q| q.n).collect();
     let m = x.elem_count() / k;
     let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|&n| vec![0f32; m * n]).collect();
     {
@@ -80,7 +155,7 @@ fn fused(ts: &[&QTensor], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>
 
 /// `x · Wᵢᵀ` for every weight: weights of one kernel type are fused (one quantization of `x`,
 /// one pool job); the others go through [`forward`] one by one. Outputs in the order given.
-pub fn forward_many(ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+pub fn forward_many(ws: &[&Weight], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     let mut outs: Vec<Option<Tensor>> = vec![None; ws.len()];
     let x = x.contiguous()?;
     let mut done = vec![false; ws.len()];
@@ -88,21 +163,14 @@ pub fn forward_many(ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Vec<Tens
         if done[i] {
             continue;
         }
-        let QMatMul::QTensor(ti) = ws[i] else {
-            outs[i] = Some(forward(ws[i], &x)?);
-            continue;
-        };
-        let group: Vec<usize> = (i..ws.len())
-            .filter(|&j| !done[j] && matches!(ws[j], QMatMul::QTensor(tj) if tj.dtype() == ti.dtype()))
-            .collect();
-        if group.len() < 2 || qtype_of(ti.dtype()).is_none() {
+        let Some(ty) = kernel_type(ws[i]) else {
             outs[i] = Some(forward(ws[i], &x)?);
             done[i] = true;
             continue;
-        }
-        let ts: Vec<&QTensor> =
-            group.iter().filter_map(|&j| if let QMatMul::QTensor(t) = ws[j] { Some(t.as_ref()) } else { None }).collect();
-        match fused(&ts, &x)? {
+        };
+        let group: Vec<usize> = (i..ws.len()).filter(|&j| !done[j] && kernel_type(ws[j]) == Some(ty)).collect();
+        let ys = if group.len() < 2 { None } else { fused(&group.iter().map(|&j| ws[j]).collect::<Vec<_>>(), &x)? };
+        match ys {
             Some(ys) => {
                 for (&j, y) in group.iter().zip(ys) {
                     outs[j] = Some(y);

@@ -7,20 +7,20 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::blocks::{decode_small, decode_super, dequantize_row, ActType, QType, QK, QK_K};
 use super::matmul::{qmatmul_many_with, qtype_of};
-use super::tensor::{forward, forward_many, try_kernels};
+use super::tensor::{forward, forward_many, try_kernels, Weight};
 use super::pool::pool;
 use super::matmul::{qmatmul_with, Isa, QWeight};
 use super::quantize::Acts;
 
 /// Random well-formed blocks of `t`: random quant bytes, small finite scales.
-fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
+pub(super) fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
     let bb = t.block_bytes();
     let mut v = vec![0u8; n * k / t.block_elems() * bb];
     rng.fill(&mut v[..]);
@@ -44,7 +44,7 @@ fn random_weight(t: QType, n: usize, k: usize, rng: &mut StdRng) -> Vec<u8> {
 }
 
 /// Activations with some structure: gaussian-ish values, an outlier per row, a zero row, ties.
-fn random_acts(m: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
+pub(super) fn random_acts(m: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
     let mut x: Vec<f32> = (0..m * k).map(|_| (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum()).collect();
     for r in 0..m {
         let j = rng.random_range(0..k);
@@ -266,7 +266,7 @@ fn ggml(t: QType) -> GgmlDType {
     }
 }
 
-fn qtensor(t: QType, bytes: &[u8], n: usize, k: usize) -> QTensor {
+pub(super) fn qtensor(t: QType, bytes: &[u8], n: usize, k: usize) -> QTensor {
     let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, ggml(t)).unwrap();
     QTensor::new(storage, (n, k)).unwrap()
 }
@@ -298,7 +298,7 @@ fn forward_agrees_with_candle_qmatmul() {
     let (n, k) = (40, 512);
     for t in QType::ALL {
         let w = random_weight(t, n, k, &mut rng);
-        let qm = QMatMul::from_qtensor(qtensor(t, &w, n, k)).unwrap();
+        let qm = Weight::from(QMatMul::from_qtensor(qtensor(t, &w, n, k)).unwrap());
         for m in [1usize, 6] {
             let x = Tensor::from_vec(random_acts(m, k, &mut rng), (1, m, k), &Device::Cpu).unwrap();
             let ours = forward(&qm, &x).unwrap();
@@ -320,13 +320,13 @@ fn forward_falls_back_where_kernels_do_not_apply() {
     let (n, k) = (8, 64);
     let wf = Tensor::from_vec((0..n * k).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (n, k), &Device::Cpu).unwrap();
     // f32 weights: candle's dense path.
-    let qf = QTensor::quantize(&wf, GgmlDType::F32).unwrap();
+    let qf = Weight::from(QMatMul::from_qtensor(QTensor::quantize(&wf, GgmlDType::F32).unwrap()).unwrap());
     let x = Tensor::ones((2, k), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(try_kernels(&qf, &x).unwrap().is_none());
-    let y = forward(&QMatMul::from_qtensor(qf).unwrap(), &x).unwrap();
+    let y = forward(&qf, &x).unwrap();
     assert_eq!(y.dims(), &[2, n]);
     // f16 input: candle's path.
-    let q8 = QTensor::quantize(&wf, GgmlDType::Q8_0).unwrap();
+    let q8 = Weight::from(QMatMul::from_qtensor(QTensor::quantize(&wf, GgmlDType::Q8_0).unwrap()).unwrap());
     assert!(try_kernels(&q8, &x.to_dtype(candle_core::DType::F16).unwrap()).unwrap().is_none());
     // A non-contiguous f32 input goes through the kernels.
     let xt = Tensor::ones((k, 2), candle_core::DType::F32, &Device::Cpu).unwrap().t().unwrap();
@@ -421,13 +421,13 @@ fn forward_many_groups_types_and_keeps_order() {
     let k = 64;
     let specs = [(QType::Q5_0, 24), (QType::Q8_0, 8), (QType::Q5_0, 40), (QType::Q4_1, 8)];
     let bytes: Vec<Vec<u8>> = specs.iter().map(|&(t, n)| random_weight(t, n, k, &mut rng)).collect();
-    let mms: Vec<QMatMul> = specs
+    let mms: Vec<Weight> = specs
         .iter()
         .zip(&bytes)
-        .map(|(&(t, n), b)| QMatMul::from_qtensor(qtensor(t, b, n, k)).unwrap())
+        .map(|(&(t, n), b)| Weight::from(QMatMul::from_qtensor(qtensor(t, b, n, k)).unwrap()))
         .collect();
     let x = Tensor::new(random_acts(5, k, &mut rng), &Device::Cpu).unwrap().reshape((1, 5, k)).unwrap();
-    let refs: Vec<&QMatMul> = mms.iter().collect();
+    let refs: Vec<&Weight> = mms.iter().collect();
     let many = forward_many(&refs, &x).unwrap();
     assert_eq!(many.len(), specs.len());
     for (i, mm) in mms.iter().enumerate() {

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+
+use crate::kernels::Weight;
+use candle_core::{DType, Device, Tensor};
 
 use crate::model::activation::{self, Gate};
 use crate::engine::{Forward, KvCache};
@@ -36,7 +38,7 @@ struct Layer {
     attn_norm: Tensor,
     /// q, k, v (with Qwen 2's biases).
     qkv: Stacked,
-    wo: QMatMul,
+    wo: Weight,
     qk_norm: Option<(Tensor, Tensor)>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
@@ -51,7 +53,7 @@ pub struct Transformer {
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Weight,
     device: Device,
     /// The CPU fast path: the project's kernels, f16 cache attention and fused activations.
     /// False on other devices, and on CPU when `MOA_GENERIC_OPS=1` (candle's ops only, the code
@@ -127,16 +129,16 @@ impl Transformer {
             let kn = opt(&format!("{p}.attn_k_norm.weight"))?;
             let pan = opt(&format!("{p}.post_attention_norm.weight"))?;
             let pfn = opt(&format!("{p}.post_ffw_norm.weight"))?;
-            let experts = cfg.moe.as_ref().map(|m| Moe::load(g, &mut r3, &p, m, device)).transpose()?;
+            let experts = cfg.moe.as_ref().map(|m| Moe::load(g, &mut r3, &p, m, device, fast_cpu)).transpose()?;
             all.push((i, [attn_norm, wo, ffn_norm], qkv, dense, experts, [bq, bk, bv], [qn, kn, pan, pfn]));
         }
         let deq = |t: QTensor| t.dequantize(device).map_err(Error::candle("dequantizing a norm/bias"));
-        let mm = |t: QTensor| QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"));
+        let mm = |t: QTensor| Weight::new(t, fast_cpu).map_err(Error::candle("preparing a weight"));
         for (i, [attn_norm, wo, ffn_norm], [wq, wk, wv], dense, experts, [bq, bk, bv], [qn, kn, pan, pfn]) in all {
             let ffn = match (experts, dense) {
                 (Some(m), _) => Ffn::Moe(m),
                 (None, Some([gate, up, down])) => {
-                    Ffn::Dense(Mlp { gate_up: Stacked::new(vec![gate, up], None, !fast_cpu, device)?, down: mm(down)? })
+                    Ffn::Dense(Mlp { gate_up: Stacked::new(vec![gate, up], None, !fast_cpu, fast_cpu, device)?, down: mm(down)? })
                 }
                 (None, None) => unreachable!("a layer has experts or a dense feed-forward"),
             };
@@ -151,7 +153,7 @@ impl Transformer {
             let window = cfg.window_of(i);
             layers.push(Layer {
                 attn_norm: deq(attn_norm)?,
-                qkv: Stacked::new(vec![wq, wk, wv], bias, !fast_cpu, device)?,
+                qkv: Stacked::new(vec![wq, wk, wv], bias, !fast_cpu, fast_cpu, device)?,
                 wo: mm(wo)?,
                 qk_norm,
                 post_attn_norm: pan.map(deq).transpose()?,
@@ -167,7 +169,7 @@ impl Transformer {
         let output = if g.has_tensor("output.weight") {
             mm(q("output.weight")?)?
         } else {
-            QMatMul::from_arc(embed.clone()).map_err(Error::candle("tying the output to the embedding"))?
+            Weight::from_arc(embed.clone()).map_err(Error::candle("tying the output to the embedding"))?
         };
         let prefill_rows = ubatch::prefill_rows(&cfg, g.tensor_data_bytes(), device.is_cpu());
         let active_bytes = cfg.active_weight_bytes(g);
@@ -404,7 +406,7 @@ impl Transformer {
 
     /// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of
     /// the types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
-    fn mm(&self, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn mm(&self, w: &Weight, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.fast_cpu {
             crate::kernels::forward(w, x)
         } else {
@@ -413,7 +415,7 @@ impl Transformer {
     }
 
     /// Several weights over one input (q/k/v, gate/up): fused on the CPU fast path.
-    fn mm_many(&self, ws: &[&QMatMul], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    fn mm_many(&self, ws: &[&Weight], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         if self.fast_cpu {
             crate::kernels::forward_many(ws, x)
         } else {

@@ -8,30 +8,31 @@
 //! largest probabilities (ties to the lower expert index), renormalized to sum to 1 where the
 //! architecture does (the sum clamped below at 2⁻¹⁴, as there), times the weight scale.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use super::stacked::Stacked;
 use super::Transformer;
 use crate::error::{Error, Result};
+use crate::kernels::Weight;
 use crate::model::arch::MoeConfig;
 use crate::model::gguf::GgufFile;
 
 /// A gated MLP: `down(act(gate · x) ⊙ (up · x))`.
 pub(super) struct Mlp {
     pub gate_up: Stacked,
-    pub down: QMatMul,
+    pub down: Weight,
 }
 
 /// An MLP of separate matrices (experts: the decode step fuses the picked ones' calls itself).
-fn parts(gate: QTensor, up: QTensor, down: QTensor) -> Result<Mlp> {
+fn parts(gate: QTensor, up: QTensor, down: QTensor, pack: bool) -> Result<Mlp> {
     let device = gate.device();
-    Ok(Mlp { gate_up: Stacked::new(vec![gate, up], None, false, &device)?, down: mm(down)? })
+    Ok(Mlp { gate_up: Stacked::new(vec![gate, up], None, false, pack, &device)?, down: mm(down, pack)? })
 }
 
 pub(super) struct Moe {
     cfg: MoeConfig,
-    router: QMatMul,
+    router: Weight,
     experts: Vec<Mlp>,
     /// Qwen2-MoE's shared expert and its per-token gate vector (`[n_embd]`).
     shared: Option<(Mlp, Tensor)>,
@@ -42,27 +43,28 @@ pub(super) enum Ffn {
     Moe(Moe),
 }
 
-fn mm(t: QTensor) -> Result<QMatMul> {
-    QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"))
+fn mm(t: QTensor, pack: bool) -> Result<Weight> {
+    Weight::new(t, pack).map_err(Error::candle("preparing a weight"))
 }
 
 impl Moe {
     /// Layer `p`'s (`blk.N`) router, experts and shared expert.
-    pub(super) fn load<R: std::io::Read + std::io::Seek>(g: &GgufFile, r: &mut R, p: &str, cfg: &MoeConfig, device: &Device) -> Result<Self> {
-        let router = mm(g.tensor(r, &format!("{p}.ffn_gate_inp.weight"), device)?)?;
+    /// `pack`: Q4_K experts repacked for the CPU kernels ([`Weight::new`]).
+    pub(super) fn load<R: std::io::Read + std::io::Seek>(g: &GgufFile, r: &mut R, p: &str, cfg: &MoeConfig, device: &Device, pack: bool) -> Result<Self> {
+        let router = mm(g.tensor(r, &format!("{p}.ffn_gate_inp.weight"), device)?, pack)?;
         let mut split = |kind: &str| g.tensor_experts(r, &format!("{p}.{kind}.weight"), device);
         let (gates, ups, downs) = (split("ffn_gate_exps")?, split("ffn_up_exps")?, split("ffn_down_exps")?);
         let experts = gates
             .into_iter()
             .zip(ups)
             .zip(downs)
-            .map(|((gate, up), down)| parts(gate, up, down))
+            .map(|((gate, up), down)| parts(gate, up, down, pack))
             .collect::<Result<Vec<_>>>()?;
         let shared = match cfg.n_ff_shared {
             None => None,
             Some(_) => {
                 let mut q = |kind: &str| g.tensor(r, &format!("{p}.{kind}.weight"), device);
-                let mlp = parts(q("ffn_gate_shexp")?, q("ffn_up_shexp")?, q("ffn_down_shexp")?)?;
+                let mlp = parts(q("ffn_gate_shexp")?, q("ffn_up_shexp")?, q("ffn_down_shexp")?, pack)?;
                 let gate = q("ffn_gate_inp_shexp")?.dequantize(device).map_err(Error::candle("dequantizing the shared expert's gate"))?;
                 Some((mlp, gate))
             }
@@ -142,7 +144,7 @@ impl Transformer {
     /// A decode step: the picked experts' gate and up projections share one input, so they run
     /// as one fused call; the down projections follow one by one.
     fn moe_one_row(&self, m: &Moe, x: &Tensor, picks: &[(usize, f32)]) -> candle_core::Result<Tensor> {
-        let ws: Vec<&QMatMul> = picks
+        let ws: Vec<&Weight> = picks
             .iter()
             .flat_map(|&(e, _)| m.experts[e].gate_up.parts().expect("experts keep separate matrices"))
             .collect();

@@ -4,10 +4,11 @@
 //! quantize + matmul (and one bias add) replaces two or three; the output is split by views.
 //! Every output element is the same dot product as before: stacking changes no result.
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::Weight;
 
 pub(super) struct Stacked {
     groups: Vec<Group>,
@@ -15,7 +16,7 @@ pub(super) struct Stacked {
 
 /// Consecutive parts in one matrix: their rows stacked, their biases in one vector.
 struct Group {
-    w: QMatMul,
+    w: Weight,
     rows: Vec<usize>,
     bias: Option<Tensor>,
 }
@@ -34,7 +35,7 @@ impl Stacked {
     /// consecutive parts of the same type and width becomes one matrix (Q4_K_M files give
     /// `attn_v` Q6_K in half the layers: then q|k are stacked and v stays apart); otherwise
     /// every part stays separate. `bias`: one vector per part.
-    pub(super) fn new(parts: Vec<QTensor>, bias: Option<Vec<Tensor>>, stack: bool, device: &Device) -> Result<Self> {
+    pub(super) fn new(parts: Vec<QTensor>, bias: Option<Vec<Tensor>>, stack: bool, pack: bool, device: &Device) -> Result<Self> {
         let key = |p: &QTensor| (p.dtype(), p.shape().dims().get(1).copied());
         let mut runs: Vec<Vec<(QTensor, Option<Tensor>)>> = Vec::new();
         let mut bias = bias.map(|b| b.into_iter());
@@ -45,18 +46,18 @@ impl Stacked {
                 _ => runs.push(vec![(p, b)]),
             }
         }
-        let groups = runs.into_iter().map(|run| Group::new(run, device)).collect::<Result<_>>()?;
+        let groups = runs.into_iter().map(|run| Group::new(run, pack, device)).collect::<Result<_>>()?;
         Ok(Self { groups })
     }
 
     /// The separate matrices, or None when some are stacked.
-    pub(super) fn parts(&self) -> Option<Vec<&QMatMul>> {
+    pub(super) fn parts(&self) -> Option<Vec<&Weight>> {
         self.groups.iter().map(|g| (g.rows.len() == 1).then_some(&g.w)).collect()
     }
 }
 
 impl Group {
-    fn new(run: Vec<(QTensor, Option<Tensor>)>, device: &Device) -> Result<Self> {
+    fn new(run: Vec<(QTensor, Option<Tensor>)>, pack: bool, device: &Device) -> Result<Self> {
         let rows: Vec<usize> = run.iter().map(|(p, _)| p.shape().dims()[0]).collect();
         let biases: Option<Vec<Tensor>> = run.iter().map(|(_, b)| b.clone()).collect();
         let bias = match biases {
@@ -74,7 +75,7 @@ impl Group {
             }
             qtensor_from_ggml(dtype, &data, vec![rows.iter().sum(), cols], device).map_err(Error::candle("stacking weights"))?
         };
-        Ok(Self { w: QMatMul::from_qtensor(t).map_err(Error::candle("preparing a weight"))?, rows, bias })
+        Ok(Self { w: Weight::new(t, pack).map_err(Error::candle("preparing a weight"))?, rows, bias })
     }
 }
 
@@ -82,7 +83,7 @@ impl super::Transformer {
     /// The projections of `x` (`[1, rows, n_embd]`), biases added: one output per group, with
     /// the rows of each of its parts (views of it give the parts, see [`Transformer::project_parts`]).
     pub(super) fn project<'a>(&self, s: &'a Stacked, x: &Tensor) -> candle_core::Result<Vec<(Tensor, &'a [usize])>> {
-        let ws: Vec<&QMatMul> = s.groups.iter().map(|g| &g.w).collect();
+        let ws: Vec<&Weight> = s.groups.iter().map(|g| &g.w).collect();
         let outs = self.mm_many(&ws, x)?;
         outs.into_iter()
             .zip(&s.groups)
@@ -142,7 +143,7 @@ mod tests {
         };
         let ws = parts();
         let bias: Vec<Tensor> = [64, 32, 32].iter().map(|&n| Tensor::rand(-1f32, 1f32, n, &Device::Cpu).unwrap()).collect();
-        let fused = Stacked::new(copy(&ws), Some(bias.clone()), true, &Device::Cpu).unwrap();
+        let fused = Stacked::new(copy(&ws), Some(bias.clone()), true, false, &Device::Cpu).unwrap();
         assert_eq!(fused.groups.len(), 1);
         assert_eq!(fused.groups[0].rows, [64, 32, 32]);
         let x = Tensor::rand(-1f32, 1f32, (1, 5, 256), &Device::Cpu).unwrap();
@@ -151,16 +152,16 @@ mod tests {
         let g = &fused.groups[0];
         let got = split(&g.w.forward(&x).unwrap().broadcast_add(g.bias.as_ref().unwrap()).unwrap(), 2, &g.rows, 1).unwrap();
         for ((w, b), g) in ws.into_iter().zip(&bias).zip(&got) {
-            let want = QMatMul::from_qtensor(w).unwrap().forward(&x).unwrap().broadcast_add(b).unwrap();
+            let want = candle_core::quantized::QMatMul::from_qtensor(w).unwrap().forward(&x).unwrap().broadcast_add(b).unwrap();
             assert_eq!(want.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
         // A part of another type stays apart (the run before it is still stacked); stacking not
         // asked for: separate matrices.
         let mut mixed = parts();
         mixed[2] = weight(32, 3, GgmlDType::Q6K);
-        let s = Stacked::new(mixed, None, true, &Device::Cpu).unwrap();
+        let s = Stacked::new(mixed, None, true, false, &Device::Cpu).unwrap();
         assert_eq!(s.groups.iter().map(|g| g.rows.clone()).collect::<Vec<_>>(), [vec![64, 32], vec![32]]);
         assert!(s.parts().is_none());
-        assert_eq!(Stacked::new(parts(), None, false, &Device::Cpu).unwrap().parts().map(|p| p.len()), Some(3));
+        assert_eq!(Stacked::new(parts(), None, false, false, &Device::Cpu).unwrap().parts().map(|p| p.len()), Some(3));
     }
 }
