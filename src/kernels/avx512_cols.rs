@@ -221,7 +221,7 @@ pub(crate) unsafe fn over_scratch(t: QType, scr: *const u8, blk: usize, a: &Acts
 
 /// The 4 activation quants at `p`, broadcast to every lane.
 #[inline(always)]
-unsafe fn bcast4(p: *const i8) -> __m512i {
+pub(crate) unsafe fn bcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32((p as *const i32).read_unaligned())
 }
 

@@ -105,7 +105,7 @@ mod simd {
 
     use super::{CHUNK_BLOCK, LANES};
     use crate::kernels::avx2_k::{bsums32, prefetch_block, prefetch_distance, rows};
-    use crate::kernels::avx512_cols;
+    use crate::kernels::avx512_cols::{self, bcast4};
     use crate::kernels::blocks::QType;
     use crate::kernels::quantize::Acts;
 
@@ -165,12 +165,6 @@ mod simd {
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
         let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
         Scales { sc, mn, d, dmin }
-    }
-
-    /// The 4 activation quants at `p`, broadcast to every lane.
-    #[inline(always)]
-    unsafe fn bcast4(p: *const i8) -> __m512i {
-        _mm512_set1_epi32((p as *const i32).read_unaligned())
     }
 
     /// `R` activation rows from `r0` against one chunk (`nb` blocks at `c`): 16 outputs each.

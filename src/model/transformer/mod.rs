@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::Weight;
-use candle_core::{DType, Device, Tensor};
 
 use crate::model::activation::{self, Gate};
 use crate::engine::{Forward, KvCache};
@@ -405,7 +405,8 @@ impl Transformer {
     }
 
     /// A quantized matmul (one place to swap kernels): the project's kernels for CPU weights of
-    /// the types they implement (raw GGUF blocks read in place), candle's `forward` otherwise.
+    /// the types they implement (raw GGUF blocks read in place, or Q4_K repacked at load),
+    /// candle's `forward` otherwise.
     fn mm(&self, w: &Weight, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.fast_cpu {
             crate::kernels::forward(w, x)
