@@ -5,7 +5,8 @@
 #   bash benches/compare_llama_cpp.sh [-t THREADS] [-p 128] [-n 64] [-r 5] [MODEL ...]
 #
 # llama.cpp comes from the llama-cpp-python source distribution on PyPI (its vendored copy),
-# built once for this CPU (GGML_NATIVE) into $MOA_LLAMA_CPP_DIR (default ~/.cache/moa-local/llama.cpp).
+# built once for this CPU (GGML_NATIVE) into $MOA_LLAMA_CPP_DIR (default ~/.cache/moa-local/llama.cpp);
+# MOA_LLAMA_CPP_AMX=0 uses a build without its AMX kernels (see llama_cpp_build.sh).
 # Needs cmake and a C++ compiler (apt-get install cmake g++). Models default to the test models.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,7 +19,11 @@ bench=$(bash benches/llama_cpp_build.sh llama-bench)
 cargo build --release -q
 out=$(mktemp -d)
 for m in "${models[@]}"; do
-  "$bench" -m "$m" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json >"$out/$(basename "$m").llama.json" 2>/dev/null
+  if ! "$bench" -m "$m" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json >"$out/$(basename "$m").llama.json" 2>"$out/llama.err"; then
+    echo "llama-bench failed on $m; its last lines:" >&2; tail -5 "$out/llama.err" >&2
+    echo "(if it died in AMX code, rerun with MOA_LLAMA_CPP_AMX=0 for a build without it)" >&2
+    exit 1
+  fi
   ./target/release/moa-local bench -m "$m" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --json >"$out/$(basename "$m").moa.json"
 done
 python3 - "$out" "$pp" "$tg" "$threads" <<'PY'

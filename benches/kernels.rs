@@ -3,12 +3,12 @@
 //! decode (m = 4) and prefill (m = 128), on the best instruction set. Divan reports time per call; the
 //! GFLOP/s-style figure is `2 * m * n * k / time` (printed once per case by `report`).
 //!
-//! The `packed_*` cases run Q4_K in the layout the model holds it in on AVX-512 VNNI.
+//! The `packed_*` cases run Q4_K / Q6_K in the layout the model holds them in on AVX-512 VNNI.
 //!
 //! Run: `cargo bench --bench kernels` (`RAYON_NUM_THREADS` / `MOA_THREADS` set the threads).
 
 use divan::Bencher;
-use moa_local::kernels::packed::PackedQ4K;
+use moa_local::kernels::packed::Packed;
 use moa_local::kernels::{qmatmul, Isa, QType, QWeight};
 
 fn main() {
@@ -45,15 +45,15 @@ fn bench(b: Bencher, t: QType, m: usize, n: usize, k: usize) {
     run(b, t, m, n, k, false)
 }
 
-/// `packed`: Q4_K repacked as the model holds it on AVX-512 VNNI (`kernels::packed`).
+/// `packed`: repacked as the model holds it on AVX-512 VNNI (`kernels::packed`).
 fn run(b: Bencher, t: QType, m: usize, n: usize, k: usize, packed: bool) {
     let w = weight(t, n, k);
-    let p = packed.then(|| PackedQ4K::new(&w, n, k).unwrap());
+    let p = packed.then(|| Packed::new(t, &w, n, k).unwrap());
     let qw = match &p {
         Some(p) => QWeight::packed(p),
         None => QWeight::new(t, n, k, &w).unwrap(),
     };
-    let t = if packed { "Q4K packed".to_string() } else { format!("{t:?}") };
+    let t = if packed { format!("{t:?} packed") } else { format!("{t:?}") };
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let mut out = vec![0f32; m * n];
     // One timed pass for a GFLOP/s line alongside divan's table.
@@ -128,4 +128,25 @@ fn packed_q4k_k1536_n8960(b: Bencher, m: usize) {
 #[divan::bench(args = [1], sample_count = 10)]
 fn decode_k1536_n8960(b: Bencher, m: usize) {
     bench(b, QType::Q4K, m, 8960, 1536)
+}
+
+/// Packed Q6_K at the 0.5B's down shape and the 1.5B's down (k 8960: an odd number of blocks,
+/// so chunks end in padding), against the file layout's decode at the latter.
+#[divan::bench(args = [1, 4, 128], sample_count = 10)]
+fn packed_q6k_k4864_n896(b: Bencher, m: usize) {
+    if Isa::best() == Isa::Avx512Vnni {
+        run(b, QType::Q6K, m, 896, 4864, true)
+    }
+}
+
+#[divan::bench(args = [1, 128], sample_count = 10)]
+fn packed_q6k_k8960_n1536(b: Bencher, m: usize) {
+    if Isa::best() == Isa::Avx512Vnni {
+        run(b, QType::Q6K, m, 1536, 8960, true)
+    }
+}
+
+#[divan::bench(args = [QType::Q4K, QType::Q6K], sample_count = 10)]
+fn decode_k8960_n1536(b: Bencher, t: QType) {
+    bench(b, t, 1, 1536, 8960)
 }

@@ -37,10 +37,10 @@ pub(crate) const K45_MN: usize = K45_SC + 8 * 64; // 4 × 16 (i16, i16): mins of
 pub(crate) const K45_D: usize = K45_MN + 4 * 64; // 16 f32
 pub(crate) const K45_DMIN: usize = K45_D + 64; // 16 f32
 pub(crate) const K45_BLOCK: usize = K45_DMIN + 64;
-const K6_SC: usize = QBYTES; // 16 × 16 i32: scales of the 16-element groups
-const K6_CP: usize = K6_SC + 16 * 64; // 8 × 16 (i16, i16): scales of groups 2p, 2p+1
-const K6_D: usize = K6_CP + 8 * 64;
-const K6_BLOCK: usize = K6_D + 64;
+pub(crate) const K6_SC: usize = QBYTES; // 16 × 16 i32: scales of the 16-element groups
+pub(crate) const K6_CP: usize = K6_SC + 16 * 64; // 8 × 16 (i16, i16): scales of groups 2p, 2p+1
+pub(crate) const K6_D: usize = K6_CP + 8 * 64;
+pub(crate) const K6_BLOCK: usize = K6_D + 64;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<__m512i>> = const { RefCell::new(Vec::new()) };

@@ -17,8 +17,8 @@ use super::blocks::{tile_scalar, QType};
 use super::pool::{pool, SyncPtr};
 use super::quantize::Acts;
 
-/// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major, or (`packed`) Q4_K
-/// rows interleaved by 16 ([`super::packed`]).
+/// A `[n, k]` quantized weight: borrowed raw GGUF block bytes, row-major, or (`packed`) Q4_K /
+/// Q6_K rows interleaved by 16 ([`super::packed`]).
 #[derive(Clone, Copy, Debug)]
 pub struct QWeight<'a> {
     pub ty: QType,
@@ -43,12 +43,16 @@ impl<'a> QWeight<'a> {
         Ok(Self { ty, n, k, data, packed: false })
     }
 
-    /// A packed Q4_K weight's bytes (runs on [`Isa::Avx512Vnni`] only).
-    pub fn packed(p: &'a super::packed::PackedQ4K) -> Self {
-        Self { ty: QType::Q4K, n: p.n, k: p.k, data: p.bytes(), packed: true }
+    /// A packed weight's bytes (runs on [`Isa::Avx512Vnni`] only).
+    pub fn packed(p: &'a super::packed::Packed) -> Self {
+        Self { ty: p.ty, n: p.n, k: p.k, data: p.bytes(), packed: true }
     }
 
+    /// Bytes from one row to the next (packed: a chunk of 16 rows is 16 times this).
     pub fn row_bytes(&self) -> usize {
+        if self.packed {
+            return super::packed::stride(self.ty, self.k);
+        }
         self.k / self.ty.block_elems() * self.ty.block_bytes()
     }
 }
@@ -166,7 +170,13 @@ fn column_prefill(t: QType, isa: Isa, m: usize) -> Option<usize> {
 fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize, packed: bool) -> TileFn {
     #[cfg(target_arch = "x86_64")]
     if packed {
-        return if m >= COLUMN_MIN_ROWS { super::packed::cols_tile } else { super::packed::gemv_tile };
+        use super::{packed, packed6};
+        return match (t == QType::Q6K, m >= COLUMN_MIN_ROWS) {
+            (false, true) => packed::cols_tile,
+            (false, false) => packed::gemv_tile,
+            (true, true) => packed6::cols_tile,
+            (true, false) => packed6::gemv_tile,
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = packed;

@@ -6,8 +6,9 @@
 //! Module map: `blocks` (layouts, decode, portable scalar dots), `quantize` (activations),
 //! `avx2` (32-element types + tile driver), `avx2_k` (K-quants), `avx2_prefill` (Q4_0/Q5_0 over
 //! many rows), `avx512_cols` (K-quant prefill, 16 weight rows per 512-bit register), `avx512_k`
-//! (K-quant decode and small batches, 64 quants per step), `packed` (Q4_K rows interleaved by 16
-//! at load for AVX-512: decode without horizontal sums), `matmul`
+//! (K-quant decode and small batches, 64 quants per step), `packed` (Q4_K and Q6_K rows interleaved
+//! by 16 at load for AVX-512: decode without horizontal sums; Q4_K kernels), `packed6` (the Q6_K
+//! ones), `matmul`
 //! (`qmatmul`, fused weights, threading), `tensor` (candle integration), `pool` (persistent
 //! threads, cores split between concurrent generations).
 
@@ -30,6 +31,8 @@ mod avx2_prefill;
 mod avx512_cols;
 #[cfg(target_arch = "x86_64")]
 mod avx512_k;
+#[cfg(target_arch = "x86_64")]
+mod packed6;
 
 #[cfg(test)]
 mod packed_tests;

@@ -1,9 +1,12 @@
-//! Q4_K weights repacked at load for AVX-512 VNNI: 16 weight rows interleaved so that each
+//! K-quant weights repacked at load for AVX-512 VNNI: 16 weight rows interleaved so that each
 //! 512-bit register holds one dword of 16 rows' blocks (a row per lane), the layout llama.cpp's
-//! `q4_K_8x8` repack uses for 8 rows on AVX2. The bytes are the file's, only moved: a chunk of 16
-//! rows and one 256-block is 36 registers (2304 bytes, what 16 blocks take in the file), register
-//! `i` lane `r` being dword `i` of row `r`'s block: `[d, dmin]`, the 12 scale bytes, then the 128
-//! quant bytes. Rows past `n` are zero padding to a whole chunk.
+//! `q4_K_8x8` repack uses for 8 rows on AVX2. The bytes are the file's, only moved. Q4_K: a chunk
+//! of 16 rows and one 256-block is 36 registers (2304 bytes, what 16 blocks take in the file),
+//! register `i` lane `r` being dword `i` of row `r`'s block: `[d, dmin]`, the 12 scale bytes, then
+//! the 128 quant bytes. Q6_K (210 bytes, not whole dwords): 52 registers per chunk block (`ql`
+//! 0..32, `qh` 32..48, the 16 scales 48..52), the 16 rows' `d` of every block after the chunk's
+//! blocks (32 bytes each), the chunk padded to whole registers. Rows past `n` are zero padding to
+//! a whole chunk. This file holds the layout and the Q4_K kernels; `packed6` the Q6_K ones.
 //!
 //! Decode (and batches below the column threshold) multiply in place: per register of quants,
 //! one `and` each gives the low nibbles (sub-block `2p`) and the high nibbles times 16 (sub-block
@@ -19,64 +22,96 @@
 
 #![allow(clippy::missing_safety_doc, clippy::needless_range_loop, clippy::too_many_arguments)]
 
+use super::blocks::QType;
+
 /// Weight rows per chunk (lanes of a 512-bit register).
 pub const LANES: usize = 16;
 /// File bytes of one Q4_K block.
 const BLOCK: usize = 144;
 /// Bytes of one chunk's block (16 rows).
 const CHUNK_BLOCK: usize = LANES * BLOCK;
+/// Q6_K: dwords of a block before its `d`, bytes of a chunk block without them.
+const DWORDS6: usize = 52;
+pub(crate) const CHUNK_BLOCK6: usize = 64 * DWORDS6;
 
 /// 64-byte aligned storage, so every register load of a chunk is aligned.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// Whether `t` has a packed layout and kernels.
+pub fn packs(t: QType) -> bool {
+    matches!(t, QType::Q4K | QType::Q6K)
+}
 
-/// A `[n, k]` Q4_K weight in the interleaved layout.
-pub struct PackedQ4K {
+/// Bytes per row of a packed `t` weight of width `k` (a chunk of 16 rows is 16 times that): the
+/// file's row bytes, and for Q6_K the chunk's padding to whole registers shared out.
+pub(crate) fn stride(t: QType, k: usize) -> usize {
+    let nb = k / 256;
+    match t {
+        QType::Q6K => (nb * CHUNK_BLOCK6 + (32 * nb).next_multiple_of(64)) / LANES,
+        _ => nb * BLOCK,
+    }
+}
+
+/// A `[n, k]` Q4_K or Q6_K weight in the interleaved layout.
+pub struct Packed {
+    pub ty: QType,
     pub n: usize,
     pub k: usize,
     lines: Vec<Line>,
 }
 
-impl std::fmt::Debug for PackedQ4K {
+impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedQ4K [{}, {}]", self.n, self.k)
+        write!(f, "Packed {:?} [{}, {}]", self.ty, self.n, self.k)
     }
 }
 
-impl PackedQ4K {
-    /// Repacks `data`, `n` rows of `k` Q4_K elements in the file's layout (checked: the size
-    /// must be exactly that, every product checked).
-    pub fn new(data: &[u8], n: usize, k: usize) -> Result<Self, String> {
-        if k == 0 || !k.is_multiple_of(256) {
-            return Err(format!("Q4_K: k = {k} is not a positive multiple of 256"));
+/// Where byte `i` of block `b` of the row in `lane` goes in its chunk (`nb` blocks).
+fn place(t: QType, nb: usize, b: usize, lane: usize, i: usize) -> usize {
+    match t {
+        QType::Q6K if i >= 4 * DWORDS6 => nb * CHUNK_BLOCK6 + 32 * b + 2 * lane + (i - 4 * DWORDS6),
+        QType::Q6K => b * CHUNK_BLOCK6 + 64 * (i / 4) + 4 * lane + i % 4,
+        _ => b * CHUNK_BLOCK + 64 * (i / 4) + 4 * lane + i % 4,
+    }
+}
+
+impl Packed {
+    /// Repacks `data`, `n` rows of `k` elements of `ty` (Q4_K or Q6_K) in the file's layout
+    /// (checked: the size must be exactly that, every product checked).
+    pub fn new(ty: QType, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        if !packs(ty) {
+            return Err(format!("{ty:?} has no packed layout"));
         }
-        let nb = k / 256;
-        let rb = nb * BLOCK;
+        if k == 0 || !k.is_multiple_of(256) {
+            return Err(format!("{ty:?}: k = {k} is not a positive multiple of 256"));
+        }
+        let (nb, bb) = (k / 256, ty.block_bytes());
+        let rb = nb * bb;
         if n.checked_mul(rb) != Some(data.len()) {
-            return Err(format!("Q4_K [{n}, {k}]: {} bytes, expected {n} × {rb}", data.len()));
+            return Err(format!("{ty:?} [{n}, {k}]: {} bytes, expected {n} × {rb}", data.len()));
         }
         let chunks = n.div_ceil(LANES);
-        let total = chunks.checked_mul(nb).and_then(|c| c.checked_mul(CHUNK_BLOCK)).ok_or("Q4_K: packed size overflows")?;
+        let total = chunks.checked_mul(stride(ty, k)).and_then(|c| c.checked_mul(LANES)).ok_or(format!("{ty:?}: packed size overflows"))?;
         let mut lines = vec![Line([0; 64]); total / 64];
         // SAFETY: `lines` is `total` initialized bytes.
         let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, total) };
+        let chunk = LANES * stride(ty, k);
         for row in 0..n {
             let (c, lane) = (row / LANES, row % LANES);
             for b in 0..nb {
-                let src = &data[row * rb + b * BLOCK..][..BLOCK];
-                let dst = (c * nb + b) * CHUNK_BLOCK + 4 * lane;
-                for i in 0..BLOCK / 4 {
-                    out[dst + 64 * i..][..4].copy_from_slice(&src[4 * i..4 * i + 4]);
+                let src = &data[row * rb + b * bb..][..bb];
+                for i in (0..bb).step_by(2) {
+                    // Pairs of bytes stay together in both layouts (dwords, and Q6_K's `d`).
+                    out[c * chunk + place(ty, nb, b, lane, i)..][..2].copy_from_slice(&src[i..i + 2]);
                 }
             }
         }
-        Ok(Self { n, k, lines })
+        Ok(Self { ty, n, k, lines })
     }
 
-    /// The packed bytes: `n.div_ceil(16) × 16` rows' worth (a whole chunk is `16 × row bytes`,
-    /// so chunk `j / 16` starts at byte `j × row bytes`).
+    /// The packed bytes: `n.div_ceil(16)` chunks of `16 × stride(ty, k)` bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `Line` is 64 plain bytes.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
@@ -84,12 +119,13 @@ impl PackedQ4K {
 
     /// Row `row`'s blocks back in the file's layout (tests, and anything that needs a row).
     pub fn row(&self, row: usize) -> Vec<u8> {
-        let (nb, bytes) = (self.k / 256, self.bytes());
+        let (nb, bb, bytes) = (self.k / 256, self.ty.block_bytes(), self.bytes());
         let (c, lane) = (row / LANES, row % LANES);
-        let mut v = Vec::with_capacity(nb * BLOCK);
+        let base = c * LANES * stride(self.ty, self.k);
+        let mut v = Vec::with_capacity(nb * bb);
         for b in 0..nb {
-            for i in 0..BLOCK / 4 {
-                v.extend_from_slice(&bytes[(c * nb + b) * CHUNK_BLOCK + 64 * i + 4 * lane..][..4]);
+            for i in (0..bb).step_by(2) {
+                v.extend_from_slice(&bytes[base + place(self.ty, nb, b, lane, i)..][..2]);
             }
         }
         v

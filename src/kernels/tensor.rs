@@ -4,17 +4,17 @@
 //! and falls back to candle's own `forward` for every other device, type or dtype.
 //! [`forward_many`] does the same for several weights over one input (q/k/v, gate/up), fusing
 //! the weights of one type into one quantization and one pool job. [`Weight`] is what the model
-//! holds: a candle `QMatMul`, or a Q4_K weight repacked at load for AVX-512 (`packed`).
+//! holds: a candle `QMatMul`, or a Q4_K / Q6_K weight repacked at load for AVX-512 (`packed`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
 use super::blocks::QType;
 use super::matmul::{qmatmul_many, qtype_of, Isa, QWeight};
-use super::packed::PackedQ4K;
+use super::packed::{self, Packed};
 
 /// Run `f` on the f32 values of a CPU tensor in place (no copy when it is contiguous f32).
 pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -27,20 +27,22 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::
 }
 
 /// A matmul weight as the model holds it: candle's `QMatMul` (any device or type), or, on a CPU
-/// with AVX-512 VNNI, a Q4_K weight repacked for the kernels ([`PackedQ4K`]: the same bytes
-/// moved, the candle tensor dropped).
+/// with AVX-512 VNNI, a Q4_K or Q6_K weight repacked for the kernels ([`Packed`]: the same
+/// bytes moved, the candle tensor dropped).
 pub enum Weight {
     Candle(QMatMul),
-    Packed(PackedQ4K),
+    Packed(Packed),
 }
 
 impl Weight {
     /// `t` as a weight, repacked when `pack` is asked and the kernels have a packed path for it
-    /// here (a 2-D Q4_K CPU tensor, AVX-512 VNNI the best kernels, `MOA_PACK` not `0`).
+    /// here (a 2-D Q4_K or Q6_K CPU tensor, AVX-512 VNNI the best kernels, `MOA_PACK` not `0`,
+    /// or `MOA_PACK=q4k` for Q4_K only).
     pub fn new(t: QTensor, pack: bool) -> candle_core::Result<Self> {
-        if pack && packs() && t.device().is_cpu() && t.dtype() == GgmlDType::Q4K && t.rank() == 2 {
+        let ty = qtype_of(t.dtype()).filter(|&q| packs(q));
+        if let (Some(ty), true, true, 2) = (ty, pack, t.device().is_cpu(), t.rank()) {
             let (n, k) = t.shape().dims2()?;
-            let p = PackedQ4K::new(&t.data()?, n, k).map_err(candle_core::Error::Msg)?;
+            let p = Packed::new(ty, &t.data()?, n, k).map_err(candle_core::Error::Msg)?;
             return Ok(Weight::Packed(p));
         }
         Ok(Weight::Candle(QMatMul::from_qtensor(t)?))
@@ -70,9 +72,10 @@ impl From<QMatMul> for Weight {
     }
 }
 
-/// Whether Q4_K weights are repacked on this machine.
-fn packs() -> bool {
-    Isa::best() == Isa::Avx512Vnni && std::env::var("MOA_PACK").map(|v| v != "0").unwrap_or(true)
+/// Whether weights of `t` are repacked on this machine.
+fn packs(t: QType) -> bool {
+    let env = std::env::var("MOA_PACK").unwrap_or_default();
+    packed::packs(t) && Isa::best() == Isa::Avx512Vnni && env != "0" && (env != "q4k" || t == QType::Q4K)
 }
 
 /// `x · Wᵀ` for `x` of shape `[.., k]`: the kernels where they apply, candle otherwise.
@@ -96,7 +99,7 @@ fn kernel_type(w: &Weight) -> Option<QType> {
     match w {
         Weight::Candle(QMatMul::QTensor(t)) if t.device().is_cpu() => qtype_of(t.dtype()),
         Weight::Candle(_) => None,
-        Weight::Packed(_) => Some(QType::Q4K),
+        Weight::Packed(p) => Some(p.ty),
     }
 }
 
