@@ -170,12 +170,13 @@ fn column_prefill(t: QType, isa: Isa, m: usize) -> Option<usize> {
 fn tile_fn(t: QType, isa: Isa, prepared: bool, m: usize, packed: bool) -> TileFn {
     #[cfg(target_arch = "x86_64")]
     if packed {
-        use super::{packed, packed6};
+        use super::packed::{cols_tile, gemv_tile, Q4};
+        use super::packed6::Q6;
         return match (t == QType::Q6K, m >= COLUMN_MIN_ROWS) {
-            (false, true) => packed::cols_tile,
-            (false, false) => packed::gemv_tile,
-            (true, true) => packed6::cols_tile,
-            (true, false) => packed6::gemv_tile,
+            (false, true) => cols_tile::<Q4>,
+            (false, false) => gemv_tile::<Q4>,
+            (true, true) => cols_tile::<Q6>,
+            (true, false) => gemv_tile::<Q6>,
         };
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -133,7 +133,7 @@ impl Packed {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use simd::{cols_tile, gemv_tile};
+pub(crate) use simd::{cols_tile, gemv_tile, Kern, Q4};
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -250,40 +250,6 @@ mod simd {
         std::array::from_fn(|r| _mm512_sub_ps(acc[r], accm[r]))
     }
 
-    #[inline(always)]
-    unsafe fn rows_of<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize, out: *mut f32, ldo: usize, mask: __mmask16) {
-        let v = chunk::<R>(c, nb, a, r0, ahead);
-        for r in 0..R {
-            _mm512_mask_storeu_ps(out.add(r * ldo), mask, v[r]);
-        }
-    }
-
-    /// The matmul's `TileFn` for packed weights over few activation rows: `w` is the first
-    /// chunk (`nw` rows from a multiple of 16; the last chunk may be partial, its padding
-    /// present), `row_bytes` the file's bytes per row.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(crate) unsafe fn gemv_tile(_: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
-        let nb = a.nb;
-        let ahead = prefetch_distance(CHUNK_BLOCK);
-        for c in 0..nw.div_ceil(LANES) {
-            let cw = w.add(c * LANES * row_bytes);
-            let left = nw - c * LANES;
-            let mask: __mmask16 = if left >= LANES { !0 } else { (1u16 << left) - 1 };
-            let mut r = 0;
-            while r < nr {
-                let o = out.add(r * ldo + c * LANES);
-                let rr = r0 + r;
-                match nr - r {
-                    1 => rows_of::<1>(cw, nb, a, rr, ahead, o, ldo, mask),
-                    2 => rows_of::<2>(cw, nb, a, rr, ahead, o, ldo, mask),
-                    3 => rows_of::<3>(cw, nb, a, rr, ahead, o, ldo, mask),
-                    _ => rows_of::<4>(cw, nb, a, rr, ahead, o, ldo, mask),
-                }
-                r += (nr - r).min(4);
-            }
-        }
-    }
-
     /// Unpacks one chunk (`nb` blocks at `c`) into the column kernels' scratch.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(c: *const u8, nb: usize, scr: *mut u8) {
@@ -310,16 +276,78 @@ mod simd {
         }
     }
 
+    /// A packed type's kernels over one chunk, which the tile drivers below run.
+    pub(crate) trait Kern {
+        /// Bytes of one chunk block (the prefetch distance is whole blocks).
+        const BLOCK: usize;
+        /// Bytes per block of the column kernels' scratch for the type.
+        const SCRATCH: usize;
+        /// `R` activation rows from `r0` against one chunk (`nb` blocks at `c`): 16 outputs each.
+        unsafe fn chunk<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize) -> [__m512; R];
+        /// Unpacks one chunk into the column kernels' scratch.
+        unsafe fn unpack(c: *const u8, nb: usize, scr: *mut u8);
+    }
+
+    /// Q4_K.
+    pub(crate) struct Q4;
+
+    impl Kern for Q4 {
+        const BLOCK: usize = CHUNK_BLOCK;
+        const SCRATCH: usize = avx512_cols::K45_BLOCK;
+        #[inline(always)]
+        unsafe fn chunk<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize) -> [__m512; R] {
+            chunk::<R>(c, nb, a, r0, ahead)
+        }
+        #[inline(always)]
+        unsafe fn unpack(c: *const u8, nb: usize, scr: *mut u8) {
+            unpack(c, nb, scr)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows_of<K: Kern, const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize, out: *mut f32, ldo: usize, mask: __mmask16) {
+        let v = K::chunk::<R>(c, nb, a, r0, ahead);
+        for r in 0..R {
+            _mm512_mask_storeu_ps(out.add(r * ldo), mask, v[r]);
+        }
+    }
+
+    /// The matmul's `TileFn` for packed weights over few activation rows: `w` is the first
+    /// chunk (`nw` rows from a multiple of 16; the last chunk may be partial, its padding
+    /// present), `stride` the packed bytes per row ([`super::stride`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_tile<K: Kern>(_: QType, w: *const u8, stride: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+        let nb = a.nb;
+        let ahead = prefetch_distance(K::BLOCK);
+        for c in 0..nw.div_ceil(LANES) {
+            let cw = w.add(c * LANES * stride);
+            let left = nw - c * LANES;
+            let mask: __mmask16 = if left >= LANES { !0 } else { (1u16 << left) - 1 };
+            let mut r = 0;
+            while r < nr {
+                let o = out.add(r * ldo + c * LANES);
+                let rr = r0 + r;
+                match nr - r {
+                    1 => rows_of::<K, 1>(cw, nb, a, rr, ahead, o, ldo, mask),
+                    2 => rows_of::<K, 2>(cw, nb, a, rr, ahead, o, ldo, mask),
+                    3 => rows_of::<K, 3>(cw, nb, a, rr, ahead, o, ldo, mask),
+                    _ => rows_of::<K, 4>(cw, nb, a, rr, ahead, o, ldo, mask),
+                }
+                r += (nr - r).min(4);
+            }
+        }
+    }
+
     /// The matmul's `TileFn` for packed weights over many activation rows (one chunk per call
     /// in practice): each chunk unpacked once, then every activation row passes over it.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(crate) unsafe fn cols_tile(t: QType, w: *const u8, row_bytes: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
+    pub(crate) unsafe fn cols_tile<K: Kern>(t: QType, w: *const u8, stride: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
         let nb = a.nb;
-        avx512_cols::with_scratch(nb * avx512_cols::K45_BLOCK, |scr| {
+        avx512_cols::with_scratch(nb * K::SCRATCH, |scr| {
             for c in 0..nw.div_ceil(LANES) {
-                unpack(w.add(c * LANES * row_bytes), nb, scr);
+                K::unpack(w.add(c * LANES * stride), nb, scr);
                 let cols = (nw - c * LANES).min(LANES);
-                avx512_cols::over_scratch(t, scr, avx512_cols::K45_BLOCK, a, r0, nr, out.add(c * LANES), ldo, cols);
+                avx512_cols::over_scratch(t, scr, K::SCRATCH, a, r0, nr, out.add(c * LANES), ldo, cols);
             }
         })
     }

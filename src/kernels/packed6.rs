@@ -14,10 +14,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2_k::{prefetch_block, prefetch_distance, rows};
-use super::avx512_cols::{self, bcast4, K6_BLOCK, K6_CP, K6_D, K6_SC};
-use super::blocks::QType;
-use super::packed::{CHUNK_BLOCK6, LANES};
+use super::avx2_k::{prefetch_block, rows};
+use super::avx512_cols::{bcast4, K6_BLOCK, K6_CP, K6_D, K6_SC};
+use super::packed::{Kern, CHUNK_BLOCK6};
 use super::quantize::Acts;
 
 /// `vpternlogd` truth table of `A | (B & C)`.
@@ -106,40 +105,6 @@ unsafe fn chunk<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ah
     acc
 }
 
-#[inline(always)]
-unsafe fn rows_of<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize, out: *mut f32, ldo: usize, mask: __mmask16) {
-    let v = chunk::<R>(c, nb, a, r0, ahead);
-    for r in 0..R {
-        _mm512_mask_storeu_ps(out.add(r * ldo), mask, v[r]);
-    }
-}
-
-/// The matmul's `TileFn` for packed Q6_K weights over few activation rows: `w` is the first
-/// chunk (`nw` rows from a multiple of 16, the last chunk's padding present), `stride` the
-/// packed bytes per row.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemv_tile(_: QType, w: *const u8, stride: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
-    let nb = a.nb;
-    let ahead = prefetch_distance(CHUNK_BLOCK6);
-    for c in 0..nw.div_ceil(LANES) {
-        let cw = w.add(c * LANES * stride);
-        let left = nw - c * LANES;
-        let mask: __mmask16 = if left >= LANES { !0 } else { (1u16 << left) - 1 };
-        let mut r = 0;
-        while r < nr {
-            let o = out.add(r * ldo + c * LANES);
-            let rr = r0 + r;
-            match nr - r {
-                1 => rows_of::<1>(cw, nb, a, rr, ahead, o, ldo, mask),
-                2 => rows_of::<2>(cw, nb, a, rr, ahead, o, ldo, mask),
-                3 => rows_of::<3>(cw, nb, a, rr, ahead, o, ldo, mask),
-                _ => rows_of::<4>(cw, nb, a, rr, ahead, o, ldo, mask),
-            }
-            r += (nr - r).min(4);
-        }
-    }
-}
-
 /// Unpacks one chunk (`nb` blocks at `c`) into the column kernels' Q6_K scratch: register `t`
 /// holds elements `4t..4t + 4` of the 16 rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -166,16 +131,18 @@ unsafe fn unpack(c: *const u8, nb: usize, scr: *mut u8) {
     }
 }
 
-/// The matmul's `TileFn` for packed Q6_K weights over many activation rows: each chunk unpacked
-/// once, then every activation row passes over it.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn cols_tile(t: QType, w: *const u8, stride: usize, nw: usize, a: &Acts, r0: usize, nr: usize, out: *mut f32, ldo: usize) {
-    let nb = a.nb;
-    avx512_cols::with_scratch(nb * K6_BLOCK, |scr| {
-        for c in 0..nw.div_ceil(LANES) {
-            unpack(w.add(c * LANES * stride), nb, scr);
-            let cols = (nw - c * LANES).min(LANES);
-            avx512_cols::over_scratch(t, scr, K6_BLOCK, a, r0, nr, out.add(c * LANES), ldo, cols);
-        }
-    })
+/// Q6_K, for the packed tile drivers ([`super::packed::gemv_tile`], [`super::packed::cols_tile`]).
+pub(crate) struct Q6;
+
+impl Kern for Q6 {
+    const BLOCK: usize = CHUNK_BLOCK6;
+    const SCRATCH: usize = K6_BLOCK;
+    #[inline(always)]
+    unsafe fn chunk<const R: usize>(c: *const u8, nb: usize, a: &Acts, r0: usize, ahead: usize) -> [__m512; R] {
+        chunk::<R>(c, nb, a, r0, ahead)
+    }
+    #[inline(always)]
+    unsafe fn unpack(c: *const u8, nb: usize, scr: *mut u8) {
+        unpack(c, nb, scr)
+    }
 }
