@@ -87,6 +87,10 @@ impl Packed {
         if k == 0 || !k.is_multiple_of(256) {
             return Err(format!("{ty:?}: k = {k} is not a positive multiple of 256"));
         }
+        // `stride` (at most 13k + 64 bytes) must not wrap, even for an empty tensor.
+        if k > usize::MAX / 16 {
+            return Err(format!("{ty:?}: k = {k} is too large"));
+        }
         let (nb, bb) = (k / 256, ty.block_bytes());
         let rb = nb * bb;
         if n.checked_mul(rb) != Some(data.len()) {

@@ -37,6 +37,7 @@ fn repack_keeps_every_row_and_checks_sizes() {
         assert!(Packed::new(t, &w[..w.len() - 1], 4, 256).unwrap_err().contains(&format!("expected 4 × {bb}")));
         assert!(Packed::new(t, &w, 4, 200).unwrap_err().contains("multiple of 256"));
         assert!(Packed::new(t, &w, usize::MAX / 2, 256).is_err());
+        assert!(Packed::new(t, &[], 0, usize::MAX / 256 * 256).unwrap_err().contains("too large"));
     }
     assert!(Packed::new(QType::Q5K, &[0; 176], 1, 256).unwrap_err().contains("no packed layout"));
 }
